@@ -1,0 +1,7 @@
+"""``python -m vqa`` (used by ``accelerate launch -m vqa ...``)."""
+
+import sys
+
+from vqa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,190 @@
+"""The ``vqa`` command: data, train, eval, predict, demo.
+
+Each sub-command parses its arguments and calls a library function that the tests call too.
+Errors print one line on stderr and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from vqa import __version__
+
+ESTIMATOR_CHOICES = ("ste", "gumbel", "reinforce", "none")
+MODE_CHOICES = ("soft", "hard", "hybrid")
+
+
+def add_data_parser(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="write datasets in the local format")
+    kinds = data.add_subparsers(dest="kind", required=True)
+    synthetic = kinds.add_parser("synthetic", help="generate the embedded scene dataset")
+    synthetic.add_argument("--out", required=True, help="output directory")
+    synthetic.add_argument("--train", type=int, default=2000, help="training images")
+    synthetic.add_argument("--val", type=int, default=500, help="validation images")
+    synthetic.add_argument("--test", type=int, default=500, help="test images")
+    synthetic.add_argument("--image-size", type=int, default=64)
+    synthetic.add_argument("--questions-per-image", type=int, default=3)
+    synthetic.add_argument("--noise", type=float, default=0.02, help="pixel noise std (0..1)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    synthetic.set_defaults(run=run_data_synthetic)
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train a model with Accelerate")
+    train.add_argument("--data", default="synthetic",
+                       help="dataset directory, or 'synthetic' for the embedded scenes")
+    train.add_argument("--output", required=True, help="run directory")
+    train.add_argument("--preset", default="default", help="tiny | default | full")
+    train.add_argument("--mode", choices=MODE_CHOICES)
+    train.add_argument("--k", type=int, help="regions kept in hard and hybrid modes")
+    train.add_argument("--estimator", choices=ESTIMATOR_CHOICES)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int, help="per process")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    train.add_argument("--grad-accum", type=int, default=1)
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--log-with", help="an Accelerate tracker, e.g. tensorboard")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=run_train)
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="score a model on a dataset split")
+    evaluate.add_argument("--model", required=True, help="run or model directory")
+    evaluate.add_argument("--data", required=True, help="dataset directory")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--mode", choices=MODE_CHOICES, help="override the fusion mode")
+    evaluate.add_argument("--k", type=int, help="override k")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=run_eval)
+
+
+def add_predict_parser(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser("predict", help="answer a question about an image")
+    predict.add_argument("--model", required=True, help="run or model directory")
+    predict.add_argument("--image", required=True, help="image file")
+    predict.add_argument("--question", required=True)
+    predict.add_argument("--mode", choices=MODE_CHOICES, help="override the fusion mode")
+    predict.add_argument("--k", type=int, help="override k")
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+    predict.set_defaults(run=run_predict)
+
+
+def add_demo_parser(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser("demo", help="train the default model if none is cached, then show it")
+    demo.add_argument("--retrain", action="store_true", help="train again even if cached")
+    demo.set_defaults(run=run_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqa", description="Visual question answering with hard, soft and hybrid attention."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_data_parser, add_train_parser, add_eval_parser, add_predict_parser,
+                add_demo_parser):
+        add(commands)
+    return parser
+
+
+def run_data_synthetic(args: argparse.Namespace) -> None:
+    from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    config = SyntheticConfig(image_size=args.image_size, noise=args.noise,
+                             questions_per_image=args.questions_per_image)
+    info = write_synthetic_dataset(args.out, train=args.train, val=args.val, test=args.test,
+                                   config=config, seed=args.seed, overwrite=args.overwrite)
+    print(json.dumps(info, indent=2))
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from vqa.training import TrainingArguments, train
+
+    summary = train(TrainingArguments(
+        output=args.output, data=args.data, preset=args.preset, mode=args.mode, k=args.k,
+        estimator=args.estimator, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
+        resume=args.resume, log_with=args.log_with, progress=not args.no_progress,
+    ))
+    print(f"best val accuracy {summary['best_accuracy']:.4f} at epoch "
+          f"{summary.get('best_epoch')}; model saved in {args.output}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from vqa.data.formats import load_local_dataset
+    from vqa.evaluation import evaluate
+    from vqa.inference import load_model
+
+    model, processor = load_model(args.model)
+    model.set_fusion(mode=args.mode, k=args.k)
+    rows = load_local_dataset(args.data, [args.split])[args.split]
+    scores = evaluate(model, processor, rows, batch_size=args.batch_size,
+                      progress=not args.json)
+    scores.update({"mode": model.fusion.mode, "k": model.fusion.k, "split": args.split})
+    if args.json:
+        print(json.dumps(scores))
+        return
+    print(f"{args.split}: {scores['questions']} questions, mode {scores['mode']}, k {scores['k']}")
+    print(f"  accuracy           {scores['accuracy']:.4f}")
+    for name, value in scores["accuracy_by_type"].items():
+        print(f"    {name:<16} {value:.4f}")
+    print(f"  pointing accuracy  {scores['pointing_accuracy']:.4f}")
+    print(f"  regions used       {scores['regions_used']:.1f}")
+    print(f"  ms per question    {scores['ms_per_question']:.2f}")
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from PIL import Image
+
+    from vqa.inference import load_model, predict
+
+    model, processor = load_model(args.model)
+    with Image.open(args.image) as image:
+        result = predict(model, processor, image, args.question, mode=args.mode, k=args.k)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return
+    if result.truncated:
+        print("note: the question was longer than the tokenizer's limit and was truncated")
+    for answer, probability in result.answers:
+        print(f"{probability:7.2%}  {answer}")
+    print(f"regions ({result.mode}, k={result.k}):")
+    for region in result.regions:
+        print(f"  #{region['rank']:<3} box {region['box']}  weight {region['weight']:.3f}")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from vqa.demo import run_demo as demo
+
+    demo(retrain=args.retrain)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one clear line, not a traceback
+        if args.debug:
+            raise
+        print(f"vqa {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

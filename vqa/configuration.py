@@ -1,0 +1,123 @@
+"""HybridVQAConfig: every size and switch of the model, saved as config.json."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+from hybrid_attention import ESTIMATORS, MODES
+
+VISION_BACKENDS = ("timm", "transformers")
+VISION_STEMS = ("patch", "conv")
+
+
+class HybridVQAConfig(PreTrainedConfig):
+    """Configuration of :class:`vqa.modeling.HybridVQAModel`.
+
+    Vision (a ViT; its patch tokens are the regions):
+        vision_backend: ``"timm"`` (``VisionTransformer``) or ``"transformers"`` (``ViTModel``).
+        vision_stem: ``"patch"`` (the usual linear patch embedding) or ``"conv"`` (a small
+            convolutional stem; learns colour and shape faster from scratch). timm only.
+        image_size, patch_size: the regions are an (image_size / patch_size)^2 grid.
+        vision_hidden_size, vision_layers, vision_heads: encoder sizes.
+    Text (a transformers BERT built from these sizes):
+        text_vocab_size, text_hidden_size, text_layers, text_heads, max_question_length.
+    Fusion:
+        fusion_mode, fusion_k, fusion_estimator, fusion_tau, fusion_heads: the
+            ``HybridAttention`` settings (mode ``soft|hard|hybrid``).
+        fusion_dim: width of the fusion and reasoning layers.
+        reasoner_layers: transformer layers over [question tokens; attended; selected regions].
+    Head and loss:
+        num_answers: size of the answer vocabulary (``id2label`` holds the answers).
+        dropout: dropout in the fusion layers and the head.
+        reinforce_weight, reinforce_entropy_weight, reinforce_baseline_decay: the REINFORCE
+            term added to the loss when ``fusion_estimator == "reinforce"``.
+    """
+
+    model_type = "hybrid_vqa"
+
+    image_size: int = 64
+    patch_size: int = 8
+    num_channels: int = 3
+    vision_backend: str = "timm"
+    vision_stem: str = "conv"
+    vision_hidden_size: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+
+    text_vocab_size: int = 1000
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    max_question_length: int = 32
+    pad_token_id: int = 0
+
+    fusion_mode: str = "hybrid"
+    fusion_k: int = 16
+    fusion_estimator: str = "ste"
+    fusion_tau: float = 1.0
+    fusion_heads: int = 1
+    fusion_dim: int = 128
+    reasoner_layers: int = 2
+
+    num_answers: int = 2
+    dropout: float = 0.1
+    reinforce_weight: float = 1.0
+    reinforce_entropy_weight: float = 0.01
+    reinforce_baseline_decay: float = 0.9
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs) -> None:
+        super().__post_init__(**kwargs)
+        self.check()
+
+    @property
+    def num_regions(self) -> int:
+        """Number of patch tokens (regions) the vision encoder produces."""
+        return (self.image_size // self.patch_size) ** 2
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first field whose value is invalid."""
+        positive = (
+            "image_size", "patch_size", "num_channels", "vision_hidden_size", "vision_layers",
+            "vision_heads", "text_vocab_size", "text_hidden_size", "text_layers", "text_heads",
+            "max_question_length", "fusion_k", "fusion_heads", "fusion_dim", "num_answers",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
+        choices = {
+            "vision_backend": VISION_BACKENDS,
+            "vision_stem": VISION_STEMS,
+            "fusion_mode": MODES,
+            "fusion_estimator": ESTIMATORS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"config field {name!r} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"config field 'image_size' ({self.image_size}) must be a multiple of "
+                f"'patch_size' ({self.patch_size})"
+            )
+        if self.fusion_k > self.num_regions:
+            raise ValueError(
+                f"config field 'fusion_k' ({self.fusion_k}) is greater than the number of "
+                f"regions ({self.num_regions} = ({self.image_size} / {self.patch_size})^2)"
+            )
+        for hidden, heads in (
+            ("vision_hidden_size", "vision_heads"),
+            ("text_hidden_size", "text_heads"),
+            ("fusion_dim", "fusion_heads"),
+        ):
+            if getattr(self, hidden) % getattr(self, heads):
+                raise ValueError(
+                    f"config field {hidden!r} ({getattr(self, hidden)}) must be divisible by "
+                    f"{heads!r} ({getattr(self, heads)})"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout!r}")
+        if not self.fusion_tau > 0:
+            raise ValueError(f"config field 'fusion_tau' must be > 0, got {self.fusion_tau!r}")

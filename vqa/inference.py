@@ -1,0 +1,112 @@
+"""Load a trained model directory and answer questions about images."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vqa.metrics import patch_boxes
+from vqa.modeling import HybridVQAModel
+from vqa.processing import HybridVQAProcessor
+
+
+@dataclass
+class Prediction:
+    """One answered question.
+
+    Attributes:
+        answers: the top answers and their probabilities, best first.
+        regions: the selected regions (or, in soft mode, the top-weighted ones), best first:
+            ``{"rank", "region", "box": [x0, y0, x1, y1] in the input image's pixels, "weight"}``.
+        weights: (N,) head-averaged weight of every region (0 outside the selection).
+        grid: (rows, columns) of the region grid.
+        mode, k: the fusion settings used.
+        truncated: whether the question was cut to the tokenizer's limit.
+        milliseconds: time of the model call.
+    """
+
+    answers: list[tuple[str, float]]
+    regions: list[dict]
+    weights: list[float]
+    grid: tuple[int, int]
+    mode: str
+    k: int
+    truncated: bool = False
+    milliseconds: float = 0.0
+
+
+def load_model(directory: str | Path) -> tuple[HybridVQAModel, HybridVQAProcessor]:
+    """Model and processor from a run directory (safetensors and JSON only), in eval mode."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} is not a model directory (no config.json)")
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{directory} has no model.safetensors (only safetensors are read)")
+    model = HybridVQAModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
+    processor = HybridVQAProcessor.from_pretrained(directory)
+    return model.eval(), processor
+
+
+@torch.no_grad()
+def predict(
+    model: HybridVQAModel,
+    processor: HybridVQAProcessor,
+    image: Image.Image,
+    question: str,
+    *,
+    mode: str | None = None,
+    k: int | None = None,
+    top: int = 5,
+) -> Prediction:
+    """Answer ``question`` about ``image``; ``mode`` / ``k`` override the fusion for this call.
+
+    The model's own fusion settings are restored afterwards.
+    """
+    question = question.strip()
+    if not question:
+        raise ValueError("the question is empty")
+    saved = (model.fusion.mode, model.fusion.k)
+    model.set_fusion(mode=mode, k=k)
+    try:
+        inputs = processor([image], [question])
+        start = time.perf_counter()
+        output = model(**inputs.to(model.device))
+        milliseconds = 1000 * (time.perf_counter() - start)
+        used_mode, used_k = model.fusion.mode, model.fusion.k
+    finally:
+        model.set_fusion(mode=saved[0], k=saved[1])
+    probabilities = output.logits[0].float().softmax(-1)
+    best = probabilities.topk(min(top, len(probabilities)))
+    answers = [(processor.answers.decode(i), float(p))
+               for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
+    weights = output.attention_weights[0].float().mean(0).cpu()  # (N,)
+    regions = describe_regions(weights, image.size, processor.image_size, model.config.patch_size,
+                               used_k)
+    side = processor.image_size // model.config.patch_size
+    return Prediction(
+        answers=answers, regions=regions, weights=weights.tolist(), grid=(side, side),
+        mode=used_mode, k=used_k, truncated=processor.is_truncated(question),
+        milliseconds=milliseconds,
+    )
+
+
+def describe_regions(
+    weights: torch.Tensor, image_size: tuple[int, int], input_size: int, patch_size: int,
+    limit: int,
+) -> list[dict]:
+    """The ``limit`` highest-weighted regions with positive weight, boxes in image pixels."""
+    boxes = patch_boxes(input_size, patch_size)
+    width, height = image_size
+    scale = torch.tensor([width / input_size, height / input_size] * 2)
+    order = weights.argsort(descending=True)[:limit]
+    return [
+        {"rank": rank + 1, "region": int(index),
+         "box": [round(v, 1) for v in (boxes[index] * scale).tolist()],
+         "weight": float(weights[index])}
+        for rank, index in enumerate(order.tolist())
+        if weights[index] > 0
+    ]

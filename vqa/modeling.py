@@ -1,0 +1,226 @@
+"""HybridVQAModel: ViT regions + BERT question -> HybridAttention -> reasoner -> answer logits.
+
+```
+image    -> ViT -> regions (B, N, D)  -----------------------------┐
+question -> BERT -> tokens (B, L, D), CLS query (B, 1, D) --> HybridAttention (select k, weight)
+   -> reasoner over [question tokens; attended vector; selected regions x weight]
+   -> MLP head on the first token -> logits (B, num_labels)
+```
+In hard and hybrid modes the reasoner sees ``fusion_heads * k`` region tokens, in soft mode
+all N: that is where selection saves compute downstream of the encoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from hybrid_attention import (
+    AttentionOutput,
+    HybridAttention,
+    MovingAverageBaseline,
+    gather_regions,
+    reinforce_loss,
+    selection_entropy,
+)
+from vqa.configuration import HybridVQAConfig
+from vqa.encoders import build_text_encoder, build_vision_encoder
+
+QUESTION, ATTENDED, REGION = 0, 1, 2  # token types of the reasoner's input
+
+
+@dataclass
+class HybridVQAOutput(ModelOutput):
+    """Outputs of :class:`HybridVQAModel` (H = fusion heads, N = regions, k = kept regions).
+
+    Attributes:
+        loss: scalar training loss (answer loss, plus the REINFORCE term when it applies).
+        answer_loss: (B,) per-question answer loss.
+        logits: (B, num_labels) answer logits.
+        attention_scores: (B, H, N) fusion scores before selection.
+        attention_weights: (B, H, N) fusion weights, exactly 0 outside the selection.
+        selected_indices: (B, H, k) selected regions, best first; None in soft mode.
+        log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
+    """
+
+    loss: Tensor | None = None
+    answer_loss: Tensor | None = None
+    logits: Tensor | None = None
+    attention_scores: Tensor | None = None
+    attention_weights: Tensor | None = None
+    selected_indices: Tensor | None = None
+    log_prob: Tensor | None = None
+
+
+class HybridVQAPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading plumbing shared by the hybrid VQA models."""
+
+    config_class = HybridVQAConfig
+    base_model_prefix = "hybrid_vqa"
+    main_input_name = "pixel_values"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()  # He-style default suits the GELU conv stem
+        else:
+            super()._init_weights(module)
+        if isinstance(module, HybridVQAModel):
+            nn.init.trunc_normal_(module.region_position, std=self.config.initializer_range)
+
+
+class HybridVQAModel(HybridVQAPreTrainedModel):
+    """Visual question answering with a soft, hard or hybrid attention fusion layer."""
+
+    def __init__(self, config: HybridVQAConfig) -> None:
+        super().__init__(config)
+        dim = config.fusion_dim
+        self.vision = build_vision_encoder(config)
+        self.text = build_text_encoder(config)
+        self.vision_proj = nn.Linear(config.vision_hidden_size, dim)
+        self.text_proj = nn.Linear(config.text_hidden_size, dim)
+        self.region_position = nn.Parameter(torch.zeros(1, config.num_regions, dim))
+        self.fusion = HybridAttention(
+            dim,
+            num_heads=config.fusion_heads,
+            mode=config.fusion_mode,
+            k=config.fusion_k,
+            estimator=config.fusion_estimator,
+            tau=config.fusion_tau,
+        )
+        self.token_type = nn.Embedding(3, dim)
+        layer = nn.TransformerEncoderLayer(
+            dim, nhead=4 if dim % 4 == 0 else 1, dim_feedforward=4 * dim,
+            dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True,
+        )
+        self.reasoner = nn.TransformerEncoder(
+            layer, config.reasoner_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+        )
+        self.head = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(2 * dim, config.num_labels),
+        )
+        self.baseline = MovingAverageBaseline(config.reinforce_baseline_decay)
+        self.post_init()
+
+    def set_fusion(
+        self, *, mode: str | None = None, k: int | None = None, estimator: str | None = None
+    ) -> None:
+        """Change the fusion mode, k or estimator of a (trained) model, in place."""
+        if k is not None and k > self.config.num_regions:
+            raise ValueError(f"k={k} is greater than the number of regions ({self.config.num_regions})")
+        for name, value in (("mode", mode), ("k", k), ("estimator", estimator)):
+            if value is not None:
+                setattr(self.fusion, name, value)
+                setattr(self.config, f"fusion_{name}", value)
+
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """(U, C, H, W) images -> (U, N, fusion_dim) region tokens with their positions."""
+        return self.vision_proj(self.vision(pixel_values)) + self.region_position
+
+    def encode_questions(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L) token ids and mask -> (B, L, fusion_dim) question tokens (CLS first)."""
+        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_proj(hidden)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        image_index: Tensor | None = None,
+    ) -> HybridVQAOutput:
+        """Answer B questions about U images.
+
+        Args:
+            pixel_values: (U, C, H, W) images.
+            input_ids, attention_mask: (B, L) tokenised questions (CLS first).
+            labels: (B,) answer ids (-100 = ignore) for cross-entropy, or (B, num_labels)
+                soft scores for rows with several answers (binary cross-entropy).
+            image_index: (B,) which image each question is about, when questions share
+                images (then U < B and every image is encoded once); default: image i.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        regions = self.encode_images(pixel_values)  # (U, N, D)
+        if image_index is not None:
+            regions = regions[image_index]  # (B, N, D)
+        question = self.encode_questions(input_ids, attention_mask)  # (B, L, D)
+        attended = self.fusion(question[:, :1], regions)
+        tokens, padding = self._reasoner_inputs(question, attention_mask, attended, regions)
+        hidden = self.reasoner(tokens, src_key_padding_mask=padding)  # (B, T, D)
+        logits = self.head(hidden[:, 0])  # (B, num_labels)
+
+        output = HybridVQAOutput(
+            logits=logits,
+            attention_scores=attended.scores[:, :, 0],
+            attention_weights=attended.weights[:, :, 0],
+            selected_indices=None if attended.indices is None else attended.indices[:, :, 0],
+            log_prob=None if attended.log_prob is None else attended.log_prob[:, :, 0],
+        )
+        if labels is not None:
+            output.answer_loss = answer_loss(logits, labels)
+            output.loss = self._training_loss(output)
+        return output
+
+    def _reasoner_inputs(
+        self, question: Tensor, question_mask: Tensor, attended: AttentionOutput, regions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """[question tokens; attended vector; regions scaled by weight] and their padding mask.
+
+        Each region token is multiplied by (its weight x the number of regions passed), which
+        is exactly 1 in hard mode and averages 1 otherwise: the reasoner sees how each region
+        was weighted, and the selection's estimator gets a gradient through this path too.
+        """
+        weights = attended.weights[:, :, 0]  # (B, H, N)
+        if attended.indices is None:
+            picked = regions  # soft: every region, (B, N, D)
+            gate = weights.mean(1) * regions.shape[1]  # (B, N)
+        else:
+            indices = attended.indices[:, :, 0]  # (B, H, k)
+            picked = gather_regions(regions, indices).flatten(1, 2)  # (B, H * k, D)
+            gate = (weights.gather(-1, indices) * indices.shape[-1]).flatten(1)  # (B, H * k)
+        picked = picked * gate.unsqueeze(-1).to(picked.dtype)
+        types = self.token_type.weight
+        tokens = torch.cat(
+            [question + types[QUESTION], attended.output + types[ATTENDED], picked + types[REGION]],
+            dim=1,
+        )
+        visible = torch.cat(
+            [question_mask.bool(), question_mask.new_ones(question_mask.shape[0], 1 + picked.shape[1]).bool()],
+            dim=1,
+        )
+        return tokens, ~visible
+
+    def _training_loss(self, output: HybridVQAOutput) -> Tensor:
+        """Mean answer loss, plus the REINFORCE term for a sampled selection."""
+        loss = output.answer_loss.mean()
+        if output.log_prob is None:
+            return loss
+        reward = -output.answer_loss.detach()  # (B,)
+        entropy = selection_entropy(output.attention_scores)  # (B, H)
+        policy = reinforce_loss(
+            output.log_prob, reward, self.baseline(reward),
+            entropy=entropy, entropy_weight=self.config.reinforce_entropy_weight,
+        )
+        return loss + self.config.reinforce_weight * policy
+
+
+def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-question loss (B,): cross-entropy for answer ids, soft-score BCE for (B, A) scores.
+
+    Questions whose label is -100 (an answer outside the vocabulary) cost 0.
+    """
+    if labels.dtype.is_floating_point:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+        return bce.sum(-1)
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+
+
+AutoConfig.register(HybridVQAConfig.model_type, HybridVQAConfig)
+AutoModel.register(HybridVQAConfig, HybridVQAModel)

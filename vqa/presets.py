@@ -1,0 +1,62 @@
+"""Named presets: model sizes, training settings and embedded-data sizes that belong together.
+
+``default`` is what ``vqa demo`` and ``scripts/bench_train.py`` train: sized for a 2-core CPU.
+``tiny`` keeps the test suite fast. ``full`` is for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named bundle of settings.
+
+    Attributes:
+        model: ``HybridVQAConfig`` fields.
+        training: ``TrainingArguments`` fields (epochs, batch size, learning rate, ...).
+        synthetic: ``write_synthetic_dataset`` sizes for ``--data synthetic``.
+    """
+
+    description: str
+    model: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    synthetic: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        description="seconds on a CPU; for tests and smoke runs",
+        model={
+            "image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1,
+            "vision_heads": 2, "text_hidden_size": 32, "text_layers": 1, "text_heads": 2,
+            "fusion_dim": 32, "fusion_k": 4, "reasoner_layers": 1, "dropout": 0.0,
+        },
+        training={"epochs": 1, "batch_size": 16, "lr": 1e-3},
+        synthetic={"train": 40, "val": 10, "test": 10, "image_size": 32},
+    ),
+    "default": Preset(
+        description="the embedded default: minutes on a 2-core CPU",
+        model={},
+        training={"epochs": 12, "batch_size": 48, "lr": 1e-3},
+        synthetic={"train": 6000, "val": 500, "test": 500, "image_size": 64},
+    ),
+    "full": Preset(
+        description="a larger model and dataset for a GPU",
+        model={
+            "vision_hidden_size": 256, "vision_layers": 6, "vision_heads": 8,
+            "text_hidden_size": 256, "text_layers": 3, "text_heads": 8, "fusion_dim": 256,
+            "reasoner_layers": 3,
+        },
+        training={"epochs": 30, "batch_size": 128, "lr": 5e-4},
+        synthetic={"train": 30000, "val": 2000, "test": 2000, "image_size": 64},
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a ValueError lists the known names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,204 @@
+"""HybridVQAProcessor: image transform + question tokenizer + answer vocabulary, in one directory.
+
+Saved beside the model (``save_pretrained``), so that one directory answers questions:
+``preprocessor_config.json`` (transformers ``ViTImageProcessor``), ``tokenizer.json`` and
+friends (a transformers fast tokenizer), and ``answers.json`` (the answer vocabulary).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BatchFeature, PreTrainedTokenizerFast, ViTImageProcessor
+
+from vqa.data.answers import AnswerVocab, soft_scores
+
+ANSWERS_FILE = "answers.json"
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+
+def train_tokenizer(questions: Iterable[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer trained offline on ``questions``: "[CLS] q [SEP]"."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    specials = list(SPECIAL_TOKENS.values())  # [PAD] gets id 0
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tokenizer.train_from_iterator(questions, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image (greyscale, RGBA, palette, 16-bit) as 8-bit RGB; transparency on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda value: value / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class HybridVQAProcessor:
+    """Turns images, questions and answers into model inputs, and answer ids back into text.
+
+    Args:
+        image_processor: resizes and normalises images to the model's input size.
+        tokenizer: a fast tokenizer whose first token is CLS (the fusion query).
+        answers: the answer vocabulary (the model's labels).
+        max_question_length: questions are truncated to this many tokens.
+    """
+
+    def __init__(
+        self,
+        image_processor: ViTImageProcessor,
+        tokenizer: PreTrainedTokenizerFast,
+        answers: AnswerVocab,
+        max_question_length: int = 32,
+    ) -> None:
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.answers = answers
+        self.max_question_length = max_question_length
+
+    @classmethod
+    def train(
+        cls,
+        questions: Iterable[str],
+        answer_lists: Iterable[str | Sequence[str]],
+        *,
+        image_size: int,
+        max_answers: int = 3129,
+        tokenizer_vocab_size: int = 4000,
+        max_question_length: int = 32,
+    ) -> HybridVQAProcessor:
+        """Build a processor from training questions and answers, offline."""
+        image_processor = ViTImageProcessor(
+            size={"height": image_size, "width": image_size},
+            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        )
+        tokenizer = train_tokenizer(questions, tokenizer_vocab_size)
+        tokenizer.model_max_length = max_question_length
+        answers = AnswerVocab.build(answer_lists, max_size=max_answers)
+        return cls(image_processor, tokenizer, answers, max_question_length)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.image_processor.size["height"])
+
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> (U, 3, S, S) float pixel values."""
+        rgb = [to_rgb(image) for image in images]
+        return self.image_processor(rgb, return_tensors="pt")["pixel_values"]
+
+    def questions(self, questions: Sequence[str]) -> BatchFeature:
+        """Questions -> ``input_ids`` and ``attention_mask`` (B, L), padded to the longest."""
+        return self.tokenizer(
+            list(questions), padding="longest", truncation=True,
+            max_length=self.max_question_length, return_tensors="pt",
+        )
+
+    def is_truncated(self, question: str) -> bool:
+        """Whether ``question`` has more tokens than ``max_question_length``."""
+        return len(self.tokenizer(question)["input_ids"]) > self.max_question_length
+
+    def labels(self, answer_lists: Sequence[str | Sequence[str]]) -> torch.Tensor:
+        """Answers -> training labels.
+
+        All rows with one answer: (B,) answer ids, -100 where out of vocabulary. Otherwise
+        (B, A) VQA soft scores (see :func:`vqa.data.answers.soft_scores`).
+        """
+        single = all(isinstance(a, str) or len(a) == 1 for a in answer_lists)
+        if single:
+            ids = [self.answers.encode(a if isinstance(a, str) else a[0]) for a in answer_lists]
+            return torch.tensor([-100 if i is None else i for i in ids], dtype=torch.long)
+        scores = torch.zeros(len(answer_lists), len(self.answers))
+        for row, answers in enumerate(answer_lists):
+            for index, score in soft_scores(answers, self.answers).items():
+                scores[row, index] = score
+        return scores
+
+    def __call__(self, images: Sequence[Image.Image], questions: Sequence[str]) -> BatchFeature:
+        """One image per question -> pixel_values (B, 3, S, S), input_ids, attention_mask."""
+        features = self.questions(questions)
+        features["pixel_values"] = self.images(images)
+        return features
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the image processor, tokenizer and answer vocabulary into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.image_processor.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.answers.to_json_file(directory / ANSWERS_FILE)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> HybridVQAProcessor:
+        """Load what :meth:`save_pretrained` wrote (local directory only)."""
+        directory = Path(directory)
+        for required in ("preprocessor_config.json", "tokenizer.json", ANSWERS_FILE):
+            if not (directory / required).is_file():
+                raise FileNotFoundError(f"{directory} has no {required}: not a processor directory")
+        image_processor = ViTImageProcessor.from_pretrained(directory, local_files_only=True)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+        answers = AnswerVocab.from_json_file(directory / ANSWERS_FILE)
+        return cls(image_processor, tokenizer, answers, tokenizer.model_max_length)
+
+
+def open_image(image: dict | Image.Image) -> Image.Image:
+    """A dataset ``image`` cell ({"path", "bytes"}) or a PIL image -> a loaded PIL image."""
+    if isinstance(image, Image.Image):
+        return image
+    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    with Image.open(source) as opened:
+        opened.load()
+        return opened
+
+
+class VQACollator:
+    """Common-format rows -> (model inputs, per-row metadata).
+
+    Each distinct image in a batch is decoded and transformed once; ``image_index`` (B,)
+    tells the model which image each question is about. The metadata (answers, question
+    type, target boxes scaled to the model's input pixels) is what evaluation scores against.
+    """
+
+    def __init__(self, processor: HybridVQAProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, rows: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        slots: dict[str, int] = {}
+        images: list[Image.Image] = []
+        for row in rows:
+            if row["image_path"] not in slots:
+                slots[row["image_path"]] = len(images)
+                images.append(open_image(row["image"]))
+        inputs = dict(self.processor.questions([row["question"] for row in rows]))
+        inputs["pixel_values"] = self.processor.images(images)
+        inputs["image_index"] = torch.tensor([slots[row["image_path"]] for row in rows])
+        inputs["labels"] = self.processor.labels([row["answers"] for row in rows])
+        size = self.processor.image_size
+        meta = []
+        for row in rows:
+            width, height = images[slots[row["image_path"]]].size
+            scale = torch.tensor([size / width, size / height] * 2)
+            boxes = torch.tensor(row["target_boxes"], dtype=torch.float).reshape(-1, 4) * scale
+            meta.append({
+                "answers": row["answers"],
+                "question_type": row["question_type"],
+                "target_boxes": boxes,
+            })
+        return inputs, meta

@@ -1,0 +1,258 @@
+"""The training loop: one readable function on Accelerate (CPU, one GPU, many GPUs).
+
+``train(TrainingArguments(...))`` writes into the run directory:
+- the best model (``config.json``, ``model.safetensors``) and its processor files,
+- ``metrics.json``: per epoch the training loss, validation scores and wall time,
+- ``checkpoint/`` and ``trainer_state.json``: everything ``--resume`` needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from vqa.cache import synthetic_dataset
+from vqa.configuration import HybridVQAConfig
+from vqa.data.formats import load_local_dataset
+from vqa.evaluation import evaluate
+from vqa.modeling import HybridVQAModel
+from vqa.presets import Preset, get_preset
+from vqa.processing import HybridVQAProcessor, VQACollator
+
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainingArguments:
+    """Everything ``vqa train`` accepts; ``None`` means "what the preset says".
+
+    Attributes:
+        output: the run directory.
+        data: a dataset directory in the local format, or ``"synthetic"`` (embedded scenes).
+        preset: named bundle of model, training and data sizes (see ``vqa.presets``).
+        mode, k, estimator: the fusion (soft|hard|hybrid, regions kept, gradient estimator).
+        epochs, batch_size, lr: the usual; batch size is per process.
+        seed: seeds model initialisation, shuffling and sampling.
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` (Accelerate).
+        grad_accum: batches per optimizer step.
+        resume: continue the run in ``output`` from its last checkpoint.
+        warmup_ratio, weight_decay, max_grad_norm: optimizer details.
+        log_with: an Accelerate tracker (e.g. ``tensorboard``), or None.
+        progress: show progress bars.
+    """
+
+    output: str
+    data: str = "synthetic"
+    preset: str = "default"
+    mode: str | None = None
+    k: int | None = None
+    estimator: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    mixed_precision: str = "no"
+    grad_accum: int = 1
+    resume: bool = False
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.05
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 128
+    log_with: str | None = None
+    progress: bool = True
+
+    def resolved(self, preset: Preset) -> TrainingArguments:
+        """A copy whose unset epochs / batch size / lr come from ``preset``."""
+        values = asdict(self)
+        for name in ("epochs", "batch_size", "lr"):
+            if values[name] is None:
+                values[name] = preset.training[name]
+        return TrainingArguments(**values)
+
+
+class ImageGroupedSampler(Sampler[int]):
+    """Shuffles images, and keeps the questions about one image next to each other.
+
+    Batches then hold several questions per image, which the model encodes once.
+    """
+
+    def __init__(self, image_paths: list[str], seed: int) -> None:
+        groups: dict[str, list[int]] = {}
+        for row, path in enumerate(image_paths):
+            groups.setdefault(path, []).append(row)
+        self.groups = list(groups.values())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self.groups)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        for group in torch.randperm(len(self.groups), generator=generator).tolist():
+            yield from self.groups[group]
+
+
+def resolve_data_dir(data: str, preset: Preset, progress: bool) -> Path:
+    """A dataset directory: ``data`` itself, or the cached embedded dataset for ``synthetic``."""
+    if data == "synthetic":
+        return synthetic_dataset(**preset.synthetic, progress=progress)
+    return Path(data)
+
+
+def build_model(
+    processor: HybridVQAProcessor, preset: Preset, args: TrainingArguments
+) -> HybridVQAModel:
+    """A fresh model sized by the preset, the processor and the fusion overrides."""
+    fields = dict(preset.model)
+    fields.update({f"fusion_{name}": value for name, value in
+                   (("mode", args.mode), ("k", args.k), ("estimator", args.estimator))
+                   if value is not None})
+    fields.update(
+        image_size=processor.image_size,
+        text_vocab_size=len(processor.tokenizer),
+        max_question_length=processor.max_question_length,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        id2label=dict(enumerate(processor.answers.answers)),
+    )
+    config = HybridVQAConfig(**fields)
+    return HybridVQAModel(config)
+
+
+def save_checkpoint(accelerator: Accelerator, run: Path, state: dict) -> None:
+    """Accelerate state + trainer state, replacing the previous checkpoint only once complete."""
+    staging = run / f"{CHECKPOINT_DIR}.tmp"
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        write_json(staging / STATE_FILE, state)
+        previous = run / f"{CHECKPOINT_DIR}.old"
+        if (run / CHECKPOINT_DIR).exists():
+            os.replace(run / CHECKPOINT_DIR, previous)
+        os.replace(staging, run / CHECKPOINT_DIR)
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def write_json(path: Path, value: object) -> None:
+    """Write JSON atomically (beside, then rename)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2, default=float) + "\n")
+    os.replace(partial, path)
+
+
+def train(args: TrainingArguments) -> dict:
+    """Train a model as ``args`` says; return the run summary also written to metrics.json."""
+    preset = get_preset(args.preset)
+    args = args.resolved(preset)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.grad_accum,
+        log_with=args.log_with,
+        project_dir=args.output,
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(args.seed)
+    run = Path(args.output)
+    resuming = args.resume and (run / CHECKPOINT_DIR / STATE_FILE).is_file()
+    if args.resume and not resuming:
+        accelerator.print(f"No checkpoint in {run}: starting a new run.")
+    with accelerator.main_process_first():
+        data_dir = resolve_data_dir(args.data, preset, args.progress)
+        splits = load_local_dataset(data_dir)
+    if "train" not in splits:
+        raise ValueError(f"{data_dir} has no train split; it has {sorted(splits)}")
+    train_rows: Dataset = splits["train"]
+
+    if resuming:
+        processor = HybridVQAProcessor.from_pretrained(run)
+    else:
+        processor = HybridVQAProcessor.train(
+            train_rows["question"], train_rows["answers"],
+            image_size=preset.model.get("image_size", HybridVQAConfig.image_size),
+        )
+        if accelerator.is_main_process:
+            processor.save_pretrained(run)
+    model = build_model(processor, preset, args)
+
+    sampler = ImageGroupedSampler(train_rows["image_path"], args.seed)
+    loader = DataLoader(
+        train_rows, batch_size=args.batch_size, sampler=sampler, collate_fn=VQACollator(processor)
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    total_steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(args.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
+
+    state = {"epoch": 0, "best_accuracy": -1.0, "history": []}
+    if resuming:
+        accelerator.load_state(str(run / CHECKPOINT_DIR))
+        state = json.loads((run / CHECKPOINT_DIR / STATE_FILE).read_text())
+
+    for epoch in range(state["epoch"], args.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        start, losses = time.perf_counter(), []
+        bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{args.epochs}",
+                   disable=not (args.progress and accelerator.is_local_main_process))
+        for inputs, _ in bar:
+            with accelerator.accumulate(model):
+                loss = model(**inputs).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach())
+            bar.set_postfix(loss=f"{losses[-1].item():.3f}")
+        train_seconds = time.perf_counter() - start
+        train_loss = accelerator.gather(torch.stack(losses)).float().mean().item()
+
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_seconds": train_seconds,
+                  "lr": scheduler.get_last_lr()[0]}
+        if "val" in splits:
+            scores = evaluate(accelerator.unwrap_model(model), processor, splits["val"],
+                              accelerator=accelerator, batch_size=args.eval_batch_size,
+                              progress=args.progress)
+            record.update({f"val_{name}": value for name, value in scores.items()})
+        accuracy = record.get("val_accuracy", -train_loss)
+        accelerator.log(record, step=epoch + 1)
+        accelerator.print(
+            f"epoch {epoch + 1}: loss {train_loss:.4f}"
+            + (f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
+            + f" ({train_seconds:.0f} s)"
+        )
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        if accuracy > state["best_accuracy"]:
+            state["best_accuracy"] = accuracy
+            state["best_epoch"] = epoch + 1
+            accelerator.unwrap_model(model).save_pretrained(
+                run, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+            )
+        save_checkpoint(accelerator, run, state)
+        if accelerator.is_main_process:
+            write_json(run / METRICS_FILE, {"arguments": asdict(args), **state})
+    accelerator.end_training()
+    return {"arguments": asdict(args), **state}
