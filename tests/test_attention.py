@@ -18,6 +18,9 @@ SCORES_DOWNCAST_TO_FLOAT32 = pytest.mark.xfail(
     strict=True, reason="HybridAttention.forward casts float64 scores to float32"
 )
 
+# With ste, grad enabled takes the dense straight-through path and no grad the gathered one.
+AGGREGATION_PATHS = pytest.mark.parametrize("grad", [True, False], ids=["dense", "gathered"])
+
 
 def make_attention(seed: int = 0, **kwargs) -> HybridAttention:
     torch.manual_seed(seed)
@@ -31,10 +34,6 @@ def make_inputs(
     gen = torch.Generator().manual_seed(seed)
     query = torch.randn(batch, queries, QUERY_DIM, generator=gen, **kwargs)
     return query, torch.randn(batch, regions, KEY_DIM, generator=gen, **kwargs)
-
-
-# With ste, grad enabled takes the dense straight-through path and no grad the gathered one.
-AGGREGATION_PATHS = pytest.mark.parametrize("grad", [True, False], ids=["dense", "gathered"])
 
 
 def make_padding(batch: int, regions: int, num_valid: list[int]) -> torch.Tensor:

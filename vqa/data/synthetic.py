@@ -66,13 +66,16 @@ _VALUES = {"size": SIZES, "colour": COLOURS, "shape": SHAPES}
 # (axis, sign): the offset sign * (c_B[axis] - c_A[axis]) is positive in the relation's direction.
 _DIRECTIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 _RELATION_MARGIN = 0.15  # tau as a fraction of the image size
-_CANDIDATE_POSITIONS = 128  # random positions offered to one sequential placement
+_CANDIDATE_POSITIONS = 64  # random positions offered to one sequential placement
 _PLACEMENT_RESTARTS = 12  # sequential placements tried before falling back to a jittered grid
 _REPAIR_STEPS = 24  # attribute resamplings allowed when filling in a scene
+_LAYOUT_TRIES = 8  # layouts drawn for a planned scene before the plan is given up
 _ATTEMPTS = 50  # scene draws for a set of answers before the last question is dropped
 _ASK_TRIES = 64  # wordings tried by `ask_question` before it gives up
 
 Description = Mapping[str, str]  # attribute -> value, e.g. {"colour": "red", "shape": "circle"}
+Point = tuple[float, float]  # (x, y) in pixels
+Box = list[int]  # [x0, y0, x1, y1] in pixels, x1 and y1 exclusive
 SceneObject = dict[str, Any]  # {"box": [x0, y0, x1, y1], "shape": ..., "colour": ..., "size": ...}
 
 
@@ -145,11 +148,9 @@ def _families(config: SyntheticConfig) -> tuple[str, ...]:
 # Geometry
 
 
-def _object_sides(image_size: int) -> tuple[int, int]:
-    """(small, large) object sides in pixels; equal parity so both centre in one footprint."""
-    large = round(0.28 * image_size)
-    small = large - 2 * round((large - 0.16 * image_size) / 2)
-    return small, large
+def _object_sides(image_size: int) -> dict[str, int]:
+    """Object side in pixels for each size."""
+    return {"small": round(0.16 * image_size), "large": round(0.28 * image_size)}
 
 
 def _gap(image_size: int) -> int:
@@ -157,90 +158,150 @@ def _gap(image_size: int) -> int:
     return max(1, round(0.03 * image_size))
 
 
-def _place_footprints(rng: np.random.Generator, n: int, image_size: int) -> np.ndarray:
-    """Top-left corners (n, 2) of n large-object footprints that keep a gap between them.
+def _place_boxes(rng: np.random.Generator, sizes: Sequence[str], image_size: int) -> list[Box]:
+    """Boxes for objects of `sizes`, inside the image and at least a gap apart.
 
     Random sequential placement, restarted when it jams; a jittered 3x3 grid as a last resort.
     """
+    sides = [_object_sides(image_size)[size] for size in sizes]
     for _ in range(_PLACEMENT_RESTARTS):
-        corners = _random_footprints(rng, n, image_size)
-        if corners is not None:
-            return corners
-    return _grid_footprints(rng, n, image_size)
+        boxes = _random_boxes(rng, sides, image_size)
+        if boxes is not None:
+            return boxes
+    return _grid_boxes(rng, sides, image_size)
 
 
-def _random_footprints(rng: np.random.Generator, n: int, image_size: int) -> np.ndarray | None:
-    """Greedily accepted random corners (n, 2), or None when no room is left before n."""
-    _, large = _object_sides(image_size)
-    reach = large + _gap(image_size)
-    candidates = rng.integers(0, image_size - large + 1, size=(_CANDIDATE_POSITIONS, 2))
-    free = np.ones(len(candidates), dtype=bool)
-    chosen = []
-    for _ in range(n):
-        index = np.flatnonzero(free)
-        if not index.size:
+def _random_boxes(rng: np.random.Generator, sides: Sequence[int], image_size: int) -> list | None:
+    """Boxes placed largest first, each at the first free one of a stream of random positions;
+    None when the stream runs out."""
+    stream = iter(rng.random((_CANDIDATE_POSITIONS, 2)).tolist())
+    boxes: list[Box | None] = [None] * len(sides)
+    for i in sorted(range(len(sides)), key=lambda i: -sides[i]):
+        boxes[i] = _first_free(stream, sides[i], [b for b in boxes if b], image_size)
+        if boxes[i] is None:
             return None
-        chosen.append(candidates[index[0]])
-        free &= np.abs(candidates - candidates[index[0]]).max(axis=1) >= reach
-    return np.stack(chosen)
+    return boxes
 
 
-def _grid_footprints(rng: np.random.Generator, n: int, image_size: int) -> np.ndarray:
-    """Top-left corners (n, 2) in n distinct cells of a 3x3 grid, jittered inside each cell."""
-    _, large = _object_sides(image_size)
-    cell = image_size // 3
-    slack = cell - large - _gap(image_size)  # >= 0 for every image_size >= 32
-    cells = rng.permutation(9)[:n]
-    jitter = rng.integers(0, slack + 1, size=(n, 2))
-    return np.stack([cells % 3, cells // 3], axis=1) * cell + jitter
-
-
-def _box(corner: np.ndarray, size: str, image_size: int) -> list[int]:
-    """The [x0, y0, x1, y1] box of an object of `size` centred in the footprint at `corner`."""
-    small, large = _object_sides(image_size)
-    side = small if size == "small" else large
-    x0, y0 = (int(v) + (large - side) // 2 for v in corner)
-    return [x0, y0, x0 + side, y0 + side]
-
-
-def _centres(objects: Sequence[SceneObject]) -> np.ndarray:
-    """Box centres (n, 2) as (x, y) in pixels."""
-    boxes = np.array([o["box"] for o in objects], dtype=float).reshape(-1, 4)
-    return (boxes[:, :2] + boxes[:, 2:]) / 2
-
-
-def _related(centres: np.ndarray, anchor: int, relation: str, image_size: int) -> int | None:
-    """The one object in `relation` to `anchor` under the module docstring's rule, else None."""
-    axis, sign = _DIRECTIONS[relation]
-    offsets = sign * (centres[:, axis] - centres[anchor, axis])
-    ahead = np.flatnonzero(offsets > 0)
-    if len(ahead) == 1 and offsets[ahead[0]] >= _RELATION_MARGIN * image_size:
-        return int(ahead[0])
+def _first_free(
+    stream: Iterator[list[float]], side: int, placed: Sequence[Box], image_size: int
+) -> Box | None:
+    """The first position in `stream` where a box of `side` keeps a gap to every placed box."""
+    span, gap = image_size - side + 1, _gap(image_size)
+    for u, v in stream:
+        x, y = int(u * span), int(v * span)
+        box = [x, y, x + side, y + side]
+        if all(_apart(box, other, gap) for other in placed):
+            return box
     return None
 
 
-def _orient(
-    rng: np.random.Generator, corners: np.ndarray, relations: Sequence[str], image_size: int
-) -> np.ndarray:
-    """The first of the layout's 8 mirror images (random order) that has a pair for every
-    relation in `relations`; the layout itself when none does.
+def _apart(a: Box, b: Box, gap: int) -> bool:
+    """Whether boxes a and b have at least `gap` empty pixels between them on some axis."""
+    return a[0] >= b[2] + gap or b[0] >= a[2] + gap or a[1] >= b[3] + gap or b[1] >= a[3] + gap
 
-    Mirroring keeps the layout distribution, so this is rejection sampling without the waste.
+
+def _grid_boxes(rng: np.random.Generator, sides: Sequence[int], image_size: int) -> list[Box]:
+    """Boxes in distinct cells of a 3x3 grid, jittered inside each cell."""
+    cell, gap = image_size // 3, _gap(image_size)
+    boxes = []
+    for index, side in zip(rng.permutation(9).tolist(), sides, strict=False):
+        # cell - side - gap >= 0 for every image_size >= 32
+        dx, dy = rng.integers(0, cell - side - gap + 1, size=2).tolist()
+        x, y = index % 3 * cell + dx, index // 3 * cell + dy
+        boxes.append([x, y, x + side, y + side])
+    return boxes
+
+
+def _centres(boxes: Iterable[Box]) -> list[Point]:
+    """Box centres (x, y) in pixels."""
+    return [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes]
+
+
+def _related(centres: Sequence[Point], anchor: int, relation: str, image_size: int) -> int | None:
+    """The one object in `relation` to `anchor` under the module docstring's rule, else None."""
+    axis, sign = _DIRECTIONS[relation]
+    origin = centres[anchor][axis]
+    offsets = [sign * (c[axis] - origin) for c in centres]
+    ahead = [i for i, offset in enumerate(offsets) if offset > 0]
+    if len(ahead) == 1 and offsets[ahead[0]] >= _RELATION_MARGIN * image_size:
+        return ahead[0]
+    return None
+
+
+def _mirror(boxes: Iterable[Box], code: int, image_size: int) -> list[Box]:
+    """One of the layout's 8 symmetries: bit 4 transposes, bits 1 and 2 flip x and y."""
+    mirrored = []
+    for x0, y0, x1, y1 in boxes:
+        if code & 4:
+            x0, y0, x1, y1 = y0, x0, y1, x1
+        if code & 1:
+            x0, x1 = image_size - x1, image_size - x0
+        if code & 2:
+            y0, y1 = image_size - y1, image_size - y0
+        mirrored.append([x0, y0, x1, y1])
+    return mirrored
+
+
+def _arrange(
+    rng: np.random.Generator,
+    boxes: Sequence[Box],
+    sizes: Sequence[str],
+    relations: Sequence[tuple[int, int, str]],
+    image_size: int,
+) -> list[Box] | None:
+    """Give each object a box of its size so that every (anchor, other, relation) holds.
+
+    Tries the layout's symmetries in random order and puts the first relation's two objects
+    on two boxes in that relation; the other objects share the remaining boxes of their size
+    at random. Symmetries keep the layout distribution, so this is rejection sampling without
+    the waste. Returns None when no symmetry works.
     """
     if not relations:
-        return corners
-    far = image_size - _object_sides(image_size)[1]
-    for code in rng.permutation(8):
-        oriented = corners[:, ::-1] if code & 4 else corners
-        oriented = np.where([bool(code & 1), bool(code & 2)], far - oriented, oriented)
-        centres = oriented + _object_sides(image_size)[1] / 2
-        if all(_has_pair(centres, r, image_size) for r in relations):
-            return oriented
-    return corners
+        return list(boxes)
+    anchor, other, relation = relations[0]
+    for code in rng.permutation(8).tolist():
+        mirrored = _mirror(boxes, code, image_size)
+        centres = _centres(mirrored)
+        pairs = [(a, _related(centres, a, relation, image_size)) for a in range(len(boxes))]
+        pairs = [
+            (a, b)
+            for a, b in pairs
+            if b is not None and sizes[a] == sizes[anchor] and sizes[b] == sizes[other]
+        ]
+        if not pairs:
+            continue
+        a, b = pairs[int(rng.random() * len(pairs))]
+        arranged = [mirrored[i] for i in _assign(rng, sizes, {anchor: a, other: b})]
+        centres = _centres(arranged)
+        if all(_related(centres, a, r, image_size) == b for a, b, r in relations[1:]):
+            return arranged
+    return None
 
 
-def _has_pair(centres: np.ndarray, relation: str, image_size: int) -> bool:
-    return any(_related(centres, a, relation, image_size) is not None for a in range(len(centres)))
+def _assign(rng: np.random.Generator, sizes: Sequence[str], fixed: Mapping[int, int]) -> list[int]:
+    """A box index for every object: `fixed` ones as given, the rest shuffled within a size."""
+    order = [fixed.get(i, -1) for i in range(len(sizes))]
+    for size in SIZES:
+        objects = [i for i in range(len(sizes)) if sizes[i] == size and order[i] < 0]
+        boxes = [i for i in range(len(sizes)) if sizes[i] == size and i not in fixed.values()]
+        for i, k in zip(objects, rng.permutation(len(boxes)).tolist(), strict=True):
+            order[i] = boxes[k]
+    return order
+
+
+def _layout(
+    rng: np.random.Generator,
+    sizes: Sequence[str],
+    relations: Sequence[tuple[int, int, str]],
+    image_size: int,
+) -> list[Box] | None:
+    """Boxes for objects of `sizes` that satisfy `relations`, or None if a few layouts fail."""
+    for _ in range(_LAYOUT_TRIES):
+        boxes = _arrange(rng, _place_boxes(rng, sizes, image_size), sizes, relations, image_size)
+        if boxes is not None:
+            return boxes
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,16 +321,13 @@ class _Spec:
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
-    return options[int(rng.integers(len(options)))]
+    return options[int(rng.random() * len(options))]
 
 
 def _sample_description(rng: np.random.Generator, attributes: Sequence[str]) -> dict[str, str]:
-    """A uniformly chosen non-empty subset of `attributes`, each with a uniform value."""
-    mask = np.zeros(len(attributes), dtype=bool)
-    while not mask.any():
-        mask = rng.integers(0, 2, size=len(attributes)).astype(bool)
-    chosen = {a for a, keep in zip(attributes, mask, strict=True) if keep}
-    return {a: _pick(rng, _VALUES[a]) for a in _ATTRIBUTE_ORDER if a in chosen}
+    """A uniformly chosen non-empty subset of `attributes` (in phrase order), uniform values."""
+    mask = int(rng.integers(1, 1 << len(attributes)))
+    return {a: _pick(rng, _VALUES[a]) for i, a in enumerate(attributes) if mask >> i & 1}
 
 
 def _without(attribute: str) -> tuple[str, ...]:
@@ -376,7 +434,7 @@ def _answer_relate(spec: _Spec, objects: Sequence[SceneObject], image_size: int)
     anchor = _unique(objects, spec.description)
     if anchor is None:
         return None
-    other = _related(_centres(objects), anchor, spec.relation, image_size)
+    other = _related(_centres(o["box"] for o in objects), anchor, spec.relation, image_size)
     return None if other is None else (objects[other][spec.attribute], [anchor, other])
 
 
@@ -419,12 +477,11 @@ def _question(spec: _Spec, objects: Sequence[SceneObject], image_size: int) -> d
 
 @dataclass
 class _Plan:
-    """A scene under construction: fixed geometry, partly pinned attributes, forbidden matches."""
+    """A scene under construction: pinned attributes, forbidden matches, required relations."""
 
-    centres: np.ndarray  # (n, 2) object centres in pixels
-    image_size: int
     pins: list[dict[str, str]]
     forbidden: list[tuple[Description, frozenset[int]]] = field(default_factory=list)
+    relations: list[tuple[int, int, str]] = field(default_factory=list)  # (anchor, other, rel.)
 
     def fits(self, index: int, required: Description) -> bool:
         """Whether object `index` can take `required` without breaking a pin or a forbid."""
@@ -486,12 +543,14 @@ def _plan_count(spec: _Spec, plan: _Plan, rng: np.random.Generator) -> bool:
 
 
 def _plan_relate(spec: _Spec, plan: _Plan, rng: np.random.Generator) -> bool:
+    """Pin the anchor and the answer object; the layout puts them in relation later."""
     answer = {spec.attribute: spec.answer}
     for anchor in plan.candidates(rng, spec.description):
-        other = _related(plan.centres, anchor, spec.relation, plan.image_size)
-        if other is not None and other != anchor and plan.fits(other, answer):
+        others = plan.candidates(rng, answer, exclude=[anchor])
+        if others:
             plan.pin(anchor, spec.description)
-            plan.pin(other, answer)
+            plan.pin(others[0], answer)
+            plan.relations.append((anchor, others[0], spec.relation))
             return plan.forbid(spec.description, [anchor])
     return False
 
@@ -568,19 +627,19 @@ def _realise(
     low = max([config.min_objects] + [_min_objects(s) for s in specs])
     if low > config.max_objects:
         return None
-    corners = _place_footprints(rng, int(rng.integers(low, config.max_objects + 1)), size)
-    corners = _orient(rng, corners, [s.relation for s in specs if s.family == "relate"], size)
-    plan = _Plan(corners + _object_sides(size)[1] / 2, size, [{} for _ in corners])
+    plan = _Plan([{} for _ in range(int(rng.integers(low, config.max_objects + 1)))])
     if not all(_PLANNERS[s.family](s, plan, rng) for s in sorted(specs, key=_rigidity)):
         return None
     attributes = _fill_attributes(rng, plan)
     if attributes is None:
         return None
+    boxes = _layout(rng, [a["size"] for a in attributes], plan.relations, size)
+    if boxes is None:
+        return None
     objects = [
-        {"box": _box(corner, a["size"], size), "shape": a["shape"], "colour": a["colour"],
-         "size": a["size"]}
-        for corner, a in zip(corners, attributes, strict=True)
-    ]  # fmt: skip
+        {"box": box, "shape": a["shape"], "colour": a["colour"], "size": a["size"]}
+        for box, a in zip(boxes, attributes, strict=True)
+    ]
     questions = [_question(s, objects, size) for s in specs]
     if any(q is None or q["answer"] != s.answer for q, s in zip(questions, specs, strict=True)):
         return None
