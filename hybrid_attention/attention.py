@@ -7,9 +7,10 @@
 | hybrid | top-k regions, softmax over the selected k only  | softmax backprop + the estimator   |
 
 In hard and hybrid modes the value projection and the aggregation run on the k selected
-regions only. The one exception is training with ``ste`` or ``gumbel``: a straight-through
-gradient tells every region how the output would change if it were kept, which needs every
-region's value, so that path computes the dense (N-wide) form. Its forward value is the same.
+regions only. The one exception is ``ste`` or ``gumbel`` while gradients are computed: a
+straight-through gradient tells every region how the output would change if it were kept,
+which needs every region's value, so that path computes the dense (N-wide) form. Its forward
+value is the same.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class AttentionOutput:
     Attributes:
         output: (B, Lq, out_dim) the attended values, projected.
         weights: (B, H, Lq, N) attention weights, exactly 0 outside the selection.
-        scores: (B, H, Lq, N) float32 scaled dot-product scores (before masking).
+        scores: (B, H, Lq, N) scaled dot-product scores (before masking), at least float32.
         indices: (B, H, Lq, k) selected regions, best first; None in soft mode.
         log_prob: (B, H, Lq) log-probability of a sampled selection (reinforce while
             training), else None.
@@ -171,7 +172,8 @@ class HybridAttention(nn.Module):
         valid = self._check_inputs(query, regions, key_padding_mask)
         q = self._split_heads(self.q_proj(query))  # (B, H, Lq, d)
         keys = self._split_heads(self.k_proj(regions))  # (B, H, N, d)
-        scores = (q @ keys.transpose(-1, -2)).float() / math.sqrt(self.head_dim)  # (B,H,Lq,N)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Lq, N)
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # select in >= fp32
         if valid is not None:
             valid = valid[:, None, None, :].expand_as(scores)
 
@@ -182,7 +184,11 @@ class HybridAttention(nn.Module):
             return AttentionOutput(self._merge_heads(out), weights, scores)
 
         selection = select_topk(
-            scores, self.k, estimator=self.estimator, mask=valid, tau=self.tau,
+            scores,
+            self.k,
+            estimator=self.estimator,
+            mask=valid,
+            tau=self.tau,
             training=self.training,
         )
         if self.estimator in ("ste", "gumbel") and torch.is_grad_enabled():

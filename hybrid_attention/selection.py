@@ -122,6 +122,8 @@ def select_topk(
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau!r}")
     if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = valid), got {mask.dtype}")
         if mask.shape != scores.shape:
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} does not match scores shape {tuple(scores.shape)}"
@@ -142,7 +144,9 @@ def select_topk(
         # Parenthesised so that the forward value is exactly `hard`.
         return Selection(mask=hard + (relaxed - relaxed.detach()), indices=indices)
     if estimator == "reinforce" and training:
-        return Selection(mask=hard, indices=indices, log_prob=plackett_luce_log_prob(logits, indices))
+        return Selection(
+            mask=hard, indices=indices, log_prob=plackett_luce_log_prob(logits, indices)
+        )
     return Selection(mask=hard, indices=indices)
 
 

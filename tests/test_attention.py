@@ -11,13 +11,6 @@ from hybrid_attention import ESTIMATORS, MODES, HybridAttention, gather_regions
 
 QUERY_DIM, KEY_DIM, DIM, HEADS = 6, 8, 8, 2
 
-# Remove once fixed: `(q @ keys.transpose(-1, -2)).float()` in HybridAttention.forward is meant
-# to upcast bf16/fp16 scores but also downcasts float64 ones, so a float64 module computes its
-# scores, weights and selection in float32.
-SCORES_DOWNCAST_TO_FLOAT32 = pytest.mark.xfail(
-    strict=True, reason="HybridAttention.forward casts float64 scores to float32"
-)
-
 # With ste, grad enabled takes the dense straight-through path and no grad the gathered one.
 AGGREGATION_PATHS = pytest.mark.parametrize("grad", [True, False], ids=["dense", "gathered"])
 
@@ -243,7 +236,6 @@ def test_padded_regions_are_never_attended(mode, estimator, training, grad):
 # Gradcheck (float64).
 
 
-@SCORES_DOWNCAST_TO_FLOAT32
 @pytest.mark.parametrize("mode", MODES)
 def test_float64_module_computes_scores_in_float64(mode):
     attn = make_attention(mode=mode).double()
@@ -252,7 +244,6 @@ def test_float64_module_computes_scores_in_float64(mode):
     assert out.weights.dtype == torch.float64
 
 
-@SCORES_DOWNCAST_TO_FLOAT32
 def test_soft_attention_gradcheck():
     attn = make_attention(mode="soft").double()
     query, regions = make_inputs(queries=2, regions=5, dtype=torch.float64)
@@ -263,7 +254,6 @@ def test_soft_attention_gradcheck():
     )
 
 
-@SCORES_DOWNCAST_TO_FLOAT32
 def test_hybrid_none_attention_gradcheck_wrt_query():
     # The selection is locally constant, so the output is smooth in the query.
     attn = make_attention(mode="hybrid", k=2, estimator="none").double()

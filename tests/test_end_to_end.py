@@ -16,22 +16,59 @@ from vqa.data.formats import DatasetFormatError, load_local_dataset
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "scenes"
-    assert main(["data", "synthetic", "--out", str(out), "--train", "50", "--val", "10",
-                 "--test", "10", "--image-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synthetic",
+                "--out",
+                str(out),
+                "--train",
+                "50",
+                "--val",
+                "10",
+                "--test",
+                "10",
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["train", "--data", str(dataset), "--output", str(run), "--preset", "tiny",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--output",
+                str(run),
+                "--preset",
+                "tiny",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return run
 
 
 def test_training_writes_model_processor_metrics_and_checkpoint(run):
-    for name in ("config.json", "model.safetensors", "answers.json", "tokenizer.json",
-                 "preprocessor_config.json", "metrics.json", "checkpoint/trainer_state.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "answers.json",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "metrics.json",
+        "checkpoint/trainer_state.json",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     (epoch,) = metrics["history"]
@@ -45,8 +82,14 @@ def test_eval_prints_one_json_object_with_every_metric(run, dataset, capsys):
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert scores["questions"] == len(load_local_dataset(dataset, ["val"])["val"])
     assert 0.0 <= scores["accuracy"] <= 1.0
-    assert set(scores["accuracy_by_type"]) <= {"colour", "shape", "exist", "count", "relate",
-                                               "compare"}
+    assert set(scores["accuracy_by_type"]) <= {
+        "colour",
+        "shape",
+        "exist",
+        "count",
+        "relate",
+        "compare",
+    }
     assert 0.0 <= scores["pointing_accuracy"] <= 1.0
     assert scores["regions_used"] == 4.0
 
@@ -54,8 +97,25 @@ def test_eval_prints_one_json_object_with_every_metric(run, dataset, capsys):
 def test_predict_gives_top5_answers_and_region_boxes(run, dataset, capsys):
     image = next((dataset / "images" / "test").iterdir())
     capsys.readouterr()
-    assert main(["predict", "--model", str(run), "--image", str(image), "--question",
-                 "what colour is the circle?", "--mode", "hard", "--k", "2", "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(run),
+                "--image",
+                str(image),
+                "--question",
+                "what colour is the circle?",
+                "--mode",
+                "hard",
+                "--k",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(result["answers"]) == 5
     assert abs(sum(p for _, p in result["answers"])) <= 1.0 + 1e-6
@@ -66,17 +126,45 @@ def test_predict_gives_top5_answers_and_region_boxes(run, dataset, capsys):
 
 
 def test_resume_continues_from_the_checkpoint(run, dataset):
-    assert main(["train", "--data", str(dataset), "--output", str(run), "--preset", "tiny",
-                 "--epochs", "2", "--resume", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--output",
+                str(run),
+                "--preset",
+                "tiny",
+                "--epochs",
+                "2",
+                "--resume",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [record["epoch"] for record in history] == [1, 2]
 
 
 def test_cli_errors_are_one_line_on_stderr_with_status_2(run, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "vqa", "predict", "--model", str(tmp_path), "--image", "x.png",
-         "--question", "hi"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "vqa",
+            "predict",
+            "--model",
+            str(tmp_path),
+            "--image",
+            "x.png",
+            "--question",
+            "hi",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -85,7 +173,9 @@ def test_cli_errors_are_one_line_on_stderr_with_status_2(run, tmp_path):
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):
-    (tmp_path / "train.jsonl").write_text('{"image": "a.png", "question": "q", "answer": "a"}\n{oops\n')
+    (tmp_path / "train.jsonl").write_text(
+        '{"image": "a.png", "question": "q", "answer": "a"}\n{oops\n'
+    )
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(DatasetFormatError, match=r"train.jsonl:2: malformed JSON"):
         load_local_dataset(tmp_path)

@@ -12,12 +12,27 @@ from vqa.configuration import HybridVQAConfig
 from vqa.modeling import HybridVQAModel, answer_loss
 from vqa.processing import HybridVQAProcessor, to_rgb
 
-QUESTIONS = ["what colour is the large circle?", "how many red objects are there?",
-             "is there a small blue square?", "what shape is the green object?"]
+QUESTIONS = [
+    "what colour is the large circle?",
+    "how many red objects are there?",
+    "is there a small blue square?",
+    "what shape is the green object?",
+]
 ANSWERS = ["red", "2", "yes", "circle"]
-TINY = dict(image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-            text_hidden_size=32, text_layers=1, text_heads=2, fusion_dim=32, fusion_k=4,
-            reasoner_layers=1, dropout=0.0)
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    vision_hidden_size=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden_size=32,
+    text_layers=1,
+    text_heads=2,
+    fusion_dim=32,
+    fusion_k=4,
+    reasoner_layers=1,
+    dropout=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +44,8 @@ def make_model(processor: HybridVQAProcessor, **overrides) -> HybridVQAModel:
     torch.manual_seed(0)
     fields = {**TINY, **overrides}
     config = HybridVQAConfig(
-        **fields, text_vocab_size=len(processor.tokenizer),
+        **fields,
+        text_vocab_size=len(processor.tokenizer),
         id2label=dict(enumerate(processor.answers.answers)),
     )
     return HybridVQAModel(config).eval()
@@ -37,8 +53,9 @@ def make_model(processor: HybridVQAProcessor, **overrides) -> HybridVQAModel:
 
 def random_images(count: int, size: int = 32) -> list[Image.Image]:
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-            for _ in range(count)]
+    return [
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)
+    ]
 
 
 def batch(processor: HybridVQAProcessor, count: int = 4):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
+from vqa.data.synthetic import DATASET_VERSION, SyntheticConfig, write_synthetic_dataset
 
 
 def cache_dir() -> Path:
@@ -20,12 +20,18 @@ def synthetic_dataset(
     *, train: int, val: int, test: int, image_size: int, seed: int = 0, progress: bool = True
 ) -> Path:
     """The embedded scene dataset of these sizes, generated on first use and then reused."""
-    name = f"synthetic-s{image_size}-n{train}-{val}-{test}-seed{seed}"
+    name = f"synthetic-v{DATASET_VERSION}-s{image_size}-n{train}-{val}-{test}-seed{seed}"
     directory = cache_dir() / "datasets" / name
     if not (directory / "dataset_info.json").is_file():
         write_synthetic_dataset(
-            directory, train=train, val=val, test=test, seed=seed,
-            config=SyntheticConfig(image_size=image_size), overwrite=True, progress=progress,
+            directory,
+            train=train,
+            val=val,
+            test=test,
+            seed=seed,
+            config=SyntheticConfig(image_size=image_size),
+            overwrite=True,
+            progress=progress,
         )
     return directory
 

@@ -35,8 +35,11 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model with Accelerate")
-    train.add_argument("--data", default="synthetic",
-                       help="dataset directory, or 'synthetic' for the embedded scenes")
+    train.add_argument(
+        "--data",
+        default="synthetic",
+        help="dataset directory, or 'synthetic' for the embedded scenes",
+    )
     train.add_argument("--output", required=True, help="run directory")
     train.add_argument("--preset", default="default", help="tiny | default | full")
     train.add_argument("--mode", choices=MODE_CHOICES)
@@ -78,7 +81,9 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="train the default model if none is cached, then show it")
+    demo = commands.add_parser(
+        "demo", help="train the default model if none is cached, then show it"
+    )
     demo.add_argument("--retrain", action="store_true", help="train again even if cached")
     demo.set_defaults(run=run_demo)
 
@@ -90,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_data_parser, add_train_parser, add_eval_parser, add_predict_parser,
-                add_demo_parser):
+    for add in (
+        add_data_parser,
+        add_train_parser,
+        add_eval_parser,
+        add_predict_parser,
+        add_demo_parser,
+    ):
         add(commands)
     return parser
 
@@ -99,24 +109,47 @@ def build_parser() -> argparse.ArgumentParser:
 def run_data_synthetic(args: argparse.Namespace) -> None:
     from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
-    config = SyntheticConfig(image_size=args.image_size, noise=args.noise,
-                             questions_per_image=args.questions_per_image)
-    info = write_synthetic_dataset(args.out, train=args.train, val=args.val, test=args.test,
-                                   config=config, seed=args.seed, overwrite=args.overwrite)
+    config = SyntheticConfig(
+        image_size=args.image_size, noise=args.noise, questions_per_image=args.questions_per_image
+    )
+    info = write_synthetic_dataset(
+        args.out,
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        config=config,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     print(json.dumps(info, indent=2))
 
 
 def run_train(args: argparse.Namespace) -> None:
     from vqa.training import TrainingArguments, train
 
-    summary = train(TrainingArguments(
-        output=args.output, data=args.data, preset=args.preset, mode=args.mode, k=args.k,
-        estimator=args.estimator, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
-        resume=args.resume, log_with=args.log_with, progress=not args.no_progress,
-    ))
-    print(f"best val accuracy {summary['best_accuracy']:.4f} at epoch "
-          f"{summary.get('best_epoch')}; model saved in {args.output}")
+    summary = train(
+        TrainingArguments(
+            output=args.output,
+            data=args.data,
+            preset=args.preset,
+            mode=args.mode,
+            k=args.k,
+            estimator=args.estimator,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            mixed_precision=args.mixed_precision,
+            grad_accum=args.grad_accum,
+            resume=args.resume,
+            log_with=args.log_with,
+            progress=not args.no_progress,
+        )
+    )
+    print(
+        f"best val accuracy {summary['best_accuracy']:.4f} at epoch "
+        f"{summary.get('best_epoch')}; model saved in {args.output}"
+    )
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -127,8 +160,7 @@ def run_eval(args: argparse.Namespace) -> None:
     model, processor = load_model(args.model)
     model.set_fusion(mode=args.mode, k=args.k)
     rows = load_local_dataset(args.data, [args.split])[args.split]
-    scores = evaluate(model, processor, rows, batch_size=args.batch_size,
-                      progress=not args.json)
+    scores = evaluate(model, processor, rows, batch_size=args.batch_size, progress=not args.json)
     scores.update({"mode": model.fusion.mode, "k": model.fusion.k, "split": args.split})
     if args.json:
         print(json.dumps(scores))

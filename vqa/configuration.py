@@ -78,9 +78,21 @@ class HybridVQAConfig(PreTrainedConfig):
     def check(self) -> None:
         """Raise a ValueError naming the first field whose value is invalid."""
         positive = (
-            "image_size", "patch_size", "num_channels", "vision_hidden_size", "vision_layers",
-            "vision_heads", "text_vocab_size", "text_hidden_size", "text_layers", "text_heads",
-            "max_question_length", "fusion_k", "fusion_heads", "fusion_dim", "num_answers",
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "vision_hidden_size",
+            "vision_layers",
+            "vision_heads",
+            "text_vocab_size",
+            "text_hidden_size",
+            "text_layers",
+            "text_heads",
+            "max_question_length",
+            "fusion_k",
+            "fusion_heads",
+            "fusion_dim",
+            "num_answers",
         )
         for name in positive:
             value = getattr(self, name)

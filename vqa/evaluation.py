@@ -36,7 +36,9 @@ def score_batch(
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
     boxes = patch_boxes(processor.image_size, patch_size)
     hits = [
-        float(pointing_hit(boxes[index], row["target_boxes"])) if len(row["target_boxes"]) else math.nan
+        float(pointing_hit(boxes[index], row["target_boxes"]))
+        if len(row["target_boxes"])
+        else math.nan
         for index, row in zip(top_region(weights).tolist(), meta, strict=True)
     ]
     return {
@@ -95,9 +97,7 @@ def evaluate(
             collected.setdefault(name, []).append(values.cpu())
     model.train(was_training)
     rows = {name: torch.cat(values) for name, values in collected.items()}
-    by_type = accuracy_by_type(
-        rows["accuracy"].tolist(), [types[i] for i in rows["type"].tolist()]
-    )
+    by_type = accuracy_by_type(rows["accuracy"].tolist(), [types[i] for i in rows["type"].tolist()])
     return {
         "questions": len(rows["accuracy"]),
         "accuracy": by_type.pop("overall"),

@@ -81,21 +81,32 @@ def predict(
         model.set_fusion(mode=saved[0], k=saved[1])
     probabilities = output.logits[0].float().softmax(-1)
     best = probabilities.topk(min(top, len(probabilities)))
-    answers = [(processor.answers.decode(i), float(p))
-               for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
+    answers = [
+        (processor.answers.decode(i), float(p))
+        for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    ]
     weights = output.attention_weights[0].float().mean(0).cpu()  # (N,)
-    regions = describe_regions(weights, image.size, processor.image_size, model.config.patch_size,
-                               used_k)
+    regions = describe_regions(
+        weights, image.size, processor.image_size, model.config.patch_size, used_k
+    )
     side = processor.image_size // model.config.patch_size
     return Prediction(
-        answers=answers, regions=regions, weights=weights.tolist(), grid=(side, side),
-        mode=used_mode, k=used_k, truncated=processor.is_truncated(question),
+        answers=answers,
+        regions=regions,
+        weights=weights.tolist(),
+        grid=(side, side),
+        mode=used_mode,
+        k=used_k,
+        truncated=processor.is_truncated(question),
         milliseconds=milliseconds,
     )
 
 
 def describe_regions(
-    weights: torch.Tensor, image_size: tuple[int, int], input_size: int, patch_size: int,
+    weights: torch.Tensor,
+    image_size: tuple[int, int],
+    input_size: int,
+    patch_size: int,
     limit: int,
 ) -> list[dict]:
     """The ``limit`` highest-weighted regions with positive weight, boxes in image pixels."""
@@ -104,9 +115,12 @@ def describe_regions(
     scale = torch.tensor([width / input_size, height / input_size] * 2)
     order = weights.argsort(descending=True)[:limit]
     return [
-        {"rank": rank + 1, "region": int(index),
-         "box": [round(v, 1) for v in (boxes[index] * scale).tolist()],
-         "weight": float(weights[index])}
+        {
+            "rank": rank + 1,
+            "region": int(index),
+            "box": [round(v, 1) for v in (boxes[index] * scale).tolist()],
+            "weight": float(weights[index]),
+        }
         for rank, index in enumerate(order.tolist())
         if weights[index] > 0
     ]

@@ -94,14 +94,21 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         )
         self.token_type = nn.Embedding(3, dim)
         layer = nn.TransformerEncoderLayer(
-            dim, nhead=4 if dim % 4 == 0 else 1, dim_feedforward=4 * dim,
-            dropout=config.dropout, activation="gelu", batch_first=True, norm_first=True,
+            dim,
+            nhead=4 if dim % 4 == 0 else 1,
+            dim_feedforward=4 * dim,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.reasoner = nn.TransformerEncoder(
             layer, config.reasoner_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
         )
         self.head = nn.Sequential(
-            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(dim, 2 * dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
             nn.Linear(2 * dim, config.num_labels),
         )
         self.baseline = MovingAverageBaseline(config.reinforce_baseline_decay)
@@ -112,7 +119,9 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
     ) -> None:
         """Change the fusion mode, k or estimator of a (trained) model, in place."""
         if k is not None and k > self.config.num_regions:
-            raise ValueError(f"k={k} is greater than the number of regions ({self.config.num_regions})")
+            raise ValueError(
+                f"k={k} is greater than the number of regions ({self.config.num_regions})"
+            )
         for name, value in (("mode", mode), ("k", k), ("estimator", estimator)):
             if value is not None:
                 setattr(self.fusion, name, value)
@@ -192,7 +201,10 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             dim=1,
         )
         visible = torch.cat(
-            [question_mask.bool(), question_mask.new_ones(question_mask.shape[0], 1 + picked.shape[1]).bool()],
+            [
+                question_mask.bool(),
+                question_mask.new_ones(question_mask.shape[0], 1 + picked.shape[1]).bool(),
+            ],
             dim=1,
         )
         return tokens, ~visible
@@ -205,8 +217,11 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         reward = -output.answer_loss.detach()  # (B,)
         entropy = selection_entropy(output.attention_scores)  # (B, H)
         policy = reinforce_loss(
-            output.log_prob, reward, self.baseline(reward),
-            entropy=entropy, entropy_weight=self.config.reinforce_entropy_weight,
+            output.log_prob,
+            reward,
+            self.baseline(reward),
+            entropy=entropy,
+            entropy_weight=self.config.reinforce_entropy_weight,
         )
         return loss + self.config.reinforce_weight * policy
 

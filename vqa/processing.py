@@ -13,14 +13,27 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import BatchFeature, PreTrainedTokenizerFast, ViTImageProcessor
 
 from vqa.data.answers import AnswerVocab, soft_scores
 
 ANSWERS_FILE = "answers.json"
-SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
-                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def train_tokenizer(questions: Iterable[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
@@ -88,7 +101,8 @@ class HybridVQAProcessor:
         """Build a processor from training questions and answers, offline."""
         image_processor = ViTImageProcessor(
             size={"height": image_size, "width": image_size},
-            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
         )
         tokenizer = train_tokenizer(questions, tokenizer_vocab_size)
         tokenizer.model_max_length = max_question_length
@@ -107,8 +121,11 @@ class HybridVQAProcessor:
     def questions(self, questions: Sequence[str]) -> BatchFeature:
         """Questions -> ``input_ids`` and ``attention_mask`` (B, L), padded to the longest."""
         return self.tokenizer(
-            list(questions), padding="longest", truncation=True,
-            max_length=self.max_question_length, return_tensors="pt",
+            list(questions),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_question_length,
+            return_tensors="pt",
         )
 
     def is_truncated(self, question: str) -> bool:
@@ -196,9 +213,11 @@ class VQACollator:
             width, height = images[slots[row["image_path"]]].size
             scale = torch.tensor([size / width, size / height] * 2)
             boxes = torch.tensor(row["target_boxes"], dtype=torch.float).reshape(-1, 4) * scale
-            meta.append({
-                "answers": row["answers"],
-                "question_type": row["question_type"],
-                "target_boxes": boxes,
-            })
+            meta.append(
+                {
+                    "answers": row["answers"],
+                    "question_type": row["question_type"],
+                    "target_boxes": boxes,
+                }
+            )
         return inputs, meta

@@ -123,9 +123,13 @@ def build_model(
 ) -> HybridVQAModel:
     """A fresh model sized by the preset, the processor and the fusion overrides."""
     fields = dict(preset.model)
-    fields.update({f"fusion_{name}": value for name, value in
-                   (("mode", args.mode), ("k", args.k), ("estimator", args.estimator))
-                   if value is not None})
+    fields.update(
+        {
+            f"fusion_{name}": value
+            for name, value in (("mode", args.mode), ("k", args.k), ("estimator", args.estimator))
+            if value is not None
+        }
+    )
     fields.update(
         image_size=processor.image_size,
         text_vocab_size=len(processor.tokenizer),
@@ -185,7 +189,8 @@ def train(args: TrainingArguments) -> dict:
         processor = HybridVQAProcessor.from_pretrained(run)
     else:
         processor = HybridVQAProcessor.train(
-            train_rows["question"], train_rows["answers"],
+            train_rows["question"],
+            train_rows["answers"],
             image_size=preset.model.get("image_size", HybridVQAConfig.image_size),
         )
         if accelerator.is_main_process:
@@ -213,8 +218,11 @@ def train(args: TrainingArguments) -> dict:
         sampler.set_epoch(epoch)
         model.train()
         start, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{args.epochs}",
-                   disable=not (args.progress and accelerator.is_local_main_process))
+        bar = tqdm(
+            loader,
+            desc=f"Epoch {epoch + 1}/{args.epochs}",
+            disable=not (args.progress and accelerator.is_local_main_process),
+        )
         for inputs, _ in bar:
             with accelerator.accumulate(model):
                 loss = model(**inputs).loss
@@ -229,12 +237,21 @@ def train(args: TrainingArguments) -> dict:
         train_seconds = time.perf_counter() - start
         train_loss = accelerator.gather(torch.stack(losses)).float().mean().item()
 
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_seconds": train_seconds,
-                  "lr": scheduler.get_last_lr()[0]}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_seconds": train_seconds,
+            "lr": scheduler.get_last_lr()[0],
+        }
         if "val" in splits:
-            scores = evaluate(accelerator.unwrap_model(model), processor, splits["val"],
-                              accelerator=accelerator, batch_size=args.eval_batch_size,
-                              progress=args.progress)
+            scores = evaluate(
+                accelerator.unwrap_model(model),
+                processor,
+                splits["val"],
+                accelerator=accelerator,
+                batch_size=args.eval_batch_size,
+                progress=args.progress,
+            )
             record.update({f"val_{name}": value for name, value in scores.items()})
         accuracy = record.get("val_accuracy", -train_loss)
         accelerator.log(record, step=epoch + 1)

@@ -115,11 +115,15 @@ def load_local_dataset(directory: str | Path, splits: list[str] | None = None) -
     for split in splits:
         check_jsonl(Path(files[split]), directory)
     raw = load_dataset("json", data_files=files)
-    common = DatasetDict({
-        split: rows.map(
-            to_common_row, fn_kwargs={"directory": str(directory)},
-            remove_columns=rows.column_names, desc=f"Reading {split}",
-        )
-        for split, rows in raw.items()
-    })
+    common = DatasetDict(
+        {
+            split: rows.map(
+                to_common_row,
+                fn_kwargs={"directory": str(directory)},
+                remove_columns=rows.column_names,
+                desc=f"Reading {split}",
+            )
+            for split, rows in raw.items()
+        }
+    )
     return common.cast_column("image", Image(decode=False))

@@ -1,15 +1,34 @@
 """Procedural scenes of coloured shapes with balanced, exactly answerable questions.
 
-The embedded default dataset: each image holds 1 to 6 coloured shapes on a light grey
-background, each question comes with its exact answer, and each row carries the object boxes
-that let evaluation score whether attention looked at the right place.
+The embedded default dataset: each image holds 1 to 6 coloured shapes (circle, square,
+triangle; six colours; small or large) on a light grey background, each question comes with
+its exact answer, and each row carries the object boxes that let evaluation score whether
+attention looked at the right place.
 
-Scenes are built *answer first*. For every question the generator samples the family, then
-the answer (uniformly over the family's answer set), then the wording independently of the
-answer, and only then builds a scene in which that wording has that answer. A model that
-reads the question but ignores the image therefore does no better than chance. Every answer
-is finally recomputed from the finished scene; a scene that does not give the planned
-answers is thrown away and drawn again.
+Question families, templates and answers (<d> is a description such as "small red circle",
+"large object" or "circles": size, colour, then the shape or "object"):
+
+==========  =============================================================  ==================
+colour      what colour is the <d>?          (<d>: size and/or shape)      the 6 colours
+shape       what shape is the <d>?           (<d>: size and/or colour)     the 3 shapes
+exist       is there a <d>?                                                yes, no
+count       how many <d>s are there?                                       0 to 5
+relate      what colour|shape is the object left of|right of|above|below   6 colours and
+            the <d>?                                                       3 shapes
+compare     is the <d1> the same colour|shape|size as the <d2>?            yes, no
+            (<d1>, <d2> do not name the compared attribute)
+==========  =============================================================  ==================
+
+Every <d> in colour, shape, relate and compare names exactly one object; "targets" lists the
+objects a question is about (the described object; all the matching objects for exist and
+count; the anchor then the answer object for relate; both objects for compare).
+
+Scenes are built *answer first*. For every question the generator samples the family and the
+wording, then an answer that keeps the answers of that wording level (see `AnswerBalancer`),
+and only then builds a scene in which the wording has that answer. A model that reads the
+question but ignores the image therefore does no better than chance. Every answer is finally
+recomputed from the finished scene; a scene that does not give the planned answers is drawn
+again.
 
 Spatial relations (family ``relate``) use box centres ``c = ((x0 + x1) / 2, (y0 + y1) / 2)``
 in pixels, with y growing downwards, and the margin ``tau = 0.15 * image_size``:
@@ -33,7 +52,7 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,16 +190,19 @@ def _place_boxes(rng: np.random.Generator, sizes: Sequence[str], image_size: int
     return _grid_boxes(rng, sides, image_size)
 
 
-def _random_boxes(rng: np.random.Generator, sides: Sequence[int], image_size: int) -> list | None:
-    """Boxes placed largest first, each at the first free one of a stream of random positions;
+def _random_boxes(
+    rng: np.random.Generator, sides: Sequence[int], image_size: int
+) -> list[Box] | None:
+    """Boxes placed largest first, each at the first free position of one random stream;
     None when the stream runs out."""
     stream = iter(rng.random((_CANDIDATE_POSITIONS, 2)).tolist())
-    boxes: list[Box | None] = [None] * len(sides)
+    placed: dict[int, Box] = {}
     for i in sorted(range(len(sides)), key=lambda i: -sides[i]):
-        boxes[i] = _first_free(stream, sides[i], [b for b in boxes if b], image_size)
-        if boxes[i] is None:
+        box = _first_free(stream, sides[i], list(placed.values()), image_size)
+        if box is None:
             return None
-    return boxes
+        placed[i] = box
+    return [placed[i] for i in range(len(sides))]
 
 
 def _first_free(
@@ -205,7 +227,8 @@ def _grid_boxes(rng: np.random.Generator, sides: Sequence[int], image_size: int)
     """Boxes in distinct cells of a 3x3 grid, jittered inside each cell."""
     cell, gap = image_size // 3, _gap(image_size)
     boxes = []
-    for index, side in zip(rng.permutation(9).tolist(), sides, strict=False):
+    cells = rng.permutation(9).tolist()[: len(sides)]
+    for index, side in zip(cells, sides, strict=True):
         # cell - side - gap >= 0 for every image_size >= 32
         dx, dy = rng.integers(0, cell - side - gap + 1, size=2).tolist()
         x, y = index % 3 * cell + dx, index // 3 * cell + dy
@@ -274,7 +297,7 @@ def _arrange(
         a, b = pairs[int(rng.random() * len(pairs))]
         arranged = [mirrored[i] for i in _assign(rng, sizes, {anchor: a, other: b})]
         centres = _centres(arranged)
-        if all(_related(centres, a, r, image_size) == b for a, b, r in relations[1:]):
+        if all(_related(centres, x, r, image_size) == y for x, y, r in relations[1:]):
             return arranged
     return None
 
@@ -334,25 +357,23 @@ def _without(attribute: str) -> tuple[str, ...]:
     return tuple(a for a in _ATTRIBUTE_ORDER if a != attribute)
 
 
-def _wording_describe(rng: np.random.Generator, family: str, answer: str) -> _Spec:
+def _wording_describe(rng: np.random.Generator, family: str) -> _Spec:
     """colour / shape: "what colour is the large circle?" (never names the asked attribute)."""
-    return _Spec(family, answer, _sample_description(rng, _without(family)))
+    return _Spec(family, "", _sample_description(rng, _without(family)))
 
 
-def _wording_any(rng: np.random.Generator, family: str, answer: str) -> _Spec:
+def _wording_any(rng: np.random.Generator, family: str) -> _Spec:
     """exist / count: any description, "is there a small red circle?", "how many circles"."""
-    return _Spec(family, answer, _sample_description(rng, _ATTRIBUTE_ORDER))
+    return _Spec(family, "", _sample_description(rng, _ATTRIBUTE_ORDER))
 
 
-def _wording_relate(rng: np.random.Generator, family: str, answer: str) -> _Spec:
-    attribute = "colour" if answer in COLOURS else "shape"
-    anchor = {attribute: answer}
-    while anchor == {attribute: answer}:  # "the object left of the red object" cannot be red
-        anchor = _sample_description(rng, _ATTRIBUTE_ORDER)
-    return _Spec(family, answer, anchor, attribute, _pick(rng, RELATIONS))
+def _wording_relate(rng: np.random.Generator, family: str) -> _Spec:
+    """relate: the anchor and the relation; the answer later decides "what colour/shape"."""
+    anchor = _sample_description(rng, _ATTRIBUTE_ORDER)
+    return _Spec(family, "", anchor, relation=_pick(rng, RELATIONS))
 
 
-def _wording_compare(rng: np.random.Generator, family: str, answer: str) -> _Spec:
+def _wording_compare(rng: np.random.Generator, family: str) -> _Spec:
     """compare: "is the <d1> the same <attribute> as the <d2>?" with d1, d2 not naming it."""
     attribute = _pick(rng, _ATTRIBUTE_ORDER)
     first = _sample_description(rng, _without(attribute))
@@ -360,10 +381,10 @@ def _wording_compare(rng: np.random.Generator, family: str, answer: str) -> _Spe
     # If one description contains the other, both can only name the same object.
     while second.items() <= first.items() or first.items() <= second.items():
         second = _sample_description(rng, _without(attribute))
-    return _Spec(family, answer, first, attribute, other=second)
+    return _Spec(family, "", first, attribute, other=second)
 
 
-_WORDINGS: dict[str, Callable[[np.random.Generator, str, str], _Spec]] = {
+_WORDINGS: dict[str, Callable[[np.random.Generator, str], _Spec]] = {
     "colour": _wording_describe,
     "shape": _wording_describe,
     "exist": _wording_any,
@@ -373,9 +394,60 @@ _WORDINGS: dict[str, Callable[[np.random.Generator, str, str], _Spec]] = {
 }
 
 
-def _sample_wording(rng: np.random.Generator, family: str, answer: str) -> _Spec:
-    """A question of `family` worded independently of `answer` (bar logical impossibilities)."""
-    return _WORDINGS[family](rng, family, answer)
+def _sample_wording(rng: np.random.Generator, family: str) -> _Spec:
+    """A question of `family` without its answer yet."""
+    return _WORDINGS[family](rng, family)
+
+
+def _possible_answers(spec: _Spec, answers: Sequence[str]) -> list[str]:
+    """`answers` less the ones the wording rules out: the object left of "the red object"
+    cannot be red itself."""
+    if spec.family == "relate" and len(spec.description) == 1:
+        return [a for a in answers if a not in spec.description.values()]
+    return list(answers)
+
+
+def _with_answer(spec: _Spec, answer: str) -> _Spec:
+    """`spec` set to build its scene for `answer`."""
+    if spec.family == "relate":
+        return replace(spec, answer=answer, attribute="colour" if answer in COLOURS else "shape")
+    return replace(spec, answer=answer)
+
+
+class AnswerBalancer:
+    """Chooses planned answers so that each wording gets every answer about equally often.
+
+    Drawing answers uniformly is not enough when several questions share a scene: some
+    pairings of wording and answer clash with the other questions more often ("is there a
+    small object?" "no" needs every object large), so the scenes that succeed would tie the
+    answer to the wording. The balancer counts the answers given to each wording form
+    (family + which attributes are named, values aside) and draws among the answers used
+    least so far (within `slack`), so the counts stay level whatever fails.
+    """
+
+    def __init__(self, slack: int = 1) -> None:
+        self.slack = slack
+        self.counts: dict[tuple, Counter[str]] = {}
+
+    def choose(self, rng: np.random.Generator, spec: _Spec, answers: Sequence[str]) -> _Spec:
+        """`spec` with an answer among `answers` that its form has had least."""
+        counts = self.counts.setdefault(_form(spec), Counter())
+        allowed = _possible_answers(spec, answers)
+        fewest = min(counts[a] for a in allowed)
+        return _with_answer(
+            spec, _pick(rng, [a for a in allowed if counts[a] <= fewest + self.slack])
+        )
+
+    def record(self, spec: _Spec) -> None:
+        """Count `spec`'s answer once its scene has been built."""
+        self.counts.setdefault(_form(spec), Counter())[spec.answer] += 1
+
+
+def _form(spec: _Spec) -> tuple:
+    """The wording of `spec` without attribute values (and without the relation, which is
+    symmetric): the key the balancer levels answers within."""
+    compared = spec.attribute if spec.family == "compare" else ""
+    return spec.family, tuple(spec.description), compared, tuple(spec.other)
 
 
 def _phrase(description: Description, plural: bool = False) -> str:
@@ -665,8 +737,9 @@ def generate_scene(rng: np.random.Generator, config: SyntheticConfig) -> list[Sc
     Each object is ``{"box": [x0, y0, x1, y1], "shape", "colour", "size"}``; boxes are in
     pixels (x1, y1 exclusive), inside the image and apart from each other.
     """
-    scene = _realise(rng, [], config)
-    assert scene is not None  # no specs: nothing can fail
+    scene = None
+    while scene is None:  # with no questions to satisfy, the first try succeeds
+        scene = _realise(rng, [], config)
     return scene[0]
 
 
@@ -685,7 +758,8 @@ def ask_question(
         raise ValueError(f"family must be one of {QUESTION_TYPES}, got {family!r}")
     answers = answer_space()[family]
     for _ in range(_ASK_TRIES):
-        spec = _sample_wording(rng, family, _pick(rng, answers))
+        spec = _sample_wording(rng, family)
+        spec = _with_answer(spec, _pick(rng, _possible_answers(spec, answers)))
         question = _question(spec, objects, image_size)
         if question is not None:
             return question
@@ -693,25 +767,28 @@ def ask_question(
 
 
 def generate_example(
-    rng: np.random.Generator, config: SyntheticConfig
+    rng: np.random.Generator, config: SyntheticConfig, balancer: AnswerBalancer | None = None
 ) -> tuple[list[SceneObject], list[dict]]:
     """A scene and its questions, built answer first (see the module docstring).
 
     Returns (objects, questions): the object dicts of `generate_scene` and 1 to
-    `questions_per_image` question dicts as returned by `ask_question`. The answers are drawn
-    once; each try at the scene draws new wordings, since some wordings contradict each other
-    ("how many circles?" 0 with "what colour is the circle?"). A question that keeps failing
-    is dropped as a last resort.
+    `questions_per_image` question dicts as returned by `ask_question`. Pass one `balancer`
+    to all the examples of a split to keep answers level per wording. Each try draws new
+    wordings and answers, since some contradict each other ("how many circles?" 0 with
+    "what colour is the circle?"); a question that keeps failing is dropped as a last resort.
     """
+    balancer = balancer or AnswerBalancer()
     spaces = answer_space(config)
-    answers = [(f, _pick(rng, spaces[f])) for f in _choose_families(rng, config)]
-    while answers:
+    families = _choose_families(rng, config)
+    while families:
         for _ in range(_ATTEMPTS):
-            specs = [_sample_wording(rng, family, answer) for family, answer in answers]
+            specs = [balancer.choose(rng, _sample_wording(rng, f), spaces[f]) for f in families]
             scene = _realise(rng, specs, config)
             if scene is not None:
+                for spec in specs:
+                    balancer.record(spec)
                 return scene
-        answers = answers[:-1]
+        families = families[:-1]
     raise RuntimeError(f"could not build a scene for {config}")  # unreachable for valid configs
 
 
@@ -764,9 +841,10 @@ def generate_split(
     config = config or SyntheticConfig()
     _check_int("n_images", n_images, 0)
     rng = split_rng(seed, split)
+    balancer = AnswerBalancer()
     question_id = first_question_id
     for index in range(n_images):
-        objects, questions = generate_example(rng, config)
+        objects, questions = generate_example(rng, config, balancer)
         image = render_scene(objects, config, rng)
         image_id = f"{split}/{index:06d}"
         rows = []
@@ -825,7 +903,7 @@ def write_synthetic_dataset(
     for split, n in sizes.items():
         _check_int(split, n, 0)
     _check_int("seed", seed, 0)
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))
     _check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -859,8 +937,13 @@ def _move_into_place(staging: Path, out: Path) -> None:
         return
     trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     os.replace(out, trash / "old")
-    os.replace(staging, out)
-    shutil.rmtree(trash)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(trash / "old", out)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _dataset_info(config: SyntheticConfig, seed: int) -> dict[str, Any]:
