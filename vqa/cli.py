@@ -1,4 +1,4 @@
-"""The ``vqa`` command: data, train, eval, predict, demo.
+"""The ``vqa`` command: data, train, eval, predict, serve, demo.
 
 Each sub-command parses its arguments and calls a library function that the tests call too.
 Errors print one line on stderr and exit with status 2; ``--debug`` shows the traceback.
@@ -80,11 +80,26 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=run_predict)
 
 
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="ask questions in a web app (Gradio)")
+    serve.add_argument("--model", required=True, help="run or model directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument(
+        "--examples", help="dataset directory for the examples (default: the training data)"
+    )
+    serve.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (off by default)"
+    )
+    serve.set_defaults(run=run_serve)
+
+
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="train the default model if none is cached, then show it"
     )
     demo.add_argument("--retrain", action="store_true", help="train again even if cached")
+    demo.add_argument("--port", type=int, default=7860, help="port of the app (on 127.0.0.1)")
     demo.set_defaults(run=run_demo)
 
 
@@ -100,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser,
         add_eval_parser,
         add_predict_parser,
+        add_serve_parser,
         add_demo_parser,
     ):
         add(commands)
@@ -196,10 +212,16 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"  #{region['rank']:<3} box {region['box']}  weight {region['weight']:.3f}")
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    from vqa.app import serve
+
+    serve(args.model, host=args.host, port=args.port, examples_dir=args.examples, share=args.share)
+
+
 def run_demo(args: argparse.Namespace) -> None:
     from vqa.demo import run_demo as demo
 
-    demo(retrain=args.retrain)
+    demo(retrain=args.retrain, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

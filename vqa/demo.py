@@ -1,4 +1,4 @@
-"""``vqa demo``: train the default model once (cached), then show it answering questions."""
+"""``vqa demo``: train the default model once (cached), show it answering, then open the app."""
 
 from __future__ import annotations
 
@@ -19,9 +19,14 @@ def ensure_default_model(retrain: bool = False) -> Path:
     return directory
 
 
+def default_dataset_dir() -> Path:
+    """The cached embedded dataset that the default model is trained on."""
+    return synthetic_dataset(**get_preset("default").synthetic, progress=False)
+
+
 def example_rows(count: int = 3) -> list[dict]:
     """A few test rows of the embedded dataset, to ask about."""
-    data_dir = synthetic_dataset(**get_preset("default").synthetic, progress=False)
+    data_dir = default_dataset_dir()
     with (data_dir / "test.jsonl").open() as lines:
         rows = [json.loads(next(lines)) for _ in range(count)]
     for row in rows:
@@ -29,10 +34,11 @@ def example_rows(count: int = 3) -> list[dict]:
     return rows
 
 
-def run_demo(retrain: bool = False) -> None:
-    """Train if needed, then answer a few example questions."""
+def run_demo(retrain: bool = False, port: int = 7860) -> None:
+    """Train if needed, answer a few example questions, then serve the app until Ctrl+C."""
     from PIL import Image
 
+    from vqa.app import serve
     from vqa.inference import load_model, predict
 
     directory = ensure_default_model(retrain)
@@ -44,3 +50,5 @@ def run_demo(retrain: bool = False) -> None:
         answer, probability = result.answers[0]
         print(f"  {row['question']}  ->  {answer} ({probability:.0%}); truth: {row['answer']}")
     print(f'\nAsk your own: vqa predict --model {directory} --image IMAGE --question "..."')
+    print("or in the app, which opens now:")
+    serve(directory, port=port, examples_dir=default_dataset_dir())

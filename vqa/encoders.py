@@ -11,10 +11,12 @@ from vqa.configuration import HybridVQAConfig
 
 
 class ConvStem(nn.Module):
-    """Stride-2 3x3 convolutions that shrink the image by ``reduction`` (a power of two).
+    """Stride-2 3x3 conv + BatchNorm + ReLU stages that shrink the image by ``reduction``.
 
     From scratch, a few convolutions learn colours and edges far sooner than one linear
-    patch projection does; the ViT still sees one token per ``reduction`` x ``reduction`` patch.
+    patch projection does (Xiao et al. 2021, "Early convolutions help transformers see
+    better"); the ViT still sees one token per ``reduction`` x ``reduction`` patch. The
+    normalisation keeps the image signal well above the position embeddings at any init.
     """
 
     def __init__(self, in_chans: int, reduction: int, width: int = 32) -> None:
@@ -23,11 +25,15 @@ class ConvStem(nn.Module):
             raise ValueError(f"a conv stem needs a power-of-two patch_size, got {reduction}")
         layers: list[nn.Module] = []
         channels = in_chans
-        for stage in range(reduction.bit_length() - 1):
+        for stage in range(max(reduction.bit_length() - 1, 1)):
             out = width * 2**stage
-            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU()]
+            stride = 2 if 2**stage < reduction else 1
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             channels = out
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GELU()]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: Tensor) -> Tensor:

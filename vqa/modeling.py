@@ -65,8 +65,10 @@ class HybridVQAPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            module.reset_parameters()  # He-style default suits the GELU conv stem
+        if isinstance(module, nn.Conv2d):  # He init keeps the image signal's scale
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         else:
             super()._init_weights(module)
         if isinstance(module, HybridVQAModel):

@@ -1,7 +1,8 @@
 """Named presets: model sizes, training settings and embedded-data sizes that belong together.
 
 ``default`` is what ``vqa demo`` and ``scripts/bench_train.py`` train: sized for a 2-core CPU.
-``tiny`` keeps the test suite fast. ``full`` is for a GPU.
+``tiny`` keeps the test suite fast. ``quick`` is the ``vqa ablate`` grid that fits in 20 minutes
+on a 2-core CPU. ``full`` is for a GPU.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ class Preset:
         model: ``HybridVQAConfig`` fields.
         training: ``TrainingArguments`` fields (epochs, batch size, learning rate, ...).
         synthetic: ``write_synthetic_dataset`` sizes for ``--data synthetic``.
+        ablation: the default ``vqa ablate`` grid (``modes``, ``k``, ``estimators``, ``seeds``);
+            empty means the grid of ``vqa.ablation.DEFAULT_GRID``.
     """
 
     description: str
     model: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     synthetic: dict = field(default_factory=dict)
+    ablation: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {

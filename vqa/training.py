@@ -214,10 +214,14 @@ def train(args: TrainingArguments) -> dict:
         accelerator.load_state(str(run / CHECKPOINT_DIR))
         state = json.loads((run / CHECKPOINT_DIR / STATE_FILE).read_text())
 
+    summary = {
+        "arguments": asdict(args),
+        "config": accelerator.unwrap_model(model).config.to_dict(),
+    }
     for epoch in range(state["epoch"], args.epochs):
         sampler.set_epoch(epoch)
         model.train()
-        start, losses = time.perf_counter(), []
+        start, losses, answer_losses = time.perf_counter(), [], []
         bar = tqdm(
             loader,
             desc=f"Epoch {epoch + 1}/{args.epochs}",
@@ -225,7 +229,8 @@ def train(args: TrainingArguments) -> dict:
         )
         for inputs, _ in bar:
             with accelerator.accumulate(model):
-                loss = model(**inputs).loss
+                output = model(**inputs)
+                loss = output.loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -233,14 +238,21 @@ def train(args: TrainingArguments) -> dict:
                 scheduler.step()
                 optimizer.zero_grad()
             losses.append(loss.detach())
-            bar.set_postfix(loss=f"{losses[-1].item():.3f}")
+            answer_losses.append(output.answer_loss.mean().detach())  # without REINFORCE's term
+            if not bar.disable:
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}")
         train_seconds = time.perf_counter() - start
-        train_loss = accelerator.gather(torch.stack(losses)).float().mean().item()
+        step_losses = accelerator.gather(torch.stack(losses)[None]).float().mean(0)  # (steps,)
+        step_answer_losses = accelerator.gather(torch.stack(answer_losses)[None]).float().mean(0)
+        train_loss = step_losses.mean().item()
 
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
+            "step_losses": step_losses.tolist(),
+            "step_answer_losses": step_answer_losses.tolist(),
             "train_seconds": train_seconds,
+            "train_questions": len(train_rows),
             "lr": scheduler.get_last_lr()[0],
         }
         if "val" in splits:
@@ -270,6 +282,6 @@ def train(args: TrainingArguments) -> dict:
             )
         save_checkpoint(accelerator, run, state)
         if accelerator.is_main_process:
-            write_json(run / METRICS_FILE, {"arguments": asdict(args), **state})
+            write_json(run / METRICS_FILE, {**summary, **state})
     accelerator.end_training()
-    return {"arguments": asdict(args), **state}
+    return {**summary, **state}

@@ -1,0 +1,547 @@
+"""The Gradio app: ask questions about images and see which regions the model looked at.
+
+``build_app(model_dir)`` returns a ``gr.Blocks`` and ``serve(model_dir)`` launches it. The
+pieces are plain functions over one shared :class:`AppModel` (``answer``, ``compare``,
+``attention_overlay``, ``regions_table``, ``model_info``), so the tests call them directly as
+well as through a running server.
+
+Bad input never reaches the model: a missing image or question, a file that is not an image,
+an image too large to decode, or a mode or k the model does not have becomes a ``gr.Error``
+with a message that says what to do; a question cut to the tokenizer's limit and a shrunk
+image still get an answer, with a ``gr.Warning`` / ``gr.Info`` and a note beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from vqa.inference import Prediction, load_model, predict
+from vqa.processing import to_rgb
+
+MODES = ("soft", "hard", "hybrid")
+TOP_ANSWERS = 5
+MAX_IMAGE_SIDE = 1024  # larger images are shrunk (aspect kept) before inference and display
+MAX_IMAGE_PIXELS = 40_000_000  # refused before decoding: a small file can hide a huge image
+MAX_FILE_SIZE = "10mb"  # uploads above this are refused by the server
+MAX_QUESTION_CHARS = 1000  # longer text is cut before tokenizing (the model reads far fewer)
+DISPLAY_SIDE = 384  # attention pictures are drawn this large on their shorter side ...
+MAX_DISPLAY_SIDE = 640  # ... and at most this large on their longer one
+CONCURRENCY_LIMIT = 4  # requests handled at once; the rest wait in the queue
+QUEUE_SIZE = 64  # waiting requests beyond this are turned away with "queue full"
+BOX_COLOUR = (255, 140, 0)
+CSS = "#image img { width: 100%; height: 100%; object-fit: contain; }"  # enlarge small images
+
+EXPLANATION = """
+Ask a question about an image; the model answers and shows which image regions (ViT patches)
+its fusion layer attended to. **Mode** and **k** change the fusion at inference time, on the
+same weights:
+
+* **soft**: a softmax over all regions (the boxes show the k highest weights);
+* **hard**: keep the k highest-scoring regions, each weighted 1/k;
+* **hybrid**: keep the k highest-scoring regions, softmax-weighted among themselves.
+
+Brighter regions got more weight; dimmed ones got little or none.
+"""
+
+
+class AppModel:
+    """A model directory loaded once and shared by every request.
+
+    ``predict`` switches the model's fusion mode and k for the duration of one call, so two
+    requests with different settings must not run the model at the same time: a lock makes
+    the model call exclusive. It is a few milliseconds on a CPU and already uses every core,
+    so little is lost; decoding, drawing and encoding images run outside the lock.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory).resolve()
+        self.model, self.processor = load_model(self.directory)
+        self._lock = threading.Lock()
+
+    @property
+    def num_regions(self) -> int:
+        return self.model.config.num_regions
+
+    @property
+    def mode(self) -> str:
+        """The fusion mode the model was trained with."""
+        return self.model.fusion.mode
+
+    @property
+    def k(self) -> int:
+        """The k the model was trained with."""
+        return self.model.fusion.k
+
+    def predict(self, image: Image.Image, question: str, mode: str, k: int) -> Prediction:
+        """Answer one question with this mode and k (see :func:`vqa.inference.predict`)."""
+        with self._lock:
+            return predict(
+                self.model, self.processor, image, question, mode=mode, k=k, top=TOP_ANSWERS
+            )
+
+
+def refuse(message: str) -> gr.Error:
+    """A ``gr.Error`` for bad input: shown to the user, not logged with a traceback."""
+    return gr.Error(message, print_exception=False)
+
+
+@contextmanager
+def open_upload(payload: dict | None) -> Iterator[Image.Image | None]:
+    """The image in an uploaded file (gradio's ``FileData`` as a dict), opened lazily.
+
+    The app's events skip gradio's own preprocessing, which would fail on a file that is not
+    an image with a bare "Error"; gradio still checks that the file is one of its uploads.
+    """
+    if payload is None:
+        yield None
+        return
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if not path:
+        raise refuse("Send the image as an uploaded file.")
+    name = Path(payload.get("orig_name") or path).name
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise refuse(f"{name} has too many pixels to decode safely.") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise refuse(
+            f"{name} is not an image that can be read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)."
+        ) from error
+    with image:
+        yield image
+
+
+def prepare_image(
+    image: Image.Image, max_side: int = MAX_IMAGE_SIDE
+) -> tuple[Image.Image, str | None]:
+    """Any PIL image -> (8-bit RGB image at most ``max_side`` on its longer side, note or None).
+
+    Greyscale, RGBA, palette and 16-bit images are converted; the note says when the image was
+    shrunk. Raises ``gr.Error`` for images too large to decode or damaged files.
+    """
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise refuse(
+            f"The image is {width}×{height} pixels, more than the "
+            f"{MAX_IMAGE_PIXELS // 1_000_000} million this app decodes. Please send a smaller one."
+        )
+    try:
+        image.draft("RGB", (max_side, max_side))  # JPEG only: decode at a reduced scale
+        image = to_rgb(ImageOps.exif_transpose(image))
+    except OSError as error:
+        raise refuse(f"The image file is damaged or incomplete ({error}).") from error
+    if max(image.size) <= max_side:
+        return image, None
+    image = image.copy()
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image, f"The image ({width}×{height}) was scaled down to {image.width}×{image.height}."
+
+
+def check_question(question: str | None, max_chars: int = MAX_QUESTION_CHARS) -> str:
+    """The stripped question, cut to ``max_chars``; ``gr.Error`` when it is empty."""
+    question = (question or "").strip()
+    if not question:
+        raise refuse("Type a question about the image.")
+    return question[:max_chars]
+
+
+def check_k(k: object, num_regions: int) -> int:
+    """``k`` as an int in 1..num_regions; ``gr.Error`` otherwise."""
+    number = isinstance(k, int | float) and not isinstance(k, bool)
+    if not number or not 1 <= k <= num_regions or k != int(k):  # NaN and inf fail the range
+        raise refuse(
+            f"k={k!r} is not possible: this model has {num_regions} regions, "
+            f"so k must be a whole number from 1 to {num_regions}."
+        )
+    return int(k)
+
+
+def check_mode(mode: object) -> str:
+    """``mode`` if it is one of soft, hard and hybrid; ``gr.Error`` otherwise."""
+    if mode not in MODES:
+        raise refuse(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+    return mode
+
+
+def check_inputs(
+    image: Image.Image | None,
+    question: str | None,
+    k: float | None,
+    num_regions: int,
+    max_side: int = MAX_IMAGE_SIDE,
+) -> tuple[Image.Image, str, int, list[str]]:
+    """Validated (image, question, k, notes) for one request, or a ``gr.Error``."""
+    if image is None:
+        raise refuse("Add an image first: upload one, paste one or pick an example.")
+    question = check_question(question)
+    k = check_k(k, num_regions)
+    image, note = prepare_image(image, max_side)
+    return image, question, k, [note] if note else []
+
+
+def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image:
+    """``image`` with each region shaded by its weight and the selected regions boxed.
+
+    A region keeps its brightness in proportion to its weight (relative to the largest);
+    regions without weight are dimmed. The regions in ``prediction.regions`` get an outline and
+    their rank. The picture is drawn ``DISPLAY_SIDE`` pixels on its shorter side (at most
+    ``MAX_DISPLAY_SIDE`` on its longer one): small images are enlarged with their pixels kept
+    sharp, so that the boxes are readable; large ones are shrunk, so that it is quick to send.
+    """
+    image = to_rgb(image)
+    scale = min(DISPLAY_SIDE / min(image.size), MAX_DISPLAY_SIDE / max(image.size))
+    size = (round(image.width * scale), round(image.height * scale))
+    upscale = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    base = image.resize(size, upscale)
+
+    rows, cols = prediction.grid
+    weights = np.asarray(prediction.weights, dtype=np.float32).reshape(rows, cols)
+    strength = weights / weights.max() if weights.max() > 0 else weights
+    mask = Image.fromarray(np.uint8(255 * strength)).resize(size, Image.Resampling.NEAREST)
+    dimmed = Image.blend(base, Image.new("RGB", size, (0, 0, 0)), 0.7)
+    picture = Image.composite(base, dimmed, mask)
+
+    draw = ImageDraw.Draw(picture)
+    cell = min(size[0] / cols, size[1] / rows)
+    font = ImageFont.load_default(size=max(10, round(cell / 3)))
+    line = max(2, round(cell / 24))
+    for region in prediction.regions:
+        x0, y0, x1, y1 = (value * scale for value in region["box"])
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_COLOUR, width=line)
+        label = str(region["rank"])
+        left, top, right, bottom = draw.textbbox((x0 + line, y0 + line), label, font=font)
+        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=BOX_COLOUR)
+        draw.text((x0 + line, y0 + line), label, fill=(0, 0, 0), font=font)
+    return picture
+
+
+def regions_table(prediction: Prediction) -> list[list]:
+    """Rows of (rank, box "x0, y0, x1, y1" in image pixels, weight) for the selected regions."""
+    return [
+        [
+            region["rank"],
+            ", ".join(f"{value:g}" for value in region["box"]),
+            round(region["weight"], 4),
+        ]
+        for region in prediction.regions
+    ]
+
+
+def answer_confidences(prediction: Prediction) -> dict[str, float]:
+    """The top answers as ``{answer: probability}`` for ``gr.Label``."""
+    return dict(prediction.answers)
+
+
+def notify(notes: Sequence[str], truncated: bool, max_tokens: int) -> list[str]:
+    """Show the notes as toasts; return them with the truncation note added when needed."""
+    notes = list(notes)
+    for note in notes:
+        gr.Info(note)
+    if truncated:
+        note = f"The question is longer than the model reads ({max_tokens} tokens): it was cut."
+        gr.Warning(note)
+        notes.append(note)
+    return notes
+
+
+def answer(
+    app_model: AppModel,
+    image: Image.Image | None,
+    question: str | None,
+    mode: str | None,
+    k: float | None,
+    *,
+    max_side: int = MAX_IMAGE_SIDE,
+) -> tuple[dict[str, float], Image.Image, list[list], str]:
+    """Handle "Ask": (top answers, attention picture, regions table, timing and notes)."""
+    start = time.perf_counter()
+    mode = check_mode(mode)
+    image, question, k, notes = check_inputs(image, question, k, app_model.num_regions, max_side)
+    prediction = app_model.predict(image, question, mode, k)
+    picture = attention_overlay(image, prediction)
+    notes = notify(notes, prediction.truncated, app_model.processor.max_question_length)
+    total = 1000 * (time.perf_counter() - start)
+    details = (
+        f"**{prediction.milliseconds:.1f} ms** in the model, {total:.0f} ms for the request "
+        f"· mode **{prediction.mode}**, k = {prediction.k}"
+    )
+    details += "".join(f"\n\n⚠ {note}" for note in notes)
+    return answer_confidences(prediction), picture, regions_table(prediction), details
+
+
+def compare(
+    app_model: AppModel,
+    image: Image.Image | None,
+    question: str | None,
+    k: float | None,
+    *,
+    max_side: int = MAX_IMAGE_SIDE,
+) -> tuple:
+    """Handle "Compare modes": for soft, hard and hybrid in turn, the top answers and the
+    attention picture; then a Markdown summary table."""
+    image, question, k, notes = check_inputs(image, question, k, app_model.num_regions, max_side)
+    outputs: list = []
+    summary = ["| mode | answer | probability | regions | model time |", "|---|---|---|---|---|"]
+    truncated = False
+    for mode in MODES:
+        prediction = app_model.predict(image, question, mode, k)
+        outputs += [answer_confidences(prediction), attention_overlay(image, prediction)]
+        best, probability = prediction.answers[0]
+        summary.append(
+            f"| {mode} | {best} | {probability:.1%} | {len(prediction.regions)} "
+            f"| {prediction.milliseconds:.1f} ms |"
+        )
+        truncated = prediction.truncated
+    notes = notify(notes, truncated, app_model.processor.max_question_length)
+    return (*outputs, "\n".join(summary) + "".join(f"\n\n⚠ {note}" for note in notes))
+
+
+def model_info(app_model: AppModel) -> str:
+    """Markdown: the checkpoint, its fusion and encoder settings, its recorded val accuracy."""
+    config = app_model.model.config
+    rows = [
+        ("checkpoint", f"`{app_model.directory}`"),
+        (
+            "fusion",
+            f"{config.fusion_mode}, k = {config.fusion_k} of {config.num_regions} regions, "
+            f"estimator {config.fusion_estimator}, {config.fusion_heads} head(s)",
+        ),
+        (
+            "vision encoder",
+            f"{config.vision_backend} ViT ({config.vision_stem} stem), {config.image_size} px "
+            f"input, {config.patch_size} px patches, width {config.vision_hidden_size}, "
+            f"{config.vision_layers} layers",
+        ),
+        (
+            "text encoder",
+            f"BERT, width {config.text_hidden_size}, {config.text_layers} layers, "
+            f"up to {app_model.processor.max_question_length} tokens",
+        ),
+        ("answers", f"{len(app_model.processor.answers)} in the vocabulary"),
+        ("val accuracy", recorded_accuracy(app_model.directory)),
+    ]
+    return "\n".join(["| | |", "|---|---|", *(f"| **{name}** | {value} |" for name, value in rows)])
+
+
+def recorded_accuracy(directory: Path) -> str:
+    """The val accuracy that ``metrics.json`` records for a run, as text."""
+    path = directory / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+        history = metrics["history"]
+        last = history[-1]["val_accuracy"]
+        best = metrics["best_accuracy"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "not recorded (no readable metrics.json in the run directory)"
+    return f"{best:.1%} best, {last:.1%} after the last epoch ({len(history)} epochs)"
+
+
+def find_examples(dataset_dir: str | Path, images: int = 6, per_image: int = 2) -> list[list]:
+    """[[image, question], ...] from a dataset directory, for ``gr.Examples``.
+
+    Reads the test split (else val, else train): the first ``images`` images, and for each up
+    to ``per_image`` questions of different types. Images are opened here, so the server needs
+    no access to the dataset directory afterwards.
+    """
+    directory = Path(dataset_dir)
+    splits = [directory / f"{name}.jsonl" for name in ("test", "val", "train")]
+    split = next((path for path in splits if path.is_file()), None)
+    if split is None:
+        raise FileNotFoundError(f"{directory} has no test.jsonl, val.jsonl or train.jsonl")
+    chosen: dict[str, list[dict]] = {}
+    with split.open() as lines:
+        for row in map(json.loads, lines):
+            if row["image"] not in chosen and len(chosen) == images:
+                break
+            questions = chosen.setdefault(row["image"], [])
+            types = {other.get("question_type") for other in questions}
+            if len(questions) < per_image and row.get("question_type") not in types:
+                questions.append(row)
+    examples = []
+    for path, rows in chosen.items():
+        with Image.open(directory / path) as opened:
+            image = to_rgb(opened)
+            image.load()
+        examples += [[image, row["question"]] for row in rows]
+    return examples
+
+
+def training_data_dir(directory: str | Path) -> Path | None:
+    """The dataset a run was trained on, as its ``metrics.json`` records it, or None.
+
+    For the embedded scenes this is the cached dataset (made again if the cache was cleared).
+    """
+    from vqa.presets import get_preset
+    from vqa.training import resolve_data_dir
+
+    try:
+        arguments = json.loads((Path(directory) / "metrics.json").read_text())["arguments"]
+        data, preset = arguments["data"], get_preset(arguments["preset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data != "synthetic" and not Path(data).is_dir():
+        return None
+    return resolve_data_dir(data, preset, progress=True)
+
+
+def build_app(
+    model_dir: str | Path,
+    *,
+    examples_dir: str | Path | None = None,
+    max_image_side: int = MAX_IMAGE_SIDE,
+    concurrency_limit: int = CONCURRENCY_LIMIT,
+) -> gr.Blocks:
+    """The app for one model directory, with its queue set up; launch it with :func:`launch`.
+
+    Args:
+        model_dir: a training run or model directory (see :func:`vqa.inference.load_model`).
+        examples_dir: a dataset directory whose test split gives the examples; default: the
+            dataset the run was trained on, when it is on disk.
+        max_image_side: larger images are shrunk to this many pixels on their longer side.
+        concurrency_limit: requests handled at once; more wait in the queue.
+    """
+    app_model = AppModel(model_dir)
+    examples_dir = examples_dir or training_data_dir(app_model.directory)
+    examples = find_examples(examples_dir, images=4) if examples_dir else []
+
+    def on_answer(
+        image: dict | None, question: str, mode: str, k: float
+    ) -> tuple[dict[str, float], Image.Image, list[list], str]:
+        """Answer a question about an image with the chosen fusion mode and k."""
+        with open_upload(image) as opened:
+            return answer(app_model, opened, question, mode, k, max_side=max_image_side)
+
+    def on_compare(image: dict | None, question: str, k: float) -> tuple:
+        """Answer a question about an image in soft, hard and hybrid mode."""
+        with open_upload(image) as opened:
+            return compare(app_model, opened, question, k, max_side=max_image_side)
+
+    with gr.Blocks(title="Hybrid-attention VQA", analytics_enabled=False) as app:
+        gr.Markdown("# Where did the model look?\n" + EXPLANATION)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    label="Image",
+                    sources=["upload", "clipboard"],
+                    height=320,
+                    elem_id="image",
+                )
+                question = gr.Textbox(
+                    label="Question",
+                    placeholder="what colour is the small circle?",
+                    lines=1,
+                    elem_id="question",
+                )
+                with gr.Row():
+                    mode = gr.Radio(list(MODES), value=app_model.mode, label="Mode")
+                    k = gr.Slider(
+                        1,
+                        app_model.num_regions,
+                        value=app_model.k,
+                        step=1,
+                        precision=0,
+                        label="k (regions kept)",
+                        info=f"of {app_model.num_regions}; in soft mode, how many to list",
+                    )
+                with gr.Row():
+                    ask = gr.Button("Ask", variant="primary", elem_id="ask")
+                    compare_modes = gr.Button("Compare modes")
+                if examples:
+                    gr.Examples(
+                        examples,
+                        inputs=[image, question],
+                        label="Examples from the dataset (click one, then Ask)",
+                        examples_per_page=len(examples),
+                    )
+            with gr.Column(scale=1):
+                label = gr.Label(num_top_classes=TOP_ANSWERS, label="Answer", elem_id="answer")
+                picture = gr.Image(
+                    label="Where the model looked", format="png", height=384, elem_id="picture"
+                )
+                table = gr.Dataframe(
+                    headers=["rank", "box (x0, y0, x1, y1)", "weight"],
+                    datatype=["number", "str", "number"],
+                    label="Selected regions",
+                    interactive=False,
+                )
+                details = gr.Markdown(label="Inference time", elem_id="details")
+        gr.Markdown("## Compare modes\nThe same image and question in each mode, with k above.")
+        compared = []
+        with gr.Row():
+            for name in MODES:
+                with gr.Column():
+                    compared.append(gr.Label(num_top_classes=3, label=name))
+                    compared.append(gr.Image(label=f"{name} attention", format="png"))
+        summary = gr.Markdown()
+        with gr.Accordion("Model information", open=False):
+            gr.Markdown(model_info(app_model))
+
+        gr.on(
+            [ask.click, question.submit],
+            on_answer,
+            inputs=[image, question, mode, k],
+            outputs=[label, picture, table, details],
+            api_name="answer",
+            preprocess=False,  # the handler checks every input and says what is wrong
+        )
+        compare_modes.click(
+            on_compare,
+            inputs=[image, question, k],
+            outputs=[*compared, summary],
+            api_name="compare",
+            preprocess=False,
+        )
+    app.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_SIZE)
+    return app
+
+
+def launch(
+    app: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    max_file_size: str | int = MAX_FILE_SIZE,
+    quiet: bool = False,
+) -> str:
+    """Start serving ``app`` in a background thread; return its local URL.
+
+    Binds to ``host`` (loopback unless told otherwise), refuses uploads over
+    ``max_file_size``, serves no files but its own, and keeps no monitoring endpoint.
+    """
+    _, url, share_url = app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=max_file_size,
+        prevent_thread_lock=True,
+        quiet=quiet,
+        enable_monitoring=False,
+        theme=gr.themes.Soft(),
+        css=CSS,
+    )
+    return share_url or url
+
+
+def serve(
+    model_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    examples_dir: str | Path | None = None,
+    share: bool = False,
+) -> None:
+    """Build the app for ``model_dir`` and serve it until interrupted (``vqa serve``)."""
+    app = build_app(model_dir, examples_dir=examples_dir)
+    url = launch(app, host=host, port=port, share=share, quiet=True)
+    print(f"Serving {Path(model_dir)} at {url} (Ctrl+C to stop)", flush=True)
+    app.block_thread()
