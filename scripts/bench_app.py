@@ -116,17 +116,22 @@ def endpoint_defaults(http: httpx.Client, url: str) -> dict[str, object]:
     return {p["parameter_name"]: p.get("parameter_default") for p in info["parameters"]}
 
 
-def ask(http: httpx.Client, url: str, data: list) -> None:
-    """One question through the queue; raises unless the answer is complete."""
-    response = http.post(f"{url}gradio_api/call/answer", json={"data": data})
+def ask(http: httpx.Client, url: str, data: list, session: str) -> None:
+    """One question through the queue; raises unless the answer is complete.
+
+    Like a browser tab, each client keeps one ``session`` for all its questions.
+    """
+    body = {"data": data, "session_hash": session}
+    response = http.post(f"{url}gradio_api/call/answer", json=body)
     response.raise_for_status()
     event = response.json()["event_id"]
     with http.stream("GET", f"{url}gradio_api/call/answer/{event}") as stream:
-        for line in stream.iter_lines():
+        lines = stream.iter_lines()
+        for line in lines:
             if line.startswith("event: complete"):
                 return
             if line.startswith("event: error"):
-                raise RuntimeError(f"the app answered with an error: {stream.read()!r}")
+                raise RuntimeError(f"the app answered with an error: {next(lines, '')}")
     raise RuntimeError("the stream ended without an answer")
 
 
@@ -144,15 +149,18 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
         k = args.k or defaults["k"]
         image = {"path": upload.json()[0], "meta": {"_type": "gradio.FileData"}}
         data = [image, args.question, mode, k]
-        for _ in range(3):  # warm up: the first answers pay for lazy initialisation
-            ask(http, url, data)
+        try:
+            for _ in range(3):  # warm up: the first answers pay for lazy initialisation
+                ask(http, url, data, "warm-up")
+        except RuntimeError as error:
+            raise SystemExit(f"the app did not answer the warm-up question: {error}") from error
 
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + args.time_limit
 
-    def client() -> None:
+    def client(session: str) -> None:
         with httpx.Client(timeout=60) as http:
             for _ in range(args.requests):
                 if time.monotonic() > deadline:
@@ -161,7 +169,7 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
                     continue
                 start = time.perf_counter()
                 try:
-                    ask(http, url, data)
+                    ask(http, url, data, session)
                 except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as error:
                     with lock:
                         errors.append(str(error)[:200])
@@ -169,7 +177,9 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
                 with lock:
                     latencies.append(1000 * (time.perf_counter() - start))
 
-    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    threads = [
+        threading.Thread(target=client, args=(f"bench-{index}",)) for index in range(args.clients)
+    ]
     cpu_before = cpu_seconds(server) if server else None
     start = time.perf_counter()
     for thread in threads:

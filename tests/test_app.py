@@ -22,6 +22,7 @@ from vqa.app import (
     launch,
     model_info,
     regions_table,
+    training_data_dir,
 )
 from vqa.cli import build_parser, main
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
@@ -162,6 +163,10 @@ def test_model_info_names_checkpoint_fusion_encoders_and_accuracy(app_model):
     for expected in (str(app_model.directory), "hybrid, k = 4 of 16", "estimator ste", "timm"):
         assert expected in info
     assert "best" in info and "after the last epoch (1 epochs)" in info
+
+
+def test_examples_come_from_the_training_data_by_default(run, dataset):
+    assert training_data_dir(run) == dataset
 
 
 def test_examples_pair_each_image_with_questions_of_different_types(dataset):

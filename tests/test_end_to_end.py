@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,30 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_unknown_split_lists_the_splits_there_are(dataset):
     with pytest.raises(ValueError, match=r"\['dev'\] not in .* it has \['train', 'val', 'test'\]"):
         load_local_dataset(dataset, ["dev"])
+
+
+def test_bf16_mixed_precision_with_reinforce_trains_on_cpu(dataset, tmp_path):
+    run = tmp_path / "bf16"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--output",
+                str(run),
+                "--preset",
+                "tiny",
+                "--mixed-precision",
+                "bf16",
+                "--mode",
+                "hard",
+                "--estimator",
+                "reinforce",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    (epoch,) = json.loads((run / "metrics.json").read_text())["history"]
+    assert all(math.isfinite(loss) for loss in epoch["step_losses"])

@@ -42,8 +42,10 @@ from typing import TYPE_CHECKING
 from vqa.presets import Preset, get_preset
 
 if TYPE_CHECKING:
+    import numpy as np
     from datasets import Dataset
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from torch import Tensor, device
 
     from vqa.modeling import HybridVQAModel
@@ -89,7 +91,8 @@ METRICS = (
     ("final_loss", "final loss", 1.0, ".3f"),
     ("loss_variance", "loss var", 1.0, ".2e"),
     ("score_grad_variance", "score-grad var", 1.0, ".2e"),
-    ("score_grad_noise", "score-grad noise/signal", 1.0, ".3g"),
+    ("score_grad_noise", "estimator noise/signal", 1.0, ".3g"),
+    ("score_grad_batch_noise", "SGD noise/signal", 1.0, ".3g"),
 )
 METRIC_FORMATS = {column: (header, scale, fmt) for column, header, scale, fmt in METRICS}
 MODE_COLOURS = {"soft": "tab:blue", "hard": "tab:orange", "hybrid": "tab:green"}
@@ -102,7 +105,9 @@ DEFINITIONS = f"""\
   is measured on the evaluation split (test, or val when there is no test split).
 - **accuracy**: VQA accuracy (exact match for one answer), overall and per question type.
 - **pointing**: share of the questions with ground-truth objects whose highest-weighted
-  region (weights averaged over heads) overlaps one of those objects.
+  region (weights averaged over heads) overlaps one of those objects. Hard attention weighs its
+  k regions equally (1/k), so its top region is a tie that `vqa.metrics.top_region` breaks
+  towards the lowest region index, not by score.
 - **entropy**: entropy in nats of the head-averaged attention weights over the N regions
   (log k for hard attention, at most log N).
 - **regions used**: regions with a non-zero weight.
@@ -123,11 +128,13 @@ DEFINITIONS = f"""\
   on one fixed training batch with dropout off and the fusion in training mode (so gumbel and
   reinforce sample their selection as in training); the variance across the R passes, averaged
   over the weights. Only the estimator's sampling varies, so this is the estimator's own noise:
-  exactly 0 for soft and ste, which do not sample.
-- **score-grad noise/signal**: the same gradient on R different training batches (data and
-  sampling both vary): the summed variance divided by the squared norm of the mean gradient.
-  It is the noise-to-signal ratio that SGD sees, and it is scale-free, so modes whose
-  gradients differ in size compare fairly.
+  exactly 0 for soft and ste, which do not sample. Its size follows the size of the gradient,
+  so it is not comparable between runs whose scorers grew to different scales.
+- **estimator noise/signal**: on the same R passes, the summed variance divided by the squared
+  norm of the mean gradient: the estimator's noise relative to the gradient it estimates,
+  scale-free (0 for soft and ste).
+- **SGD noise/signal**: the same ratio over R different training batches (data and sampling
+  both vary): the noise that SGD sees in the scorer's updates.
 - **Comparisons** in report.md: a difference counts only when it is larger than the larger of
   the two standard deviations over seeds; otherwise it is a *tie*. A claim *holds* when every
   comparison holds, is *contradicted* when every comparison contradicts it, is *inconclusive*
@@ -278,7 +285,7 @@ def run_ablation(args: AblationArguments) -> Path:
     data_dir = resolve_data_dir(args.data, preset, args.progress)
     split = evaluation_split(data_dir)
     splits = load_local_dataset(data_dir, ["train", split])
-    write_json(out / SETTINGS_FILE, {**settings, "split": split})
+    write_json(out / SETTINGS_FILE, {**settings, "split": split, "machine": machine()})
 
     todo = [spec for spec in specs if spec.name not in done]
     with tqdm(
@@ -311,6 +318,26 @@ def check_settings(out: Path, settings: dict, resume: bool) -> None:
         raise ValueError(
             f"--resume with other settings than the runs in {out}: " + "; ".join(changed)
         )
+
+
+def machine() -> str:
+    """The GPU, or the processor and torch's thread count, that the timings are measured on."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def evaluation_split(data_dir: Path) -> str:
@@ -360,16 +387,20 @@ def measure_run(
     inputs.pop("labels")
     fusion_flops, total_flops = count_flops(model, inputs)
 
-    generator = torch.Generator().manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.seed)  # which training batches
     torch.manual_seed(spec.seed)  # the estimators' samples
     size = min(args.probe_batch_size, len(train_rows))
     fixed = collate(processor, train_rows, range(size), device)
     batches = [
-        collate(processor, train_rows, torch.randperm(len(train_rows), generator=generator)[:size])
+        collate(
+            processor,
+            train_rows,
+            torch.randperm(len(train_rows), generator=generator)[:size],
+            device,
+        )
         for _ in range(args.grad_repeats)
     ]
-    batches = [{name: value.to(device) for name, value in batch.items()} for batch in batches]
-    grad_variance, grad_noise = score_gradient_noise(model, fixed, batches)
+    grad_variance, grad_noise, grad_batch_noise = score_gradient_noise(model, fixed, batches)
 
     losses = [loss for record in summary["history"] for loss in record["step_answer_losses"]]
     tail = losses[-max(2, math.ceil(LOSS_TAIL * len(losses))) :]
@@ -394,6 +425,7 @@ def measure_run(
         "loss_variance": statistics.variance(tail) if len(tail) > 1 else math.nan,
         "score_grad_variance": grad_variance,
         "score_grad_noise": grad_noise,
+        "score_grad_batch_noise": grad_batch_noise,
     }
 
 
@@ -446,7 +478,7 @@ def count_flops(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float
 
 def score_gradient_noise(
     model: HybridVQAModel, fixed: dict[str, Tensor], batches: Sequence[dict[str, Tensor]]
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """How noisy the gradient that trains the selection scores is (see :data:`DEFINITIONS`).
 
     The gradient g of the training loss with respect to the scorer weights
@@ -461,7 +493,8 @@ def score_gradient_noise(
 
     Returns:
         (variance on ``fixed``: mean over the weights of the variance across the R passes,
-        noise-to-signal on ``batches``: summed variance / squared norm of the mean gradient).
+        noise-to-signal on ``fixed``, noise-to-signal on ``batches``), where noise-to-signal is
+        the summed variance over the squared norm of the mean gradient.
     """
     import torch
 
@@ -485,9 +518,12 @@ def score_gradient_noise(
         varied = torch.stack([gradient(batch) for batch in batches])  # (R, P)
     finally:
         model.train(was_training)
-    variance = repeated.var(0).mean().item()
-    noise = (varied.var(0).sum() / varied.mean(0).square().sum()).item()
-    return variance, noise
+
+    def noise_to_signal(gradients: Tensor) -> float:
+        """(R, P) gradients -> summed variance over the squared norm of their mean."""
+        return (gradients.var(0).sum() / gradients.mean(0).square().sum()).item()
+
+    return repeated.var(0).mean().item(), noise_to_signal(repeated), noise_to_signal(varied)
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -693,7 +729,9 @@ def claim_comparisons(stats: Sequence[dict]) -> dict[str, list[Comparison]]:
     hard = [entry for entry in stats if entry["mode"] == "hard"]
     hybrid = [entry for entry in stats if entry["mode"] == "hybrid"]
 
-    def versus(subjects: Sequence[dict], reference: dict | None, metric: str, expected: str):
+    def versus(
+        subjects: Sequence[dict], reference: dict | None, metric: str, expected: str
+    ) -> list[Comparison]:
         if reference is None:
             return []
         return [
@@ -736,8 +774,8 @@ def claim_comparisons(stats: Sequence[dict]) -> dict[str, list[Comparison]]:
         if (plain["k"], plain["estimator"]) == (mixed["k"], mixed["estimator"])
     ]
     return {
-        "Training": versus(hard, soft, "score_grad_variance", "higher")
-        + versus(hard, soft, "score_grad_noise", "higher")
+        "Training": versus(hard, soft, "score_grad_noise", "higher")
+        + versus(hard, soft, "score_grad_batch_noise", "higher")
         + versus(hard, soft, "loss_variance", "higher")
         + needs_reinforce,
         "Compute": versus(hard, soft, "fusion_flops", "lower")
@@ -782,17 +820,17 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
     Args:
         results_csv: the ablation's results.
         path: where to write the report.
-        settings: ``data``, ``preset``, ``epochs`` and ``split`` of the ablation.
+        settings: ``data``, ``preset``, ``epochs``, ``split`` and ``machine`` of the ablation.
     """
     stats = aggregate(read_results(results_csv))
     runs = sum(entry["seeds"] for entry in stats)
     lines = [
         "# Hard, soft and hybrid attention: the claims, measured",
         "",
-        f"{runs} runs ({len(stats)} configurations) of preset `{settings['preset']}`, "
-        f"{settings['epochs']} epochs each, trained on `{settings['data']}` and measured on "
-        f"its {settings['split']} split. Means ± standard deviations over seeds; every "
-        "number per configuration is in table.md.",
+        f"{runs} runs ({len(stats)} configurations) of preset `{settings['preset']}` "
+        f"(epochs per run: {settings['epochs']}), trained on `{settings['data']}` and measured "
+        f"on its {settings['split']} split; timings on {settings.get('machine', 'n/a')}. "
+        "Means ± standard deviations over seeds; table.md has every number per configuration.",
         "",
     ]
     for title, comparisons in claim_comparisons(stats).items():
@@ -839,7 +877,9 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return smoothed
 
 
-def new_axes(columns: int = 1, rows: int = 1, size: tuple[float, float] = (6.4, 4.2)):
+def new_axes(
+    columns: int = 1, rows: int = 1, size: tuple[float, float] = (6.4, 4.2)
+) -> tuple[Figure, np.ndarray]:
     """A constrained-layout matplotlib Figure (Agg, no pyplot state) and its (rows, columns)
     array of axes."""
     from matplotlib.figure import Figure
@@ -848,7 +888,9 @@ def new_axes(columns: int = 1, rows: int = 1, size: tuple[float, float] = (6.4, 
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def errorbar(axes: Axes, entries: Sequence[dict], x: Sequence[float], metric: str, **style) -> None:
+def errorbar(
+    axes: Axes, entries: Sequence[dict], x: Sequence[float], metric: str, **style: object
+) -> None:
     """Means of ``metric`` at ``x`` with the seed standard deviation as error bars."""
     means = [entry[metric][0] for entry in entries]
     stds = [0.0 if math.isnan(entry[metric][1]) else entry[metric][1] for entry in entries]
@@ -1019,7 +1061,7 @@ def plot_attention_gallery(
         for line, index in enumerate(indices):
             example, ax = rows[index], axes[line][column]
             image = to_rgb(open_image(example["image"]))
-            scale = size / image.width
+            scale_x, scale_y = size / image.width, size / image.height
             ax.imshow(image.resize((size, size)), extent=(0, size, size, 0))
             ax.imshow(
                 weights[line].reshape(side, side).numpy(),
@@ -1031,9 +1073,9 @@ def plot_attention_gallery(
             for x0, y0, x1, y1 in example["target_boxes"]:
                 ax.add_patch(
                     Rectangle(
-                        (x0 * scale, y0 * scale),
-                        (x1 - x0) * scale,
-                        (y1 - y0) * scale,
+                        (x0 * scale_x, y0 * scale_y),
+                        (x1 - x0) * scale_x,
+                        (y1 - y0) * scale_y,
                         fill=False,
                         edgecolor="cyan",
                         linewidth=1.5,

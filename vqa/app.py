@@ -14,6 +14,7 @@ image still get an answer, with a ``gr.Warning`` / ``gr.Info`` and a note beside
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from vqa.inference import Prediction, load_model, predict
@@ -58,8 +60,8 @@ class AppModel:
 
     ``predict`` switches the model's fusion mode and k for the duration of one call, so two
     requests with different settings must not run the model at the same time: a lock makes
-    the model call exclusive. It is a few milliseconds on a CPU and already uses every core,
-    so little is lost; decoding, drawing and encoding images run outside the lock.
+    the model call exclusive. The call takes milliseconds, and requests still overlap in
+    everything else (decoding the upload, drawing and encoding the picture, HTTP).
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -110,6 +112,8 @@ def open_upload(payload: dict | None) -> Iterator[Image.Image | None]:
     name = Path(payload.get("orig_name") or path).name
     try:
         image = Image.open(path)
+    except FileNotFoundError as error:
+        raise refuse(f"{name} is no longer on the server: please upload it again.") from error
     except Image.DecompressionBombError as error:
         raise refuse(f"{name} has too many pixels to decode safely.") from error
     except (OSError, ValueError, SyntaxError) as error:
@@ -286,8 +290,11 @@ def compare(
     *,
     max_side: int = MAX_IMAGE_SIDE,
 ) -> tuple:
-    """Handle "Compare modes": for soft, hard and hybrid in turn, the top answers and the
-    attention picture; then a Markdown summary table."""
+    """Handle "Compare modes": answers and picture per mode, then a summary table.
+
+    Returns (soft answers, soft picture, hard answers, hard picture, hybrid answers, hybrid
+    picture, Markdown table of mode, answer, probability, regions and model time).
+    """
     image, question, k, notes = check_inputs(image, question, k, app_model.num_regions, max_side)
     outputs: list = []
     summary = ["| mode | answer | probability | regions | model time |", "|---|---|---|---|---|"]
@@ -329,7 +336,8 @@ def model_info(app_model: AppModel) -> str:
         ("answers", f"{len(app_model.processor.answers)} in the vocabulary"),
         ("val accuracy", recorded_accuracy(app_model.directory)),
     ]
-    return "\n".join(["| | |", "|---|---|", *(f"| **{name}** | {value} |" for name, value in rows)])
+    lines = ["| setting | value |", "|---|---|"]
+    return "\n".join(lines + [f"| **{name}** | {value} |" for name, value in rows])
 
 
 def recorded_accuracy(directory: Path) -> str:
@@ -425,7 +433,11 @@ def build_app(
         with open_upload(image) as opened:
             return compare(app_model, opened, question, k, max_side=max_image_side)
 
-    with gr.Blocks(title="Hybrid-attention VQA", analytics_enabled=False) as app:
+    with gr.Blocks(
+        title="Hybrid-attention VQA",
+        analytics_enabled=False,
+        delete_cache=(3600, 86400),  # uploads and pictures go after a day (examples stay)
+    ) as app:
         gr.Markdown("# Where did the model look?\n" + EXPLANATION)
         with gr.Row():
             with gr.Column(scale=1):
@@ -500,6 +512,9 @@ def build_app(
             api_name="compare",
             preprocess=False,
         )
+    # gradio summarises the last 10,000 events with pandas after every event, for a monitoring
+    # page that this app turns off: that work grows with uptime, so let it happen rarely.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "10000")
     app.queue(default_concurrency_limit=concurrency_limit, max_size=QUEUE_SIZE)
     return app
 
@@ -513,7 +528,7 @@ def launch(
     max_file_size: str | int = MAX_FILE_SIZE,
     quiet: bool = False,
 ) -> str:
-    """Start serving ``app`` in a background thread; return its local URL.
+    """Start serving ``app`` in a background thread; return its URL (public with ``share``).
 
     Binds to ``host`` (loopback unless told otherwise), refuses uploads over
     ``max_file_size``, serves no files but its own, and keeps no monitoring endpoint.
@@ -541,6 +556,9 @@ def serve(
     share: bool = False,
 ) -> None:
     """Build the app for ``model_dir`` and serve it until interrupted (``vqa serve``)."""
+    # One request at a time holds the model (see AppModel): give it half the cores and leave
+    # the rest to the web server, rather than have torch's threads spin against it.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     app = build_app(model_dir, examples_dir=examples_dir)
     url = launch(app, host=host, port=port, share=share, quiet=True)
     print(f"Serving {Path(model_dir)} at {url} (Ctrl+C to stop)", flush=True)
