@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
@@ -166,6 +167,10 @@ def train(args: TrainingArguments) -> dict:
     """Train a model as ``args`` says; return the run summary also written to metrics.json."""
     preset = get_preset(args.preset)
     args = args.resolved(preset)
+    # Accelerate keeps its settings in a process-wide singleton; let each call of `train` in
+    # one process (tests, ablations) choose its own mixed precision. The distributed state
+    # (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.grad_accum,
