@@ -11,6 +11,7 @@ from vqa.metrics import (
     patch_boxes,
     pointing_accuracy,
     pointing_hit,
+    rank_regions,
     regions_used,
     top_region,
     vqa_accuracy,
@@ -183,3 +184,16 @@ def test_attention_entropy_of_one_region_is_zero():
 def test_regions_used_counts_positive_weights():
     weights = torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25]])
     assert regions_used(weights).tolist() == [2, 4]
+
+
+def test_top_region_breaks_equal_weights_by_score():
+    weights = torch.tensor([[0.0, 0.5, 0.0, 0.5]])
+    scores = torch.tensor([[9.0, 1.0, 8.0, 2.0]])
+    assert top_region(weights).tolist() == [1]
+    assert top_region(weights, scores).tolist() == [3]
+
+
+def test_rank_regions_orders_by_weight_then_score():
+    weights = torch.tensor([0.25, 0.0, 0.25, 0.5])
+    scores = torch.tensor([1.0, 9.0, 3.0, 0.0])
+    assert rank_regions(weights, scores).tolist() == [3, 2, 0, 1]

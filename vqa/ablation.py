@@ -107,7 +107,7 @@ DEFINITIONS = f"""\
 - **pointing**: share of the questions with ground-truth objects whose highest-weighted
   region (weights averaged over heads) overlaps one of those objects. Hard attention weighs its
   k regions equally (1/k), so its top region is a tie that `vqa.metrics.top_region` breaks
-  towards the lowest region index, not by score.
+  by the selection score.
 - **entropy**: entropy in nats of the head-averaged attention weights over the N regions
   (log k for hard attention, at most log N).
 - **regions used**: regions with a non-zero weight.
@@ -135,10 +135,15 @@ DEFINITIONS = f"""\
   scale-free (0 for soft and ste).
 - **SGD noise/signal**: the same ratio over R different training batches (data and sampling
   both vary): the noise that SGD sees in the scorer's updates.
+- **accuracy spread** (stability): the standard deviation s of accuracy over the n seeds,
+  shown as s ± its standard error s / sqrt(2 (n - 1)).
 - **Comparisons** in report.md: a difference counts only when it is larger than the larger of
-  the two standard deviations over seeds; otherwise it is a *tie*. A claim *holds* when every
-  comparison holds, is *contradicted* when every comparison contradicts it, is *inconclusive*
-  when every comparison is a tie, and is *mixed* otherwise.
+  the two standard deviations over seeds (for accuracy spread: of the two standard errors);
+  otherwise it is a *tie*. Each claim is split into
+  what it implies, one measurement each. An implication *holds* when every comparison holds
+  (for "not lower" / "not higher" a tie holds too), is *contradicted* when every comparison
+  contradicts it, is *inconclusive* when every comparison is a tie, and is *mixed* otherwise.
+  A claim's verdict combines its implications' verdicts the same way.
 """
 
 
@@ -285,7 +290,15 @@ def run_ablation(args: AblationArguments) -> Path:
     data_dir = resolve_data_dir(args.data, preset, args.progress)
     split = evaluation_split(data_dir)
     splits = load_local_dataset(data_dir, ["train", split])
-    write_json(out / SETTINGS_FILE, {**settings, "split": split, "machine": machine()})
+    write_json(
+        out / SETTINGS_FILE,
+        {
+            **settings,
+            "split": split,
+            "machine": machine(),
+            "blind_accuracy": blind_accuracy(splits["train"], splits[split]),
+        },
+    )
 
     todo = [spec for spec in specs if spec.name not in done]
     with tqdm(
@@ -337,7 +350,35 @@ def machine() -> str:
             if line.startswith("model name")
         ]
         cpu = names[0] if names else cpu
-    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{cpu} ({os.cpu_count()} cores; torch threads: {torch.get_num_threads()})"
+
+
+def blind_accuracy(train_rows: Dataset, eval_rows: Dataset) -> float:
+    """Accuracy on ``eval_rows`` of a baseline that ignores the image: the most frequent
+    training answer of the same question text, else of the same question type."""
+    from collections import Counter
+
+    from vqa.metrics import answer_accuracy
+
+    by_question: dict[str, Counter] = {}
+    by_type: dict[str, Counter] = {}
+    for question, kind, answers in zip(
+        train_rows["question"], train_rows["question_type"], train_rows["answers"], strict=True
+    ):
+        by_question.setdefault(question.lower(), Counter()).update(answers)
+        by_type.setdefault(kind, Counter()).update(answers)
+    overall = sum(by_type.values(), Counter())
+    return statistics.fmean(
+        answer_accuracy(
+            (by_question.get(question.lower()) or by_type.get(kind) or overall).most_common(1)[0][
+                0
+            ],
+            answers,
+        )
+        for question, kind, answers in zip(
+            eval_rows["question"], eval_rows["question_type"], eval_rows["answers"], strict=True
+        )
+    )
 
 
 def evaluation_split(data_dir: Path) -> str:
@@ -402,7 +443,7 @@ def measure_run(
     ]
     grad_variance, grad_noise, grad_batch_noise = score_gradient_noise(model, fixed, batches)
 
-    losses = [loss for record in summary["history"] for loss in record["step_answer_losses"]]
+    losses = answer_losses(summary["history"])
     tail = losses[-max(2, math.ceil(LOSS_TAIL * len(losses))) :]
     return {
         "name": spec.name,
@@ -652,9 +693,11 @@ class Comparison:
 
     Attributes:
         label: what is compared, e.g. ``hard k=4 ste vs soft``.
-        metric: a results.csv column, or ``accuracy spread`` (std of accuracy over seeds).
-        subject, reference: (mean, std) of each side.
-        expected: ``higher``, ``lower``, ``not lower`` or ``not higher`` (a tie holds).
+        metric: a results.csv column, or ``accuracy spread``.
+        subject, reference: (mean, std over seeds) of each side; for ``accuracy spread``
+            (std over seeds, its standard error).
+        expected: ``higher`` or ``lower``; ``not lower`` or ``not higher`` when a tie agrees
+            with the claim.
     """
 
     label: str
@@ -665,19 +708,22 @@ class Comparison:
 
     @property
     def outcome(self) -> str:
-        """``holds``, ``contradicted``, ``tie`` (within the seed spread) or ``not measured``."""
+        """``holds``, ``contradicted``, ``tie`` (a difference within the seed spread) or
+        ``not measured``."""
         (a, a_std), (b, b_std) = self.subject, self.reference
         if math.isnan(a) or math.isnan(b):
             return "not measured"
         noise = max(0.0 if math.isnan(a_std) else a_std, 0.0 if math.isnan(b_std) else b_std)
-        difference = a - b
-        if self.expected == "not lower":
-            return "contradicted" if difference < -noise else "holds"
-        if self.expected == "not higher":
-            return "contradicted" if difference > noise else "holds"
-        if abs(difference) <= noise:
+        if abs(a - b) <= noise:
             return "tie"
-        return "holds" if (difference > 0) == (self.expected == "higher") else "contradicted"
+        return "holds" if (a > b) == (self.expected in ("higher", "not lower")) else "contradicted"
+
+    @property
+    def support(self) -> str:
+        """The outcome as evidence: a tie holds for ``not lower`` and ``not higher``."""
+        if self.outcome == "tie" and self.expected.startswith("not "):
+            return "holds"
+        return self.outcome
 
     def row(self) -> list[str]:
         """The comparison as a row of the report's tables."""
@@ -692,14 +738,14 @@ class Comparison:
         ]
 
 
-def verdict(comparisons: Sequence[Comparison]) -> str:
-    """holds, contradicted, inconclusive (all ties), mixed, or not measured."""
-    outcomes = {comparison.outcome for comparison in comparisons} - {"not measured"}
-    if not outcomes:
+def verdict(outcomes: Iterable[str]) -> str:
+    """Comparison outcomes (or implication verdicts) -> one verdict: holds, contradicted or
+    inconclusive (all ties) when they agree, mixed when they do not, not measured if none."""
+    found = {"inconclusive" if outcome == "tie" else outcome for outcome in outcomes}
+    found.discard("not measured")
+    if not found:
         return "not measured"
-    if len(outcomes) > 1:
-        return "mixed"
-    return {"holds": "holds", "contradicted": "contradicted", "tie": "inconclusive"}[outcomes.pop()]
+    return found.pop() if len(found) == 1 else "mixed"
 
 
 CLAIMS = {
@@ -720,10 +766,11 @@ def config_label(entry: dict) -> str:
     return f"{entry['mode']} k={entry['k']} {entry['estimator']}"
 
 
-def claim_comparisons(stats: Sequence[dict]) -> dict[str, list[Comparison]]:
-    """For each claim of :data:`CLAIMS`, the comparisons of aggregated configurations that
-    test it (hard and hybrid configurations against soft, hybrid against hard at the same k
-    and estimator, REINFORCE against the other estimators at the same k)."""
+def claim_comparisons(stats: Sequence[dict]) -> dict[str, dict[str, list[Comparison]]]:
+    """For each claim of :data:`CLAIMS`, what it implies (one sentence per measurement) and
+    the comparisons of aggregated configurations that test each implication: hard and hybrid
+    against soft, hybrid against hard at the same k and estimator, REINFORCE against the other
+    estimators at the same k."""
     missing = (math.nan, math.nan)
     soft = next((entry for entry in stats if entry["mode"] == "soft"), None)
     hard = [entry for entry in stats if entry["mode"] == "hard"]
@@ -746,7 +793,10 @@ def claim_comparisons(stats: Sequence[dict]) -> dict[str, list[Comparison]]:
         ]
 
     def spread(entry: dict) -> dict:
-        return {**entry, "accuracy spread": (entry["accuracy"][1], math.nan)}
+        """The entry with ``accuracy spread``: (std over seeds, its standard error)."""
+        std, seeds = entry["accuracy"][1], entry["seeds"]
+        error = std / math.sqrt(2 * (seeds - 1)) if seeds > 1 else math.nan
+        return {**entry, "accuracy spread": (std, error)}
 
     needs_reinforce = [
         Comparison(
@@ -773,54 +823,68 @@ def claim_comparisons(stats: Sequence[dict]) -> dict[str, list[Comparison]]:
         for plain in hard
         if (plain["k"], plain["estimator"]) == (mixed["k"], mixed["estimator"])
     ]
+    soft_spread = None if soft is None else spread(soft)
     return {
-        "Training": versus(hard, soft, "score_grad_noise", "higher")
-        + versus(hard, soft, "score_grad_batch_noise", "higher")
-        + versus(hard, soft, "loss_variance", "higher")
-        + needs_reinforce,
-        "Compute": versus(hard, soft, "fusion_flops", "lower")
-        + versus(hard, soft, "total_flops", "lower")
-        + versus(hard, soft, "ms_per_question", "lower")
-        + versus(hard, soft, "train_seconds", "lower"),
-        "Interpretability": versus(hard, soft, "attention_entropy", "lower")
-        + versus(hard, soft, "pointing_accuracy", "higher"),
-        "Accuracy": versus(hard, soft, "accuracy", "lower")
-        + versus(
-            [spread(entry) for entry in hard],
-            None if soft is None else spread(soft),
-            "accuracy spread",
-            "higher",
-        ),
-        "Hybrid": same_selection
-        + versus(hybrid, soft, "accuracy", "not lower")
-        + versus(hybrid, soft, "loss_variance", "not higher")
-        + versus(hybrid, soft, "pointing_accuracy", "not lower")
-        + versus(hybrid, soft, "fusion_flops", "lower"),
+        "Training": {
+            "hard's estimator makes the score gradient noisy (estimator noise/signal)": versus(
+                hard, soft, "score_grad_noise", "higher"
+            ),
+            "the scorer's SGD updates are noisier for hard (SGD noise/signal)": versus(
+                hard, soft, "score_grad_batch_noise", "higher"
+            ),
+            "hard's loss fluctuates more at the end of training (loss var)": versus(
+                hard, soft, "loss_variance", "higher"
+            ),
+            "hard needs REINFORCE: it beats ste and gumbel (accuracy)": needs_reinforce,
+        },
+        "Compute": {
+            "hard computes less after the encoders (fusion FLOPs)": versus(
+                hard, soft, "fusion_flops", "lower"
+            ),
+            "hard computes less in total (total FLOPs)": versus(hard, soft, "total_flops", "lower"),
+            "hard answers faster (ms per question)": versus(hard, soft, "ms_per_question", "lower"),
+            "hard trains faster (training seconds)": versus(hard, soft, "train_seconds", "lower"),
+        },
+        "Interpretability": {
+            "hard's weights are focused (entropy)": versus(
+                hard, soft, "attention_entropy", "lower"
+            ),
+            "hard's top region is on the object asked about (pointing)": versus(
+                hard, soft, "pointing_accuracy", "higher"
+            ),
+        },
+        "Accuracy": {
+            "hard is less accurate (accuracy)": versus(hard, soft, "accuracy", "lower"),
+            "hard is less stable over seeds (std of accuracy)": versus(
+                [spread(entry) for entry in hard], soft_spread, "accuracy spread", "higher"
+            ),
+        },
+        "Hybrid": {
+            "hybrid is at least as accurate as hard at the same k and estimator": same_selection,
+            "hybrid is as accurate as soft": versus(hybrid, soft, "accuracy", "not lower"),
+            "hybrid is as stable as soft over seeds (std of accuracy)": versus(
+                [spread(entry) for entry in hybrid], soft_spread, "accuracy spread", "not higher"
+            ),
+            "hybrid points as well as soft (pointing)": versus(
+                hybrid, soft, "pointing_accuracy", "not lower"
+            ),
+            "hybrid computes like hard (fusion FLOPs below soft)": versus(
+                hybrid, soft, "fusion_flops", "lower"
+            ),
+        },
     }
 
 
-def outcome_counts(comparisons: Sequence[Comparison]) -> str:
-    """e.g. ``3 of 8 comparisons hold, 2 contradict the claim, 3 are ties``."""
-    outcomes = [comparison.outcome for comparison in comparisons]
-    parts = [f"{outcomes.count('holds')} of {len(outcomes)} comparisons hold"]
-    for outcome, words in (
-        ("contradicted", "contradict the claim"),
-        ("tie", "are ties within the seed spread"),
-        ("not measured", "could not be measured"),
-    ):
-        if outcome in outcomes:
-            parts.append(f"{outcomes.count(outcome)} {words}")
-    return ", ".join(parts)
-
-
 def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> str:
-    """Write ``report.md``: each claim, the comparisons that test it, a verdict computed from
-    them, and where the numbers contradict the claim. Returns the text.
+    """Write ``report.md``: each claim, what it implies, the comparisons that test each
+    implication, verdicts computed from them, and where the numbers contradict the claim.
+    Returns the text.
 
     Args:
         results_csv: the ablation's results.
         path: where to write the report.
-        settings: ``data``, ``preset``, ``epochs``, ``split`` and ``machine`` of the ablation.
+        settings: ``data``, ``preset``, ``epochs``, ``split``, ``machine`` and
+            ``blind_accuracy`` of the ablation.
     """
     stats = aggregate(read_results(results_csv))
     runs = sum(entry["seeds"] for entry in stats)
@@ -830,17 +894,57 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
         f"{runs} runs ({len(stats)} configurations) of preset `{settings['preset']}` "
         f"(epochs per run: {settings['epochs']}), trained on `{settings['data']}` and measured "
         f"on its {settings['split']} split; timings on {settings.get('machine', 'n/a')}. "
-        "Means ± standard deviations over seeds; table.md has every number per configuration.",
+        "Means ± standard deviations over seeds; table.md has every number per configuration. "
+        "A difference within the seed spread is a *tie* (see the end of this page).",
         "",
     ]
-    for title, comparisons in claim_comparisons(stats).items():
+    if "blind_accuracy" in settings and stats:
+        best = max(stats, key=lambda entry: entry["accuracy"][0])
+        mean, std = best["accuracy"]
+        beaten = mean - (0.0 if math.isnan(std) else std) > settings["blind_accuracy"]
+        margin = mean - settings["blind_accuracy"]
+        lines += [
+            "A blind baseline (the most frequent training answer of the same question, else of "
+            f"the same question type) scores {settings['blind_accuracy']:.3f}; the most accurate "
+            f"configuration, {config_label(best)}, scores {cell(best['accuracy'])}. "
+            + (
+                f"It beats the baseline by {margin:.3f}; a blind model can learn more than this "
+                "baseline (e.g. the answer priors of question templates), so a small margin "
+                "does not show that the image is used."
+                if beaten
+                else "**No configuration beats this blind baseline by more than its seed "
+                "spread: the models answer from the question alone, so these runs cannot rank "
+                "the modes by accuracy, and accuracy ties below only say that no mode is worse.**"
+            ),
+            "",
+        ]
+    for title, implications in claim_comparisons(stats).items():
+        verdicts = {
+            implication: verdict(c.support for c in comparisons)
+            for implication, comparisons in implications.items()
+        }
+        comparisons = [c for group in implications.values() for c in group]
         lines += [
             f"## {title}",
             "",
             f"> **Claim.** {CLAIMS[title]}",
             "",
-            f"**Verdict: {verdict(comparisons)}** ({outcome_counts(comparisons)}).",
+            f"**Verdict: {verdict(verdicts.values())}**",
             "",
+            markdown_table(
+                ["what the claim implies", "verdict", "hold", "ties", "contradict"],
+                (
+                    [
+                        implication,
+                        verdicts[implication],
+                        *(
+                            str(sum(c.outcome == outcome for c in group))
+                            for outcome in ("holds", "tie", "contradicted")
+                        ),
+                    ]
+                    for implication, group in implications.items()
+                ),
+            ),
         ]
         against = [c for c in comparisons if c.outcome == "contradicted"]
         if against:
@@ -850,12 +954,14 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
                 lines.append(f"- {label}: {metric} {measured} vs {reference} (claimed: {expected})")
             lines.append("")
         if comparisons:
-            lines.append(
+            lines += [
+                "All comparisons:",
+                "",
                 markdown_table(
                     ["comparison", "metric", "measured", "reference", "claimed", "outcome"],
                     (comparison.row() for comparison in comparisons),
-                )
-            )
+                ),
+            ]
     text = "\n".join(lines) + "\n" + DEFINITIONS
     Path(path).write_text(text, encoding="utf-8")
     return text
@@ -1033,7 +1139,8 @@ def plot_attention_gallery(
     stats: Sequence[dict], runs_dir: str | Path, rows: Dataset, path: str | Path
 ) -> None:
     """The same questions answered by each mode's most accurate configuration (its first
-    seed): the image, the head-averaged weight of each region, and the ground-truth boxes."""
+    seed): the image, the head-averaged weight of each region on one colour scale for every
+    cell, and the ground-truth boxes."""
     import textwrap
 
     import torch
@@ -1048,25 +1155,34 @@ def plot_attention_gallery(
         if entry["accuracy"][0] > best.get(entry["mode"], {"accuracy": (-1.0, 0.0)})["accuracy"][0]:
             best[entry["mode"]] = entry
     indices = gallery_questions(rows)
-    figure, axes = new_axes(columns=len(best), rows=len(indices), size=(2.6, 2.9))
-    for column, entry in enumerate(best.values()):
+    answered = []  # per column: (entry, predictions, (B, side, side) weights)
+    for entry in best.values():
         model, processor = load_model(Path(runs_dir) / entry["names"][0])
         inputs = collate(processor, rows, indices)
         inputs.pop("labels")
         with torch.no_grad():
             output = model(**inputs)
-        weights = output.attention_weights.float().mean(1)  # (B, N)
-        size = processor.image_size
-        side = size // model.config.patch_size
-        for line, index in enumerate(indices):
-            example, ax = rows[index], axes[line][column]
-            image = to_rgb(open_image(example["image"]))
-            scale_x, scale_y = size / image.width, size / image.height
+        side = processor.image_size // model.config.patch_size
+        weights = output.attention_weights.float().mean(1).reshape(-1, side, side)  # (B, s, s)
+        predictions = [processor.answers.decode(int(i)) for i in output.logits.argmax(-1)]
+        answered.append((entry, predictions, weights))
+    size = processor.image_size
+    highest = max(float(weights.max()) for _, _, weights in answered)
+
+    figure, axes = new_axes(columns=len(answered), rows=len(indices), size=(2.6, 2.9))
+    for line, index in enumerate(indices):
+        example = rows[index]
+        image = to_rgb(open_image(example["image"]))
+        scale_x, scale_y = size / image.width, size / image.height
+        for column, (entry, predictions, weights) in enumerate(answered):
+            ax = axes[line][column]
             ax.imshow(image.resize((size, size)), extent=(0, size, size, 0))
-            ax.imshow(
-                weights[line].reshape(side, side).numpy(),
+            heat = ax.imshow(
+                weights[line].numpy(),
                 extent=(0, size, size, 0),
                 cmap="inferno",
+                vmin=0.0,
+                vmax=highest,
                 alpha=0.6,
                 interpolation="nearest",
             )
@@ -1081,14 +1197,14 @@ def plot_attention_gallery(
                         linewidth=1.5,
                     )
                 )
-            prediction = processor.answers.decode(int(output.logits[line].argmax()))
-            verdict_text = "right" if answer_accuracy(prediction, example["answers"]) else "wrong"
-            ax.set_title(f"{config_label(entry)}\n{prediction} ({verdict_text})", fontsize=8)
+            right = answer_accuracy(predictions[line], example["answers"])
+            title = f"{config_label(entry)}\n{predictions[line]} ({'right' if right else 'wrong'})"
+            ax.set_title(title, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-            if column == 0:
-                question = textwrap.fill(example["question"], 28)
-                ax.set_ylabel(f"{question}\nanswer: {example['answers'][0]}", fontsize=8)
+        question = textwrap.fill(example["question"], 28)
+        axes[line][0].set_ylabel(f"{question}\nanswer: {example['answers'][0]}", fontsize=8)
+    figure.colorbar(heat, ax=axes, shrink=0.5, label="attention weight (same scale everywhere)")
     figure.suptitle(
         "Same questions, each mode's most accurate configuration; cyan: objects asked about"
     )

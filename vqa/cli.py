@@ -1,4 +1,4 @@
-"""The ``vqa`` command: data, train, eval, predict, serve, demo.
+"""The ``vqa`` command: data, train, eval, predict, ablate, serve, demo.
 
 Each sub-command parses its arguments and calls a library function that the tests call too.
 Errors print one line on stderr and exit with status 2; ``--debug`` shows the traceback.
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from vqa import __version__
+from vqa.ablation import add_ablate_parser
 
 ESTIMATOR_CHOICES = ("ste", "gumbel", "reinforce", "none")
 MODE_CHOICES = ("soft", "hard", "hybrid")
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser,
         add_eval_parser,
         add_predict_parser,
+        add_ablate_parser,
         add_serve_parser,
         add_demo_parser,
     ):

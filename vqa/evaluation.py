@@ -34,12 +34,13 @@ def score_batch(
         for p, row in zip(predictions, meta, strict=True)
     ]
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
+    scores = output.attention_scores.float().mean(1).cpu()  # (B, N)
     boxes = patch_boxes(processor.image_size, patch_size)
     hits = [
         float(pointing_hit(boxes[index], row["target_boxes"]))
         if len(row["target_boxes"])
         else math.nan
-        for index, row in zip(top_region(weights).tolist(), meta, strict=True)
+        for index, row in zip(top_region(weights, scores).tolist(), meta, strict=True)
     ]
     return {
         "accuracy": torch.tensor(accuracy),
@@ -80,7 +81,7 @@ def evaluate(
         DataLoader(dataset, batch_size=batch_size, collate_fn=VQACollator(processor))
     )
     was_training = model.training
-    model.eval()
+    model.to(accelerator.device).eval()
     collected: dict[str, list[torch.Tensor]] = {}
     seconds = 0.0
     bar = tqdm(loader, desc="Evaluating", disable=not (progress and accelerator.is_main_process))

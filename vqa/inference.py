@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vqa.metrics import patch_boxes
+from vqa.metrics import patch_boxes, rank_regions
 from vqa.modeling import HybridVQAModel
 from vqa.processing import HybridVQAProcessor
 
@@ -86,8 +86,9 @@ def predict(
         for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
     ]
     weights = output.attention_weights[0].float().mean(0).cpu()  # (N,)
+    scores = output.attention_scores[0].float().mean(0).cpu()  # (N,)
     regions = describe_regions(
-        weights, image.size, processor.image_size, model.config.patch_size, used_k
+        weights, scores, image.size, processor.image_size, model.config.patch_size, used_k
     )
     side = processor.image_size // model.config.patch_size
     return Prediction(
@@ -104,16 +105,20 @@ def predict(
 
 def describe_regions(
     weights: torch.Tensor,
+    scores: torch.Tensor,
     image_size: tuple[int, int],
     input_size: int,
     patch_size: int,
     limit: int,
 ) -> list[dict]:
-    """The ``limit`` highest-weighted regions with positive weight, boxes in image pixels."""
+    """The ``limit`` highest-weighted regions with positive weight, boxes in image pixels.
+
+    ``weights`` and ``scores`` are (N,); equal weights (hard attention) rank by score.
+    """
     boxes = patch_boxes(input_size, patch_size)
     width, height = image_size
     scale = torch.tensor([width / input_size, height / input_size] * 2)
-    order = weights.argsort(descending=True)[:limit]
+    order = rank_regions(weights, scores)[:limit]
     return [
         {
             "rank": rank + 1,

@@ -116,9 +116,22 @@ def pointing_hit(region_box: torch.Tensor, target_boxes: torch.Tensor) -> bool:
     return bool(boxes_overlap(region_box, target_boxes.reshape(-1, 4)).any())
 
 
-def top_region(weights: torch.Tensor) -> torch.Tensor:
-    """Index of the highest-weighted region: (..., N) -> (...) long; ties go to the lowest."""
-    return weights.argmax(dim=-1)
+def top_region(weights: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the highest-weighted region: (..., N) -> (...) long.
+
+    Ties (every selected region of hard attention weighs 1/k) go to the highest ``scores``
+    (..., N) when given, else to the lowest index.
+    """
+    if scores is None:
+        return weights.argmax(dim=-1)
+    tied = weights == weights.max(dim=-1, keepdim=True).values
+    return scores.float().masked_fill(~tied, float("-inf")).argmax(dim=-1)
+
+
+def rank_regions(weights: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Region indices ordered by weight, then by score, best first: (N,) -> (N,) long."""
+    by_score = scores.float().argsort(descending=True, stable=True)
+    return by_score[weights[by_score].argsort(descending=True, stable=True)]
 
 
 def pointing_accuracy(
