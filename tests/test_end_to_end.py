@@ -39,24 +39,16 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
+def train_tiny(dataset: Path, run: Path, *options: str) -> int:
+    """`vqa train` with the tiny preset; returns the exit status."""
+    command = ["train", "--data", str(dataset), "--output", str(run), "--preset", "tiny"]
+    return main([*command, "--no-progress", *options])
+
+
 @pytest.fixture(scope="module")
 def run(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(dataset),
-                "--output",
-                str(run),
-                "--preset",
-                "tiny",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(dataset, run) == 0
     return run
 
 
@@ -127,24 +119,7 @@ def test_predict_gives_top5_answers_and_region_boxes(run, dataset, capsys):
 
 
 def test_resume_continues_from_the_checkpoint(run, dataset):
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(dataset),
-                "--output",
-                str(run),
-                "--preset",
-                "tiny",
-                "--epochs",
-                "2",
-                "--resume",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(dataset, run, "--epochs", "2", "--resume") == 0
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [record["epoch"] for record in history] == [1, 2]
 
@@ -189,26 +164,7 @@ def test_unknown_split_lists_the_splits_there_are(dataset):
 
 def test_bf16_mixed_precision_with_reinforce_trains_on_cpu(dataset, tmp_path):
     run = tmp_path / "bf16"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(dataset),
-                "--output",
-                str(run),
-                "--preset",
-                "tiny",
-                "--mixed-precision",
-                "bf16",
-                "--mode",
-                "hard",
-                "--estimator",
-                "reinforce",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    options = ["--mixed-precision", "bf16", "--mode", "hard", "--estimator", "reinforce"]
+    assert train_tiny(dataset, run, *options) == 0
     (epoch,) = json.loads((run / "metrics.json").read_text())["history"]
     assert all(math.isfinite(loss) for loss in epoch["step_losses"])
