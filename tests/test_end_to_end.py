@@ -168,3 +168,16 @@ def test_bf16_mixed_precision_with_reinforce_trains_on_cpu(dataset, tmp_path):
     assert train_tiny(dataset, run, *options) == 0
     (epoch,) = json.loads((run / "metrics.json").read_text())["history"]
     assert all(math.isfinite(loss) for loss in epoch["step_losses"])
+
+
+def test_missing_image_names_the_row_and_path(tmp_path):
+    (tmp_path / "val.jsonl").write_text('{"image": "gone.png", "question": "q", "answer": "a"}\n')
+    with pytest.raises(DatasetFormatError, match=r"val.jsonl:1: image 'gone.png' not found"):
+        load_local_dataset(tmp_path)
+
+
+def test_row_without_an_answer_names_the_row(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "train.jsonl").write_text('{"image": "a.png", "question": "q"}\n')
+    with pytest.raises(DatasetFormatError, match=r"train.jsonl:1: row has neither 'answer'"):
+        load_local_dataset(tmp_path)
