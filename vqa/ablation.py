@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vqa.files import write_json, write_text_atomic
 from vqa.presets import Preset, get_preset
 
 if TYPE_CHECKING:
@@ -588,21 +590,11 @@ def append_result(path: Path, row: dict) -> None:
     """Add ``row`` to the results CSV at ``path``, atomically (write beside, then rename)."""
     rows = (read_results(path) if path.is_file() else []) + [row]
     columns = list(dict.fromkeys(name for each in rows for name in each))
-    partial = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with partial.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
-def write_json(path: Path, value: object) -> None:
-    """Write JSON atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

@@ -30,6 +30,7 @@ from vqa.cache import synthetic_dataset
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import load_local_dataset
 from vqa.evaluation import evaluate
+from vqa.files import write_json
 from vqa.modeling import HybridVQAModel
 from vqa.presets import Preset, get_preset
 from vqa.processing import HybridVQAProcessor, VQACollator
@@ -154,13 +155,6 @@ def save_checkpoint(accelerator: Accelerator, run: Path, state: dict) -> None:
         os.replace(staging, run / CHECKPOINT_DIR)
         shutil.rmtree(previous, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def write_json(path: Path, value: object) -> None:
-    """Write JSON atomically (beside, then rename)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, default=float) + "\n")
-    os.replace(partial, path)
 
 
 def train(args: TrainingArguments) -> dict:
