@@ -181,3 +181,29 @@ def test_row_without_an_answer_names_the_row(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"image": "a.png", "question": "q"}\n')
     with pytest.raises(DatasetFormatError, match=r"train.jsonl:1: row has neither 'answer'"):
         load_local_dataset(tmp_path)
+
+
+class _CreatesAFile:
+    """Unpickling this would create the file named in ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_only_model_directory_is_refused_and_never_unpickled(run, tmp_path):
+    import pickle
+    import shutil
+
+    from vqa.inference import load_model
+
+    model_dir = tmp_path / "pickled"
+    shutil.copytree(run, model_dir)
+    (model_dir / "model.safetensors").unlink()
+    marker = tmp_path / "unpickled"
+    (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(_CreatesAFile(marker)))
+    with pytest.raises(FileNotFoundError, match=r"refusing to unpickle pytorch_model\.bin"):
+        load_model(model_dir)
+    assert not marker.exists()

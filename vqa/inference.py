@@ -13,6 +13,8 @@ from vqa.metrics import patch_boxes, rank_regions
 from vqa.modeling import HybridVQAModel
 from vqa.processing import HybridVQAProcessor
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
 
 @dataclass
 class Prediction:
@@ -45,7 +47,11 @@ def load_model(directory: str | Path) -> tuple[HybridVQAModel, HybridVQAProcesso
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} is not a model directory (no config.json)")
     if not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{directory} has no model.safetensors (only safetensors are read)")
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        refused = f"; refusing to unpickle {', '.join(pickles)}" if pickles else ""
+        raise FileNotFoundError(
+            f"{directory} has no model.safetensors (only safetensors are read){refused}"
+        )
     model = HybridVQAModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
     processor = HybridVQAProcessor.from_pretrained(directory)
     return model.eval(), processor
