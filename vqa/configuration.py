@@ -21,6 +21,14 @@ class HybridVQAConfig(PreTrainedConfig):
         vision_hidden_size, vision_layers, vision_heads: encoder sizes.
     Text (a transformers BERT built from these sizes):
         text_vocab_size, text_hidden_size, text_layers, text_heads, max_question_length.
+    Pretrained encoders (see ``vqa.encoders.pretrained_fields``, which fills these in):
+        vision_config: the pretrained vision encoder's architecture: for timm
+            ``{"architecture": name, **create_model arguments}``, for transformers the model's
+            config dict. None: the randomly initialised encoder sized by the fields above.
+        text_config: the pretrained text encoder's transformers config dict, or None.
+        vision_pretrained, text_pretrained: where the pretrained weights were read from (a local
+            file, directory or hub id). Only a freshly built model loads them; a saved model
+            rebuilds from vision_config / text_config and its own weights.
     Fusion:
         fusion_mode, fusion_k, fusion_estimator, fusion_tau, fusion_heads: the
             ``HybridAttention`` settings (mode ``soft|hard|hybrid``).
@@ -50,6 +58,11 @@ class HybridVQAConfig(PreTrainedConfig):
     text_heads: int = 4
     max_question_length: int = 32
     pad_token_id: int = 0
+
+    vision_config: dict | None = None
+    vision_pretrained: str | None = None
+    text_config: dict | None = None
+    text_pretrained: str | None = None
 
     fusion_mode: str = "hybrid"
     fusion_k: int = 16
@@ -133,3 +146,30 @@ class HybridVQAConfig(PreTrainedConfig):
             raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout!r}")
         if not self.fusion_tau > 0:
             raise ValueError(f"config field 'fusion_tau' must be > 0, got {self.fusion_tau!r}")
+        self._check_pretrained()
+
+    def _check_pretrained(self) -> None:
+        """Raise a ValueError naming the first pretrained-encoder field that is invalid."""
+        required_key = {"timm": "architecture", "transformers": "model_type"}
+        for part, key in (("vision", required_key[self.vision_backend]), ("text", "model_type")):
+            architecture = getattr(self, f"{part}_config")
+            source = getattr(self, f"{part}_pretrained")
+            if architecture is not None and (
+                not isinstance(architecture, dict) or key not in architecture
+            ):
+                raise ValueError(
+                    f"config field '{part}_config' must be None or a dict with {key!r}, "
+                    f"got {architecture!r}"
+                )
+            if source is not None and (not isinstance(source, str) or not source):
+                raise ValueError(f"config field '{part}_pretrained' must be a path, got {source!r}")
+            if source and architecture is None:
+                raise ValueError(
+                    f"config field '{part}_config' must describe the encoder at "
+                    f"'{part}_pretrained' ({source}); vqa.encoders.pretrained_fields fills both in"
+                )
+        if self.vision_config is not None and self.vision_stem != "patch":
+            raise ValueError(
+                "config field 'vision_stem' must be 'patch' for a pretrained vision encoder "
+                "(vision_config is set)"
+            )

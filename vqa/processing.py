@@ -22,7 +22,12 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers import BatchFeature, PreTrainedTokenizerFast, ViTImageProcessor
+from transformers import (
+    BatchFeature,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    ViTImageProcessor,
+)
 
 from vqa.data.answers import AnswerVocab, soft_scores
 
@@ -97,14 +102,23 @@ class HybridVQAProcessor:
         max_answers: int = 3129,
         tokenizer_vocab_size: int = 4000,
         max_question_length: int = 32,
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> HybridVQAProcessor:
-        """Build a processor from training questions and answers, offline."""
+        """Build a processor from training questions and answers, offline.
+
+        A pretrained encoder brings its own ``tokenizer`` (used instead of training one) and
+        image normalisation (``image_mean``, ``image_std``; see
+        ``vqa.encoders.pretrained_image_settings``).
+        """
         image_processor = ViTImageProcessor(
             size={"height": image_size, "width": image_size},
-            image_mean=[0.5, 0.5, 0.5],
-            image_std=[0.5, 0.5, 0.5],
+            image_mean=list(image_mean),
+            image_std=list(image_std),
         )
-        tokenizer = train_tokenizer(questions, tokenizer_vocab_size)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(questions, tokenizer_vocab_size)
         tokenizer.model_max_length = max_question_length
         answers = AnswerVocab.build(answer_lists, max_size=max_answers)
         return cls(image_processor, tokenizer, answers, max_question_length)
