@@ -231,6 +231,18 @@ class AnswerVocab:
             "rows_out_of_vocab": len(rows) - covered_rows,
         }
 
+    def covers(self, answers: str | Sequence[str]) -> bool:
+        """Whether at least one of a row's answers is in the vocabulary."""
+        return any(self.encode(answer) is not None for answer in _as_answer_list(answers))
+
+    def describe_coverage(self, report: dict[str, float]) -> str:
+        """One line about a `coverage` report, e.g. for the log at the start of training."""
+        return (
+            f"answer vocabulary: {len(self)} answers; {report['row_coverage']:.1%} of "
+            f"{report['rows']} questions have an answer in it ({report['answer_coverage']:.1%} "
+            f"of all answers); {report['rows_out_of_vocab']} have none"
+        )
+
     def to_json_file(self, path: str | os.PathLike[str]) -> None:
         """Write the answers as a JSON list in id order, atomically (temp file + os.replace)."""
         path = Path(path)

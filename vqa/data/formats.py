@@ -1,18 +1,49 @@
-"""Readers that turn a dataset on disk into rows of the one local format (see DESIGN.md).
+"""The one local format (see DESIGN.md), the common rows every reader produces, and their checks.
 
 Every reader returns a ``datasets.DatasetDict`` whose rows have:
-``image`` ({"path", "bytes"}, decoded lazily), ``image_path`` (str), ``question`` (str),
-``answers`` (list[str]: one answer, or several human answers), ``question_type`` (str),
+``image`` ({"path", "bytes"}, decoded lazily), ``image_path`` (str: the image's identity, so
+questions about one image can share its encoding), ``question`` (str), ``answers`` (list[str]:
+one answer, or several human answers), ``question_type`` (str), ``answer_type`` (str),
 ``question_id`` (int), ``targets`` (list[int]) and ``target_boxes`` (list of [x0, y0, x1, y1]).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from datasets import DatasetDict, Image, load_dataset
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    IterableDataset,
+    IterableDatasetDict,
+    List,
+    Value,
+    load_dataset,
+)
+from PIL import Image as PILImage
 
+logger = logging.getLogger(__name__)
+
+COMMON_FEATURES = Features(
+    {
+        "image": Image(decode=False),
+        "image_path": Value("string"),
+        "question": Value("string"),
+        "answers": List(Value("string")),
+        "question_type": Value("string"),
+        "answer_type": Value("string"),
+        "question_id": Value("int64"),
+        "targets": List(Value("int64")),
+        "target_boxes": List(List(Value("float64"))),
+    }
+)
+BAD_IMAGE_CHOICES = ("fail", "skip")
 SPLITS = ("train", "val", "test")
 
 
@@ -38,10 +69,16 @@ def check_row(row: object, path: Path, line: int) -> None:
         raise DatasetFormatError(f"{where}: row has neither 'answer' nor 'answers'")
     if answer is not None and not isinstance(answer, str):
         raise DatasetFormatError(f"{where}: field 'answer' must be a string, got {answer!r}")
+    # An empty 'answers' list is a question without ground truth (e.g. VQAv2 test-dev).
     if answers is not None and (
-        not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers)
+        not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)
     ):
-        raise DatasetFormatError(f"{where}: field 'answers' must be a non-empty list of strings")
+        raise DatasetFormatError(f"{where}: field 'answers' must be a list of strings")
+    question_id = row.get("question_id", -1)
+    if not isinstance(question_id, int) or isinstance(question_id, bool):
+        raise DatasetFormatError(
+            f"{where}: field 'question_id' must be an integer, got {question_id!r}"
+        )
     objects, targets = row.get("objects") or [], row.get("targets") or []
     if not all(isinstance(t, int) and 0 <= t < len(objects) for t in targets):
         raise DatasetFormatError(
@@ -67,22 +104,23 @@ def check_jsonl(path: Path, directory: Path) -> int:
                 )
             count += 1
     if count == 0:
-        raise DatasetFormatError(f"{path}: the file has no rows")
+        raise DatasetFormatError(f"{path}: the dataset is empty (the file has no rows)")
     return count
 
 
 def to_common_row(row: dict, directory: str) -> dict:
     """A raw local-format row -> the common row described in the module docstring."""
-    answers = row["answers"] if row.get("answers") else [row["answer"]]
+    answers = row["answers"] if row.get("answers") is not None else [row["answer"]]
     objects = row.get("objects") or []
     targets = row.get("targets") or []
     image_path = str(Path(directory) / row["image"])
     return {
-        "image": image_path,
+        "image": {"path": image_path, "bytes": None},
         "image_path": image_path,
         "question": row["question"],
         "answers": answers,
         "question_type": row.get("question_type") or "all",
+        "answer_type": row.get("answer_type") or "all",
         "question_id": int(row.get("question_id", -1)),
         "targets": targets,
         "target_boxes": [[float(v) for v in objects[t]["box"]] for t in targets],
@@ -115,15 +153,81 @@ def load_local_dataset(directory: str | Path, splits: list[str] | None = None) -
     for split in splits:
         check_jsonl(Path(files[split]), directory)
     raw = load_dataset("json", data_files=files)
-    common = DatasetDict(
+    return DatasetDict(
         {
             split: rows.map(
                 to_common_row,
                 fn_kwargs={"directory": str(directory)},
                 remove_columns=rows.column_names,
+                features=COMMON_FEATURES,
                 desc=f"Reading {split}",
             )
             for split, rows in raw.items()
         }
     )
-    return common.cast_column("image", Image(decode=False))
+
+
+def image_error(image: dict) -> str | None:
+    """Why an ``image`` cell ({"path", "bytes"}) does not decode, or None when it does."""
+    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    try:
+        with PILImage.open(source) as opened:
+            opened.draft("RGB", (16, 16))  # JPEG: decode at 1/8 scale; still reads every byte
+            opened.load()
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def keep_decodable(name: str, on_bad_image: str) -> Callable[[dict, int], bool]:
+    """A ``filter`` predicate over common rows of split ``name``: True when the image decodes.
+
+    With ``on_bad_image="fail"`` a bad image raises DatasetFormatError naming the row instead.
+    """
+    if on_bad_image not in BAD_IMAGE_CHOICES:
+        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_CHOICES}, got {on_bad_image!r}")
+
+    def decodes(row: dict, index: int) -> bool:
+        error = image_error(row["image"])
+        if error is None:
+            return True
+        where = f"{name} row {index} (question_id {row['question_id']}), image {row['image_path']}"
+        if on_bad_image == "fail":
+            raise DatasetFormatError(
+                f"{where} does not decode ({error}); pass --on-bad-image skip to skip such rows"
+            )
+        logger.warning("skipping %s: it does not decode (%s)", where, error)
+        return False
+
+    return decodes
+
+
+def check_images(
+    splits: DatasetDict | IterableDatasetDict, on_bad_image: str
+) -> DatasetDict | IterableDatasetDict:
+    """Decode every image once; skip (and count) or fail on those that do not decode.
+
+    Map-style splits are checked now and the number skipped is logged; streamed splits are
+    checked as they are read.
+    """
+    checked = {}
+    for name, rows in splits.items():
+        predicate = keep_decodable(name, on_bad_image)
+        if isinstance(rows, IterableDataset):
+            checked[name] = rows.filter(predicate, with_indices=True)
+            continue
+        checked[name] = rows.filter(predicate, with_indices=True, desc=f"Checking {name} images")
+        if skipped := len(rows) - len(checked[name]):
+            logger.warning(
+                "%s: skipped %d of %d rows whose image does not decode", name, skipped, len(rows)
+            )
+    return type(splits)(checked)
+
+
+def check_not_empty(splits: Mapping[str, Dataset | IterableDataset], source: str) -> None:
+    """Raise DatasetFormatError when the dataset has no split, or a map-style split has no rows."""
+    if not splits:
+        raise DatasetFormatError(f"{source}: the dataset is empty (it has no splits)")
+    for name, rows in splits.items():
+        if isinstance(rows, Dataset) and len(rows) == 0:
+            raise DatasetFormatError(f"{source}: split {name!r} is empty (no rows)")

@@ -1,0 +1,78 @@
+"""One entry point for every dataset the toolkit reads: ``load_vqa_dataset(source)``.
+
+``source`` is, in the order tried:
+1. a directory in the local format (``train.jsonl``, ``val.jsonl``, ``test.jsonl``);
+2. the official VQA v1/v2 files: a directory holding them under their official names, or a
+   JSON spec file naming them (see :mod:`vqa.data.vqav2`);
+3. a Hugging Face dataset: a ``save_to_disk`` or data-file directory, or a hub id (see
+   :mod:`vqa.data.hub`).
+``synthetic`` (the embedded scenes) is resolved to its cached directory by the caller
+(``vqa.training.resolve_data_dir``), which keeps this package free of the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, IterableDatasetDict
+
+from vqa.data.answers import AnswerVocab
+from vqa.data.formats import available_splits, check_images, check_not_empty, load_local_dataset
+from vqa.data.hub import ColumnMapping, load_hub_dataset
+from vqa.data.vqav2 import load_vqa_files, vqa_sources
+
+
+def source_format(source: str | Path) -> str:
+    """Which reader ``source`` needs: ``local``, ``vqa`` or ``hub``."""
+    path = Path(source)
+    if path.is_dir() and available_splits(path):
+        return "local"
+    if vqa_sources(path):
+        return "vqa"
+    return "hub"
+
+
+def load_vqa_dataset(
+    source: str | Path,
+    splits: list[str] | None = None,
+    *,
+    columns: ColumnMapping | None = None,
+    streaming: bool = False,
+    on_bad_image: str = "fail",
+) -> DatasetDict | IterableDatasetDict:
+    """Read any supported dataset as common rows (see :mod:`vqa.data.formats`).
+
+    Args:
+        source: see the module docstring.
+        splits: which splits to read (default: all there are).
+        columns: column names of a Hugging Face dataset (ignored by the other readers).
+        streaming: stream a Hugging Face dataset (an ``IterableDatasetDict``) instead of
+            preparing it on disk; the other readers ignore it.
+        on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows (the
+            number skipped is logged).
+
+    Raises:
+        ValueError: a requested split is not there (the message lists those that are).
+        DatasetFormatError: malformed data, naming the file and line or the split and row;
+            an empty dataset or split.
+    """
+    kind = source_format(source)
+    if kind == "local":
+        data = load_local_dataset(source, splits)
+    elif kind == "vqa":
+        data = load_vqa_files(source, splits)
+    else:
+        data = load_hub_dataset(str(source), splits=splits, columns=columns, streaming=streaming)
+    check_not_empty(data, str(source))
+    return check_images(data, on_bad_image)
+
+
+def answerable_rows(rows: Dataset, vocab: AnswerVocab) -> tuple[Dataset, dict[str, float]]:
+    """The rows with at least one answer in ``vocab``, and the coverage report of all rows.
+
+    Training keeps only these: a row whose answers are all out of vocabulary has no target
+    the model could learn (its cross-entropy is ignored, its soft scores are all zero).
+    Evaluation keeps every row, and such rows count as wrong.
+    """
+    report = vocab.coverage(rows["answers"])
+    return rows.filter(vocab.covers, input_columns="answers", desc="Dropping unanswerable"), report
