@@ -32,15 +32,55 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     synthetic.set_defaults(run=run_data_synthetic)
+    vqa = kinds.add_parser(
+        "vqav2", help="convert the official VQA v1/v2 files (questions, annotations, COCO images)"
+    )
+    vqa.add_argument("--questions", required=True, help="questions JSON file")
+    vqa.add_argument("--annotations", help="annotations JSON file (none for test-dev)")
+    vqa.add_argument("--images", required=True, help="COCO image directory, e.g. val2014/")
+    vqa.add_argument("--out", required=True, help="dataset directory (other splits are kept)")
+    vqa.add_argument("--split", help="split name (default: from the questions' data_subtype)")
+    vqa.add_argument("--overwrite", action="store_true", help="replace this split in --out")
+    vqa.set_defaults(run=run_data_vqav2)
+
+
+DATA_HELP = (
+    "'synthetic' (the embedded scenes), a local-format directory, the official VQA files "
+    "(a directory or a JSON spec), a save_to_disk or parquet directory, or a hub id"
+)
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that reads a dataset: column names and bad images."""
+    parser.add_argument("--image-column", default="image", help="Hugging Face datasets only")
+    parser.add_argument("--question-column", default="question", help="Hugging Face datasets only")
+    parser.add_argument(
+        "--answer-column",
+        help="Hugging Face datasets only (default: answers, answer or multiple_choice_answer)",
+    )
+    parser.add_argument(
+        "--on-bad-image",
+        choices=("fail", "skip"),
+        default="fail",
+        help="an image that does not decode stops the command, or its rows are skipped",
+    )
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The options of :func:`add_dataset_arguments` as keyword arguments."""
+    return {
+        "image_column": args.image_column,
+        "question_column": args.question_column,
+        "answer_column": args.answer_column,
+        "on_bad_image": args.on_bad_image,
+    }
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model with Accelerate")
-    train.add_argument(
-        "--data",
-        default="synthetic",
-        help="dataset directory, or 'synthetic' for the embedded scenes",
-    )
+    train.add_argument("--data", default="synthetic", help=DATA_HELP)
+    add_dataset_arguments(train)
+    train.add_argument("--max-answers", type=int, default=3129, help="answer vocabulary size")
     train.add_argument("--output", required=True, help="run directory")
     train.add_argument("--preset", default="default", help="tiny | default | full")
     train.add_argument("--mode", choices=MODE_CHOICES)
@@ -61,8 +101,15 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="score a model on a dataset split")
     evaluate.add_argument("--model", required=True, help="run or model directory")
-    evaluate.add_argument("--data", required=True, help="dataset directory")
+    evaluate.add_argument("--data", required=True, help=DATA_HELP)
     evaluate.add_argument("--split", default="val")
+    add_dataset_arguments(evaluate)
+    evaluate.add_argument(
+        "--streaming", action="store_true", help="stream a Hugging Face dataset (one pass)"
+    )
+    evaluate.add_argument(
+        "--results", help="also write the predictions here: [{question_id, answer}] (official)"
+    )
     evaluate.add_argument("--mode", choices=MODE_CHOICES, help="override the fusion mode")
     evaluate.add_argument("--k", type=int, help="override k")
     evaluate.add_argument("--batch-size", type=int, default=128)
@@ -142,6 +189,17 @@ def run_data_synthetic(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2))
 
 
+def run_data_vqav2(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from vqa.data.vqav2 import VQAFiles, convert_vqa
+
+    annotations = Path(args.annotations) if args.annotations else None
+    files = VQAFiles(Path(args.questions), annotations, Path(args.images))
+    info = convert_vqa(files, args.out, split=args.split, overwrite=args.overwrite)
+    print(json.dumps(info, indent=2))
+
+
 def run_train(args: argparse.Namespace) -> None:
     from vqa.training import TrainingArguments, train
 
@@ -149,6 +207,8 @@ def run_train(args: argparse.Namespace) -> None:
         TrainingArguments(
             output=args.output,
             data=args.data,
+            **dataset_options(args),
+            max_answers=args.max_answers,
             preset=args.preset,
             mode=args.mode,
             k=args.k,
@@ -171,22 +231,40 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from vqa.data.formats import load_local_dataset
-    from vqa.evaluation import evaluate
+    from vqa.data.hub import ColumnMapping
+    from vqa.data.sources import load_vqa_dataset
+    from vqa.evaluation import evaluate, write_results
     from vqa.inference import load_model
 
     model, processor = load_model(args.model)
     model.set_fusion(mode=args.mode, k=args.k)
-    rows = load_local_dataset(args.data, [args.split])[args.split]
-    scores = evaluate(model, processor, rows, batch_size=args.batch_size, progress=not args.json)
+    rows = load_vqa_dataset(
+        args.data,
+        [args.split],
+        columns=ColumnMapping(args.image_column, args.question_column, args.answer_column),
+        streaming=args.streaming,
+        on_bad_image=args.on_bad_image,
+    )[args.split]
+    scores = evaluate(
+        model,
+        processor,
+        rows,
+        batch_size=args.batch_size,
+        progress=not args.json,
+        predictions=args.results is not None,
+    )
+    if args.results:
+        write_results(scores.pop("predictions"), args.results)
     scores.update({"mode": model.fusion.mode, "k": model.fusion.k, "split": args.split})
     if args.json:
         print(json.dumps(scores))
         return
     print(f"{args.split}: {scores['questions']} questions, mode {scores['mode']}, k {scores['k']}")
-    print(f"  accuracy           {scores['accuracy']:.4f}")
-    for name, value in scores["accuracy_by_type"].items():
-        print(f"    {name:<16} {value:.4f}")
+    print(f"  accuracy           {scores['accuracy']:.4f}  ({scores['scored_questions']} scored)")
+    for title, key in (("answer", "accuracy_by_answer_type"), ("question", "accuracy_by_type")):
+        print(f"  by {title} type")
+        for name, value in scores[key].items():
+            print(f"    {name:<16} {value:.4f}")
     print(f"  pointing accuracy  {scores['pointing_accuracy']:.4f}")
     print(f"  regions used       {scores['regions_used']:.1f}")
     print(f"  ms per question    {scores['ms_per_question']:.2f}")

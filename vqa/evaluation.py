@@ -1,16 +1,20 @@
-"""Evaluate a model on a dataset: accuracy (overall, per question type), pointing, latency."""
+"""Evaluate a model on a dataset: accuracy (overall, per question and answer type), pointing,
+latency; and the predictions in the official VQA results format."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vqa.files import write_text_atomic
 from vqa.metrics import (
     accuracy_by_type,
     answer_accuracy,
@@ -26,11 +30,12 @@ from vqa.processing import HybridVQAProcessor, VQACollator
 def score_batch(
     output: HybridVQAOutput, meta: list[dict], processor: HybridVQAProcessor, patch_size: int
 ) -> dict[str, torch.Tensor]:
-    """Per-question scores (B,) of one batch: accuracy, pointing hit (nan if no target),
-    regions used and attention entropy of the head-averaged weights."""
+    """Per-question scores (B,) of one batch: accuracy (nan for a question without answers),
+    pointing hit (nan if no target), regions used and attention entropy of the head-averaged
+    weights."""
     predictions = output.logits.argmax(-1).tolist()
     accuracy = [
-        answer_accuracy(processor.answers.decode(p), row["answers"])
+        answer_accuracy(processor.answers.decode(p), row["answers"]) if row["answers"] else math.nan
         for p, row in zip(predictions, meta, strict=True)
     ]
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
@@ -56,33 +61,65 @@ def nanmean(values: torch.Tensor) -> float:
     return float(kept.mean()) if len(kept) else math.nan
 
 
+class EvaluationCollator(VQACollator):
+    """A VQACollator whose metadata also carries each row's question id and answer type."""
+
+    def __call__(self, rows: list[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        inputs, meta = super().__call__(rows)
+        for entry, row in zip(meta, rows, strict=True):
+            entry.update(question_id=row["question_id"], answer_type=row["answer_type"])
+        return inputs, meta
+
+
+def row_labels(output: HybridVQAOutput, meta: list[dict], processor: HybridVQAProcessor) -> list:
+    """Per question of one batch: (question_id, question_type, answer_type, predicted answer)."""
+    predictions = output.logits.argmax(-1).tolist()
+    return [
+        (row["question_id"], row["question_type"], row["answer_type"], processor.answers.decode(p))
+        for p, row in zip(predictions, meta, strict=True)
+    ]
+
+
+def scored_by_type(accuracy: list[float], types: list[str]) -> dict[str, float]:
+    """``accuracy_by_type`` over the questions that have answers (accuracy not nan)."""
+    kept = [
+        (score, kind) for score, kind in zip(accuracy, types, strict=True) if not math.isnan(score)
+    ]
+    return accuracy_by_type([score for score, _ in kept], [kind for _, kind in kept])
+
+
 @torch.no_grad()
 def evaluate(
     model: HybridVQAModel,
     processor: HybridVQAProcessor,
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     *,
     accelerator: Accelerator | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    predictions: bool = False,
 ) -> dict:
     """Score ``model`` on every row of ``dataset`` (common-format rows, see vqa.data.formats).
 
     Under Accelerate each process scores its share and ``gather_for_metrics`` counts every
-    row exactly once.
+    row exactly once. A streamed dataset (``IterableDataset``) is read once, in order.
+    Questions without answers (e.g. VQAv2 test-dev) are predicted but not scored.
 
     Returns:
-        {"questions", "accuracy", "accuracy_by_type", "pointing_accuracy", "regions_used",
-         "attention_entropy", "ms_per_question"}; pointing accuracy is nan without targets.
+        {"questions", "scored_questions", "accuracy", "accuracy_by_type",
+         "accuracy_by_answer_type", "pointing_accuracy", "regions_used", "attention_entropy",
+         "ms_per_question"}, and with ``predictions`` also "predictions":
+        [{"question_id", "answer"}] in dataset order. Accuracy is nan when no question has
+        answers; pointing accuracy is nan without targets.
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    types = sorted(set(dataset["question_type"]))
     loader = accelerator.prepare(
-        DataLoader(dataset, batch_size=batch_size, collate_fn=VQACollator(processor))
+        DataLoader(dataset, batch_size=batch_size, collate_fn=EvaluationCollator(processor))
     )
     was_training = model.training
     model.to(accelerator.device).eval()
     collected: dict[str, list[torch.Tensor]] = {}
+    labels: list[tuple] = []
     seconds = 0.0
     bar = tqdm(loader, desc="Evaluating", disable=not (progress and accelerator.is_main_process))
     for inputs, meta in bar:
@@ -91,20 +128,38 @@ def evaluate(
         output = model(**inputs)
         seconds += time.perf_counter() - start
         scores = score_batch(output, meta, processor, model.config.patch_size)
-        scores["type"] = torch.tensor([types.index(row["question_type"]) for row in meta])
         for name, values in accelerator.gather_for_metrics(
             {name: values.to(accelerator.device) for name, values in scores.items()}
         ).items():
             collected.setdefault(name, []).append(values.cpu())
+        labels += accelerator.gather_for_metrics(
+            row_labels(output, meta, processor), use_gather_object=True
+        )
     model.train(was_training)
-    rows = {name: torch.cat(values) for name, values in collected.items()}
-    by_type = accuracy_by_type(rows["accuracy"].tolist(), [types[i] for i in rows["type"].tolist()])
-    return {
-        "questions": len(rows["accuracy"]),
+    if not labels:
+        raise ValueError("the dataset to evaluate on is empty")
+    scores = {name: torch.cat(values) for name, values in collected.items()}
+    accuracy = scores["accuracy"].tolist()
+    by_type = scored_by_type(accuracy, [question_type for _, question_type, _, _ in labels])
+    by_answer_type = scored_by_type(accuracy, [answer_type for _, _, answer_type, _ in labels])
+    by_answer_type.pop("overall")
+    result = {
+        "questions": len(labels),
+        "scored_questions": sum(not math.isnan(score) for score in accuracy),
         "accuracy": by_type.pop("overall"),
         "accuracy_by_type": by_type,
-        "pointing_accuracy": nanmean(rows["pointing"]),
-        "regions_used": float(rows["regions_used"].mean()),
-        "attention_entropy": float(rows["entropy"].mean()),
-        "ms_per_question": 1000 * seconds / max(len(dataset), 1) * accelerator.num_processes,
+        "accuracy_by_answer_type": by_answer_type,
+        "pointing_accuracy": nanmean(scores["pointing"]),
+        "regions_used": float(scores["regions_used"].mean()),
+        "attention_entropy": float(scores["entropy"].mean()),
+        "ms_per_question": 1000 * seconds / len(labels) * accelerator.num_processes,
     }
+    if predictions:
+        result["predictions"] = [{"question_id": q, "answer": a} for q, _, _, a in labels]
+    return result
+
+
+def write_results(predictions: list[dict], path: str | Path) -> None:
+    """Write predictions in the official VQA results format, ``[{"question_id", "answer"}]``,
+    atomically (the file appears complete or not at all)."""
+    write_text_atomic(Path(path), json.dumps(predictions) + "\n")

@@ -28,7 +28,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from vqa.cache import synthetic_dataset
 from vqa.configuration import HybridVQAConfig
-from vqa.data.formats import load_local_dataset
+from vqa.data.hub import ColumnMapping
+from vqa.data.sources import answerable_rows, load_vqa_dataset
 from vqa.evaluation import evaluate
 from vqa.files import write_json
 from vqa.modeling import HybridVQAModel
@@ -54,6 +55,10 @@ class TrainingArguments:
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (Accelerate).
         grad_accum: batches per optimizer step.
         resume: continue the run in ``output`` from its last checkpoint.
+        image_column, question_column, answer_column: column names of a Hugging Face dataset
+            (None: the usual names, see ``vqa.data.hub``).
+        on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows.
+        max_answers: size of the answer vocabulary (the most frequent training answers).
         warmup_ratio, weight_decay, max_grad_norm: optimizer details.
         log_with: an Accelerate tracker (e.g. ``tensorboard``), or None.
         progress: show progress bars.
@@ -72,6 +77,11 @@ class TrainingArguments:
     mixed_precision: str = "no"
     grad_accum: int = 1
     resume: bool = False
+    image_column: str = "image"
+    question_column: str = "question"
+    answer_column: str | None = None
+    on_bad_image: str = "fail"
+    max_answers: int = 3129
     warmup_ratio: float = 0.05
     weight_decay: float = 0.05
     max_grad_norm: float = 1.0
@@ -179,7 +189,8 @@ def train(args: TrainingArguments) -> dict:
         accelerator.print(f"No checkpoint in {run}: starting a new run.")
     with accelerator.main_process_first():
         data_dir = resolve_data_dir(args.data, preset, args.progress)
-        splits = load_local_dataset(data_dir)
+        columns = ColumnMapping(args.image_column, args.question_column, args.answer_column)
+        splits = load_vqa_dataset(data_dir, columns=columns, on_bad_image=args.on_bad_image)
     if "train" not in splits:
         raise ValueError(f"{data_dir} has no train split; it has {sorted(splits)}")
     train_rows: Dataset = splits["train"]
@@ -191,9 +202,12 @@ def train(args: TrainingArguments) -> dict:
             train_rows["question"],
             train_rows["answers"],
             image_size=preset.model.get("image_size", HybridVQAConfig.image_size),
+            max_answers=args.max_answers,
         )
         if accelerator.is_main_process:
             processor.save_pretrained(run)
+    train_rows, coverage = answerable_rows(train_rows, processor.answers)
+    accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
     model = build_model(processor, preset, args)
 
     sampler = ImageGroupedSampler(train_rows["image_path"], args.seed)
@@ -215,6 +229,7 @@ def train(args: TrainingArguments) -> dict:
 
     summary = {
         "arguments": asdict(args),
+        "answer_coverage": coverage,
         "config": accelerator.unwrap_model(model).config.to_dict(),
     }
     for epoch in range(state["epoch"], args.epochs):
