@@ -25,6 +25,7 @@ from vqa.data.hub import ColumnMapping
 from vqa.data.sources import answerable_rows, load_vqa_dataset, source_format
 from vqa.data.vqav2 import VQAFiles, convert_vqa
 from vqa.metrics import vqa_accuracy
+from vqa.processing import HybridVQAProcessor
 from vqa.training import TrainingArguments, train
 
 COLOURS = {
@@ -153,12 +154,17 @@ def hub_split(images: int) -> Dataset:
 
 def train_one_step(data: Path | str, run: Path, **options) -> dict:
     """Train the tiny preset for one epoch of one batch (at most 32 questions)."""
-    arguments = TrainingArguments(
-        output=str(run), data=str(data), preset="tiny", epochs=1, batch_size=32, progress=False
+    return train(
+        TrainingArguments(
+            output=str(run),
+            data=str(data),
+            preset="tiny",
+            epochs=1,
+            batch_size=32,
+            progress=False,
+            **options,
+        )
     )
-    for name, value in options.items():
-        setattr(arguments, name, value)
-    return train(arguments)
 
 
 def evaluate_run(run: Path, data: Path | str, capsys, *options: str) -> dict:
@@ -331,6 +337,17 @@ def test_training_keeps_the_top_n_answers_and_reports_coverage(tmp_path):
     assert summary["history"][0]["train_questions"] == 8
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["answer_coverage"] == summary["answer_coverage"]
+
+
+def test_ten_human_answers_train_on_vqa_soft_scores(tmp_path):
+    write_vqa_split(tmp_path, "val2014", images=1)
+    rows = load_vqa_dataset(tmp_path)["val"]
+    processor = HybridVQAProcessor.train(rows["question"], rows["answers"], image_size=32)
+    scores = processor.labels(rows["answers"][:1])[0]
+    encode = processor.answers.encode
+    assert scores[encode("blue")] == pytest.approx(1.0)  # 9 humans
+    assert scores[encode("orange")] == pytest.approx(1 / 3)  # 1 human
+    assert scores.sum() == pytest.approx(4 / 3)
 
 
 def test_answerable_rows_drop_rows_with_no_answer_in_vocabulary(tmp_path):
