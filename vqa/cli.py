@@ -93,9 +93,51 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    add_finetune_arguments(train)
     train.add_argument("--log-with", help="an Accelerate tracker, e.g. tensorboard")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=run_train)
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Pretrained encoders, freezing and the encoders' learning rate (``vqa train``)."""
+    group = parser.add_argument_group("pretrained encoders")
+    group.add_argument(
+        "--vision-pretrained",
+        metavar="PATH",
+        help="timm .safetensors/.npz file (with --vision-model) or directory, or a transformers "
+        "ViT/CLIP/DINOv2/SigLIP directory",
+    )
+    group.add_argument(
+        "--vision-model", help="timm architecture of a weights file, e.g. vit_small_patch16_224"
+    )
+    group.add_argument(
+        "--text-pretrained",
+        metavar="DIR",
+        help="transformers text model directory with its tokenizer, or 'minilm' (extra [minilm])",
+    )
+    group.add_argument("--image-size", type=int, help="input size (default: the pretrained one)")
+    group.add_argument("--freeze-vision", action="store_true", help="keep the vision encoder fixed")
+    group.add_argument("--freeze-text", action="store_true", help="keep the text encoder fixed")
+    group.add_argument(
+        "--train-last-blocks", type=int, metavar="N", help="train only each encoder's last N blocks"
+    )
+    group.add_argument("--encoder-lr", type=float, metavar="LR", help="encoders' learning rate")
+
+
+def finetune_options(args: argparse.Namespace) -> dict:
+    """The options of :func:`add_finetune_arguments` as keyword arguments."""
+    names = (
+        "vision_pretrained",
+        "vision_model",
+        "text_pretrained",
+        "image_size",
+        "freeze_vision",
+        "freeze_text",
+        "train_last_blocks",
+        "encoder_lr",
+    )
+    return {name: getattr(args, name) for name in names}
 
 
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
@@ -220,6 +262,7 @@ def run_train(args: argparse.Namespace) -> None:
             mixed_precision=args.mixed_precision,
             grad_accum=args.grad_accum,
             resume=args.resume,
+            **finetune_options(args),
             log_with=args.log_with,
             progress=not args.no_progress,
         )

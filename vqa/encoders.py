@@ -374,7 +374,7 @@ def _transformers_vision_fields(source: str) -> dict:
         "vision_backend": "transformers",
         "vision_stem": "patch",
         "vision_pretrained": source,
-        "vision_config": config.to_dict(),
+        "vision_config": config.to_diff_dict(),  # only what differs from the defaults
         "vision_hidden_size": config.hidden_size,
         "patch_size": config.patch_size,
         "vision_layers": config.num_hidden_layers,
@@ -388,7 +388,7 @@ def text_fields(source: str) -> dict:
     config = _auto_config(source, "text_pretrained")
     return {
         "text_pretrained": source,
-        "text_config": config.to_dict(),
+        "text_config": config.to_diff_dict(),
         "text_hidden_size": config.hidden_size,
         "text_vocab_size": config.vocab_size,
         "text_layers": config.num_hidden_layers,

@@ -139,6 +139,7 @@ class HybridVQAProcessor:
             padding="longest",
             truncation=True,
             max_length=self.max_question_length,
+            return_token_type_ids=False,  # the model takes ids and mask only (BERT would add these)
             return_tensors="pt",
         )
 

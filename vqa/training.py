@@ -30,8 +30,10 @@ from vqa.cache import synthetic_dataset
 from vqa.configuration import HybridVQAConfig
 from vqa.data.hub import ColumnMapping
 from vqa.data.sources import answerable_rows, load_vqa_dataset
+from vqa.encoders import load_text_tokenizer, pretrained_fields, pretrained_image_settings
 from vqa.evaluation import evaluate
 from vqa.files import write_json
+from vqa.finetune import configure_trainable, load_pretrained_encoders, parameter_groups
 from vqa.modeling import HybridVQAModel
 from vqa.presets import Preset, get_preset
 from vqa.processing import HybridVQAProcessor, VQACollator
@@ -59,6 +61,14 @@ class TrainingArguments:
             (None: the usual names, see ``vqa.data.hub``).
         on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows.
         max_answers: size of the answer vocabulary (the most frequent training answers).
+        image_size: model input size (None: the pretrained vision encoder's, else the preset's).
+        vision_pretrained: a pretrained vision encoder: a timm ``.safetensors`` / ``.npz`` file
+            (``vision_model`` names its timm architecture) or directory, or a transformers
+            directory (ViT, CLIP, DINOv2, SigLIP); see ``vqa.encoders``.
+        text_pretrained: a transformers text model directory with its tokenizer, or ``minilm``.
+        freeze_vision, freeze_text: keep that encoder's weights fixed.
+        train_last_blocks: train only the last N blocks (and final norm) of each encoder.
+        encoder_lr: learning rate of the encoders (None: ``lr``).
         warmup_ratio, weight_decay, max_grad_norm: optimizer details.
         log_with: an Accelerate tracker (e.g. ``tensorboard``), or None.
         progress: show progress bars.
@@ -82,6 +92,14 @@ class TrainingArguments:
     answer_column: str | None = None
     on_bad_image: str = "fail"
     max_answers: int = 3129
+    image_size: int | None = None
+    vision_pretrained: str | None = None
+    vision_model: str | None = None
+    text_pretrained: str | None = None
+    freeze_vision: bool = False
+    freeze_text: bool = False
+    train_last_blocks: int | None = None
+    encoder_lr: float | None = None
     warmup_ratio: float = 0.05
     weight_decay: float = 0.05
     max_grad_norm: float = 1.0
@@ -149,8 +167,36 @@ def build_model(
         pad_token_id=processor.tokenizer.pad_token_id,
         id2label=dict(enumerate(processor.answers.answers)),
     )
-    config = HybridVQAConfig(**fields)
-    return HybridVQAModel(config)
+    fields.update(
+        pretrained_fields(
+            vision=args.vision_pretrained, vision_model=args.vision_model, text=args.text_pretrained
+        )
+    )
+    model = HybridVQAModel(HybridVQAConfig(**fields))
+    load_pretrained_encoders(model)
+    configure_trainable(
+        model,
+        freeze_vision=args.freeze_vision,
+        freeze_text=args.freeze_text,
+        train_last_blocks=args.train_last_blocks,
+    )
+    return model
+
+
+def processor_settings(preset: Preset, args: TrainingArguments) -> dict:
+    """Image size, normalisation and tokenizer of a new processor.
+
+    The pretrained encoders' where ``args`` names them; the image size is ``args.image_size``,
+    else the pretrained vision encoder's, else the preset's.
+    """
+    settings = {"image_size": preset.model.get("image_size", HybridVQAConfig.image_size)}
+    if args.vision_pretrained:
+        settings.update(pretrained_image_settings(args.vision_pretrained, args.vision_model))
+    if args.image_size:
+        settings["image_size"] = args.image_size
+    if args.text_pretrained:
+        settings["tokenizer"] = load_text_tokenizer(args.text_pretrained)
+    return settings
 
 
 def save_checkpoint(accelerator: Accelerator, run: Path, state: dict) -> None:
@@ -201,8 +247,8 @@ def train(args: TrainingArguments) -> dict:
         processor = HybridVQAProcessor.train(
             train_rows["question"],
             train_rows["answers"],
-            image_size=preset.model.get("image_size", HybridVQAConfig.image_size),
             max_answers=args.max_answers,
+            **processor_settings(preset, args),
         )
         if accelerator.is_main_process:
             processor.save_pretrained(run)
@@ -214,7 +260,10 @@ def train(args: TrainingArguments) -> dict:
     loader = DataLoader(
         train_rows, batch_size=args.batch_size, sampler=sampler, collate_fn=VQACollator(processor)
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    groups = parameter_groups(
+        model, lr=args.lr, encoder_lr=args.encoder_lr, weight_decay=args.weight_decay
+    )
+    optimizer = torch.optim.AdamW(groups)
     total_steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, int(args.warmup_ratio * total_steps), total_steps
