@@ -124,6 +124,12 @@ def question_batch(size: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
+def idle_weights(model: HybridVQAModel) -> list[str]:
+    """Trainable weights that get no gradient from a training step (DDP fails on those)."""
+    model(**question_batch()).loss.backward()
+    return [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
 @pytest.fixture(scope="module")
 def timm_file(tmp_path_factory) -> tuple[Path, dict]:
     vit = tiny_timm_vit()
@@ -163,6 +169,19 @@ def test_timm_npz_loads_like_the_jax_checkpoints(tmp_path):
     assert_same_weights(loaded, vit.state_dict(), skip=("pos_embed",))
     assert loaded["pos_embed"].shape == (1, 1 + 36, 32)
     torch.testing.assert_close(loaded["pos_embed"][:, :1], vit.pos_embed[:, :1])  # CLS kept
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    ["vit_tiny_patch16_224", "vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256"],
+)
+def test_timm_encoders_leave_no_trainable_weight_idle(architecture):
+    """CLS token, attention pooling (SigLIP) and average pooling (fc_norm) heads."""
+    vision_config = {"architecture": architecture, **TIMM_ARGS}
+    sizes = {"vision_hidden_size": 32, "vision_layers": 2, "vision_heads": 2, "patch_size": 8}
+    model = new_model(vision_config=vision_config, vision_stem="patch", **sizes)
+    assert model.vision(question_batch()["pixel_values"]).shape == (2, 36, 32)
+    assert idle_weights(model) == []
 
 
 def test_timm_weights_file_needs_its_architecture(timm_file):
@@ -205,11 +224,9 @@ def test_transformers_vision_encoder_loads_and_every_trainable_weight_learns(kin
     if kind == "clip":
         saved = {name.removeprefix("vision_model."): value for name, value in saved.items()}
     assert_same_weights(model.vision.vit.state_dict(), saved)
-    batch = question_batch()
-    assert model.vision(batch["pixel_values"]).shape == (2, 36, 32)  # CLS dropped, 6 x 6 patches
-    model(**batch).loss.backward()
-    idle = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert idle == []  # multi-GPU training (DDP) fails on trainable weights without a gradient
+    pixels = question_batch()["pixel_values"]
+    assert model.vision(pixels).shape == (2, 36, 32)  # CLS dropped, 6 x 6 patches
+    assert idle_weights(model) == []
 
 
 def test_image_settings_come_from_the_preprocessor_config(tmp_path):
@@ -263,6 +280,14 @@ def test_frozen_weights_stay_put_through_a_training_step(timm_file, text_dir):
     assert {"head.0.weight", "vision_proj.weight"} <= changed
     frozen = sum(p.numel() for name, p in model.named_parameters() if not p.requires_grad)
     assert counts["frozen"] == frozen > 0
+
+
+def test_last_blocks_of_a_conv_stem_vit_train_and_its_stem_does_not():
+    sizes = {"vision_hidden_size": 32, "vision_layers": 2, "vision_heads": 2, "patch_size": 8}
+    model = new_model(vision_stem="conv", **sizes)
+    configure_trainable(model, train_last_blocks=1)
+    trainable = {name for name, p in model.vision.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith(("vit.blocks.1.", "vit.norm.")) for name in trainable)
 
 
 def test_parameter_groups_give_encoders_their_rate_and_no_decay_to_biases(timm_file):

@@ -88,6 +88,9 @@ class TimmVisionEncoder(nn.Module):
             self.vit = create_timm_vit(config.vision_config, config.image_size)
         else:
             self.vit = scratch_timm_vit(config)
+        for name in ("attn_pool", "fc_norm", "head"):  # pooling and classifier: never used here
+            if isinstance(getattr(self.vit, name, None), nn.Module):
+                getattr(self.vit, name).requires_grad_(False)
 
     def load_pretrained(self, path: str | Path) -> None:
         """Copy the weights of a timm file or directory (position embeddings resampled)."""

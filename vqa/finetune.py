@@ -35,13 +35,15 @@ def load_pretrained_encoders(model: HybridVQAModel) -> None:
 def block_stack(encoder: nn.Module) -> tuple[str, nn.Module]:
     """The name and module of ``encoder``'s transformer blocks: its longest block list.
 
-    timm ``blocks``, transformers ``encoder.layer`` / ``encoder.layers``.
+    timm ``blocks``, transformers ``encoder.layer`` / ``encoder.layers``: a list of modules of
+    one type (which a conv stem's ``layers`` is not).
     """
     stacks = [
         (name, module)
         for name, module in encoder.named_modules()
         if name.rsplit(".", 1)[-1] in BLOCK_LISTS
         and isinstance(module, nn.ModuleList | nn.Sequential)
+        and len({type(block) for block in module}) == 1
     ]
     if not stacks:
         raise ValueError(f"{type(encoder).__name__} has no block list named one of {BLOCK_LISTS}")
