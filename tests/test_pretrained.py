@@ -189,6 +189,12 @@ def test_timm_weights_file_needs_its_architecture(timm_file):
         pretrained_fields(vision=str(timm_file[0]))
 
 
+def test_pickled_timm_checkpoint_is_refused(tmp_path):
+    (tmp_path / "vit.pth").write_bytes(b"not read")
+    with pytest.raises(ValueError, match="pickled checkpoints are not read"):
+        pretrained_fields(vision=str(tmp_path / "vit.pth"), vision_model=TIMM_ARCHITECTURE)
+
+
 def test_timm_file_of_another_architecture_names_the_file(timm_file):
     other = {"architecture": TIMM_ARCHITECTURE, **TIMM_ARGS, "embed_dim": 64}
     with pytest.raises(ValueError, match=r"vit\.safetensors"):

@@ -148,6 +148,15 @@ def create_timm_vit(vision_config: dict, image_size: int | None = None) -> nn.Mo
     return vit
 
 
+def check_weights_suffix(path: Path) -> None:
+    """Raise a ValueError unless ``path`` is a weights format read here (no pickles)."""
+    if path.suffix not in TIMM_WEIGHT_SUFFIXES:
+        raise ValueError(
+            f"vision_pretrained {path}: timm weights must be {' or '.join(TIMM_WEIGHT_SUFFIXES)} "
+            "(pickled checkpoints are not read)"
+        )
+
+
 def load_timm_weights(vit: nn.Module, path: str | Path) -> None:
     """Copy timm weights (``.safetensors``, JAX ``.npz``, or a directory's ``model.safetensors``).
 
@@ -161,11 +170,7 @@ def load_timm_weights(vit: nn.Module, path: str | Path) -> None:
         path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"vision_pretrained: no weights file at {path}")
-    if path.suffix not in TIMM_WEIGHT_SUFFIXES:
-        raise ValueError(
-            f"vision_pretrained {path}: timm weights must be {' or '.join(TIMM_WEIGHT_SUFFIXES)} "
-            "(pickled checkpoints are not read)"
-        )
+    check_weights_suffix(path)
     try:
         if path.suffix == ".npz":
             vit.load_pretrained(str(path))  # timm's JAX reader; it resamples the positions too
@@ -344,15 +349,15 @@ def vision_fields(source: str, vision_model: str | dict | None = None) -> dict:
     if timm_config is not None:
         vision_config = {"architecture": timm_config["architecture"]}
         vision_config.update(timm_config.get("model_args", {}))
-    elif not vision_model:
-        raise ValueError(
-            f"vision_pretrained {source} is a weights file: name its timm architecture with "
-            "vision_model (e.g. 'vit_small_patch16_224')"
-        )
-    elif isinstance(vision_model, str):
-        vision_config = {"architecture": vision_model}
     else:
-        vision_config = dict(vision_model)
+        check_weights_suffix(path)
+        if not vision_model:
+            raise ValueError(
+                f"vision_pretrained {source} is a weights file: name its timm architecture with "
+                "vision_model (e.g. 'vit_small_patch16_224')"
+            )
+        named = isinstance(vision_model, str)
+        vision_config = {"architecture": vision_model} if named else dict(vision_model)
     with torch.device("meta"):  # read the sizes without allocating the weights
         vit = create_timm_vit(vision_config)
     return {
