@@ -93,6 +93,19 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     train.add_argument("--grad-accum", type=int, default=1)
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument(
+        "--save-every-steps", type=int, help="also checkpoint every N optimizer steps"
+    )
+    train.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
+    train.add_argument(
+        "--max-bad-steps",
+        type=int,
+        default=5,
+        help="stop after N steps in a row with a non-finite loss or gradient",
+    )
+    train.add_argument(
+        "--vision-stem", choices=("patch", "conv"), help="override the preset's ViT stem"
+    )
     add_finetune_arguments(train)
     train.add_argument("--log-with", help="an Accelerate tracker, e.g. tensorboard")
     train.add_argument("--no-progress", action="store_true")
@@ -262,6 +275,10 @@ def run_train(args: argparse.Namespace) -> None:
             mixed_precision=args.mixed_precision,
             grad_accum=args.grad_accum,
             resume=args.resume,
+            save_every_steps=args.save_every_steps,
+            keep_checkpoints=args.keep_checkpoints,
+            max_bad_steps=args.max_bad_steps,
+            vision_stem=args.vision_stem,
             **finetune_options(args),
             log_with=args.log_with,
             progress=not args.no_progress,

@@ -8,6 +8,14 @@ from hybrid_attention import ESTIMATORS, MODES
 
 VISION_BACKENDS = ("timm", "transformers")
 VISION_STEMS = ("patch", "conv")
+NUMBERS = (
+    "fusion_tau",
+    "dropout",
+    "reinforce_weight",
+    "reinforce_entropy_weight",
+    "reinforce_baseline_decay",
+    "initializer_range",
+)
 
 
 class HybridVQAConfig(PreTrainedConfig):
@@ -142,10 +150,22 @@ class HybridVQAConfig(PreTrainedConfig):
                     f"config field {hidden!r} ({getattr(self, hidden)}) must be divisible by "
                     f"{heads!r} ({getattr(self, heads)})"
                 )
+        layers = self.reasoner_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ValueError(f"config field 'reasoner_layers' must be an int >= 0, got {layers!r}")
+        for name in NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"config field {name!r} must be a number, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout!r}")
         if not self.fusion_tau > 0:
             raise ValueError(f"config field 'fusion_tau' must be > 0, got {self.fusion_tau!r}")
+        if not 0.0 <= self.reinforce_baseline_decay < 1.0:
+            raise ValueError(
+                "config field 'reinforce_baseline_decay' must be in [0, 1), got "
+                f"{self.reinforce_baseline_decay!r}"
+            )
         self._check_pretrained()
 
     def _check_pretrained(self) -> None:

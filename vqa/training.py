@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from datasets import Dataset
@@ -36,11 +37,13 @@ from vqa.files import write_json
 from vqa.finetune import configure_trainable, load_pretrained_encoders, parameter_groups
 from vqa.modeling import HybridVQAModel
 from vqa.presets import Preset, get_preset
-from vqa.processing import HybridVQAProcessor, VQACollator
+from vqa.processing import ANSWERS_FILE, HybridVQAProcessor, VQACollator
 
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoint"
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -56,7 +59,13 @@ class TrainingArguments:
         seed: seeds model initialisation, shuffling and sampling.
         mixed_precision: ``no``, ``bf16`` or ``fp16`` (Accelerate).
         grad_accum: batches per optimizer step.
-        resume: continue the run in ``output`` from its last checkpoint.
+        resume: continue the run in ``output`` from its last checkpoint, mid-epoch included.
+        save_every_steps: also checkpoint every this many optimizer steps (None: at the end of
+            each epoch only).
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        max_bad_steps: stop after this many consecutive steps with a non-finite loss or
+            gradient (each is skipped with a warning).
+        vision_stem: override the preset's ViT stem (``patch`` has no BatchNorm).
         image_column, question_column, answer_column: column names of a Hugging Face dataset
             (None: the usual names, see ``vqa.data.hub``).
         on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows.
@@ -87,6 +96,10 @@ class TrainingArguments:
     mixed_precision: str = "no"
     grad_accum: int = 1
     resume: bool = False
+    save_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5
+    vision_stem: str | None = None
     image_column: str = "image"
     question_column: str = "question"
     answer_column: str | None = None
@@ -106,6 +119,12 @@ class TrainingArguments:
     eval_batch_size: int = 128
     log_with: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("keep_checkpoints", "max_bad_steps", "save_every_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     def resolved(self, preset: Preset) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``preset``."""
@@ -160,6 +179,8 @@ def build_model(
             if value is not None
         }
     )
+    if args.vision_stem is not None:
+        fields["vision_stem"] = args.vision_stem
     fields.update(
         image_size=processor.image_size,
         text_vocab_size=len(processor.tokenizer),
@@ -199,18 +220,92 @@ def processor_settings(preset: Preset, args: TrainingArguments) -> dict:
     return settings
 
 
-def save_checkpoint(accelerator: Accelerator, run: Path, state: dict) -> None:
-    """Accelerate state + trainer state, replacing the previous checkpoint only once complete."""
-    staging = run / f"{CHECKPOINT_DIR}.tmp"
+def checkpoints(run: Path) -> list[Path]:
+    """The complete checkpoints of ``run`` (``checkpoint/step-N``), oldest first.
+
+    A checkpoint is complete once renamed from its ``.tmp`` name, which happens after all of
+    its files, ``trainer_state.json`` last, are written.
+    """
+    complete = [
+        path
+        for path in (run / CHECKPOINT_DIR).glob("step-*")
+        if path.suffix != ".tmp" and (path / STATE_FILE).is_file()
+    ]
+    return sorted(complete, key=lambda path: int(path.name.removeprefix("step-")))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint of ``run``, or None."""
+    return next(reversed(checkpoints(run)), None)
+
+
+def save_checkpoint(accelerator: Accelerator, run: Path, state: dict, keep: int) -> None:
+    """Accelerate state + trainer state as ``checkpoint/step-N``; keep the newest ``keep``.
+
+    Written beside as ``step-N.tmp`` and renamed once complete, so a kill at any moment
+    leaves the previous checkpoints intact.
+    """
+    directory = run / CHECKPOINT_DIR
+    final = directory / f"step-{state['global_step']:08d}"
+    staging = directory / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
         write_json(staging / STATE_FILE, state)
-        previous = run / f"{CHECKPOINT_DIR}.old"
-        if (run / CHECKPOINT_DIR).exists():
-            os.replace(run / CHECKPOINT_DIR, previous)
-        os.replace(staging, run / CHECKPOINT_DIR)
-        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(staging, final)
+        for path in [*directory.glob("step-*.tmp"), *checkpoints(run)[:-keep]]:
+            shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def epoch_progress() -> dict:
+    """What the current epoch has done so far; checkpoints save it for a mid-epoch resume."""
+    return {"batches": 0, "losses": [], "answer_losses": [], "seconds": 0.0, "skipped_steps": 0}
+
+
+def buffer_copies(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the buffers that forward passes update (BatchNorm, REINFORCE baseline)."""
+    return {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+
+
+def apply_update(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float,
+    finite_loss: bool,
+) -> bool:
+    """Clip and apply the accumulated gradients unless the loss or their norm is not finite.
+
+    Under fp16 the gradient scaler skips overflowing steps itself, so there only the loss
+    counts. Returns whether the update was applied; the gradients are cleared either way.
+    """
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    finite_norm = norm is None or accelerator.scaler is not None or bool(torch.isfinite(norm))
+    applied = finite_loss and finite_norm
+    if applied:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad()
+    return applied
+
+
+def skip_bad_step(state: dict, max_bad_steps: int, run: Path) -> None:
+    """Count a step whose update was skipped; raise after ``max_bad_steps`` in a row."""
+    state["bad_steps"] += 1
+    state["progress"]["skipped_steps"] += 1
+    step, in_a_row = state["global_step"], state["bad_steps"]
+    logger.warning(
+        f"step {step}: non-finite loss or gradient, update skipped ({in_a_row} in a row)"
+    )
+    if in_a_row >= max_bad_steps:
+        raise FloatingPointError(
+            f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or "
+            f"gradient; last good checkpoint: {latest_checkpoint(run) or 'none saved yet'}"
+        )
 
 
 def train(args: TrainingArguments) -> dict:
@@ -230,8 +325,8 @@ def train(args: TrainingArguments) -> dict:
     )
     set_seed(args.seed)
     run = Path(args.output)
-    resuming = args.resume and (run / CHECKPOINT_DIR / STATE_FILE).is_file()
-    if args.resume and not resuming:
+    checkpoint = latest_checkpoint(run) if args.resume else None
+    if args.resume and checkpoint is None:
         accelerator.print(f"No checkpoint in {run}: starting a new run.")
     with accelerator.main_process_first():
         data_dir = resolve_data_dir(args.data, preset, args.progress)
@@ -241,24 +336,32 @@ def train(args: TrainingArguments) -> dict:
         raise ValueError(f"{data_dir} has no train split; it has {sorted(splits)}")
     train_rows: Dataset = splits["train"]
 
-    if resuming:
+    # One processor for all processes, as tokenizer training is not reproducible
+    # (huggingface/tokenizers#1794): the main process trains and saves it, all load it. A
+    # resumed run keeps its own, even when it was killed before its first checkpoint.
+    with accelerator.main_process_first():
+        keep = args.resume and (run / ANSWERS_FILE).is_file()
+        if accelerator.is_main_process and not keep:
+            HybridVQAProcessor.train(
+                train_rows["question"],
+                train_rows["answers"],
+                max_answers=args.max_answers,
+                **processor_settings(preset, args),
+            ).save_pretrained(run)
         processor = HybridVQAProcessor.from_pretrained(run)
-    else:
-        processor = HybridVQAProcessor.train(
-            train_rows["question"],
-            train_rows["answers"],
-            max_answers=args.max_answers,
-            **processor_settings(preset, args),
-        )
-        if accelerator.is_main_process:
-            processor.save_pretrained(run)
     train_rows, coverage = answerable_rows(train_rows, processor.answers)
     accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
     model = build_model(processor, preset, args)
 
     sampler = ImageGroupedSampler(train_rows["image_path"], args.seed)
+    # Starting an epoch draws a seed from the loader's generator: give it its own, so a resumed
+    # epoch does not shift the global RNG stream that dropout and Gumbel noise use.
     loader = DataLoader(
-        train_rows, batch_size=args.batch_size, sampler=sampler, collate_fn=VQACollator(processor)
+        train_rows,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        collate_fn=VQACollator(processor),
+        generator=torch.Generator().manual_seed(args.seed),
     )
     groups = parameter_groups(
         model, lr=args.lr, encoder_lr=args.encoder_lr, weight_decay=args.weight_decay
@@ -271,49 +374,82 @@ def train(args: TrainingArguments) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
 
-    state = {"epoch": 0, "best_accuracy": -1.0, "history": []}
-    if resuming:
-        accelerator.load_state(str(run / CHECKPOINT_DIR))
-        state = json.loads((run / CHECKPOINT_DIR / STATE_FILE).read_text())
+    state = {
+        "epoch": 0,
+        "global_step": 0,
+        "bad_steps": 0,
+        "best_accuracy": -1.0,
+        "history": [],
+        "progress": epoch_progress(),
+    }
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        accelerator.print(f"Resuming from {checkpoint}.")
 
+    accelerator.print(f"Training in {accelerator.num_processes} process(es).")
     summary = {
         "arguments": asdict(args),
+        "processes": accelerator.num_processes,
         "answer_coverage": coverage,
         "config": accelerator.unwrap_model(model).config.to_dict(),
     }
     for epoch in range(state["epoch"], args.epochs):
-        sampler.set_epoch(epoch)
+        progress = state["progress"]
+        # Sets the sampler's epoch too; Accelerate would set it from its own count otherwise.
+        loader.set_epoch(epoch)
         model.train()
-        start, losses, answer_losses = time.perf_counter(), [], []
+        start = time.perf_counter()
+        seen = progress["batches"]  # > 0 when resuming mid-epoch
         bar = tqdm(
-            loader,
+            accelerator.skip_first_batches(loader, seen) if seen else loader,
             desc=f"Epoch {epoch + 1}/{args.epochs}",
+            initial=seen,
+            total=len(loader),
             disable=not (args.progress and accelerator.is_local_main_process),
         )
         for inputs, _ in bar:
+            if accelerator.sync_gradients:  # an optimizer step begins
+                buffers, finite_loss = buffer_copies(model), True
             with accelerator.accumulate(model):
                 output = model(**inputs)
-                loss = output.loss
-                accelerator.backward(loss)
+                accelerator.backward(output.loss)
+                # mean over processes: each process sees the same values, NaN from any of them
+                losses = torch.stack([output.loss, output.answer_loss.mean()]).detach().float()
+                loss, answer_loss = accelerator.reduce(losses, "mean").tolist()
+                finite_loss = finite_loss and math.isfinite(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            losses.append(loss.detach())
-            answer_losses.append(output.answer_loss.mean().detach())  # without REINFORCE's term
+                    applied = apply_update(
+                        accelerator, model, optimizer, scheduler, args.max_grad_norm, finite_loss
+                    )
+            progress["batches"] += 1
+            progress["losses"].append(loss)
+            progress["answer_losses"].append(answer_loss)  # without REINFORCE's term
             if not bar.disable:
-                bar.set_postfix(loss=f"{losses[-1].item():.3f}")
-        train_seconds = time.perf_counter() - start
-        step_losses = accelerator.gather(torch.stack(losses)[None]).float().mean(0)  # (steps,)
-        step_answer_losses = accelerator.gather(torch.stack(answer_losses)[None]).float().mean(0)
-        train_loss = step_losses.mean().item()
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if not accelerator.sync_gradients:
+                continue
+            state["global_step"] += 1
+            if applied:
+                state["bad_steps"] = 0
+            else:
+                model.load_state_dict(buffers, strict=False)  # undo the bad forward's statistics
+                skip_bad_step(state, args.max_bad_steps, run)
+            every = args.save_every_steps
+            if every and state["global_step"] % every == 0 and progress["batches"] < len(loader):
+                progress["seconds"] += time.perf_counter() - start
+                start = time.perf_counter()
+                save_checkpoint(accelerator, run, state, args.keep_checkpoints)
+        train_seconds = progress["seconds"] + time.perf_counter() - start
+        finite_losses = [value for value in progress["losses"] if math.isfinite(value)]
+        train_loss = sum(finite_losses) / len(finite_losses) if finite_losses else math.nan
 
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            "step_losses": step_losses.tolist(),
-            "step_answer_losses": step_answer_losses.tolist(),
+            "step_losses": progress["losses"],
+            "step_answer_losses": progress["answer_losses"],
+            "skipped_steps": progress["skipped_steps"],
             "train_seconds": train_seconds,
             "train_questions": len(train_rows),
             "lr": scheduler.get_last_lr()[0],
@@ -336,14 +472,14 @@ def train(args: TrainingArguments) -> dict:
             + f" ({train_seconds:.0f} s)"
         )
         state["history"].append(record)
-        state["epoch"] = epoch + 1
+        state["epoch"], state["progress"] = epoch + 1, epoch_progress()
         if accuracy > state["best_accuracy"]:
             state["best_accuracy"] = accuracy
             state["best_epoch"] = epoch + 1
             accelerator.unwrap_model(model).save_pretrained(
                 run, is_main_process=accelerator.is_main_process, save_function=accelerator.save
             )
-        save_checkpoint(accelerator, run, state)
+        save_checkpoint(accelerator, run, state, args.keep_checkpoints)
         if accelerator.is_main_process:
             write_json(run / METRICS_FILE, {**summary, **state})
     accelerator.end_training()
