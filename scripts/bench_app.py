@@ -3,19 +3,24 @@
 Starts ``vqa serve`` on a free loopback port (or uses ``--url``, which must be loopback too),
 uploads one image, then ``--clients`` threads each ask ``--requests`` questions through the
 app's HTTP API (``/gradio_api/call/answer``), one after another, and time each answer. The
-run stops early at ``--time-limit`` seconds; unanswered requests count as errors.
+run stops early at ``--time-limit`` seconds; unanswered requests count as errors. With
+``--duration``, each client instead asks questions back to back for that many seconds (a soak
+test), and the summary has the server's resident memory (RSS) after the warm-up and at the end.
 
     python scripts/bench_app.py                              # the default model (vqa demo)
     python scripts/bench_app.py --model RUN --clients 16 --requests 20
+    python scripts/bench_app.py --model RUN --clients 32 --duration 60
 
 Output: ``{"clients", "requests", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "errors",
-"machine", ...}``. Latency is from sending the question to receiving the complete answer.
+"server_rss_mb_start", "server_rss_mb_end", "server_rss_growth_percent", "machine", ...}``.
+Latency is from sending the question to receiving the complete answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import platform
@@ -48,6 +53,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mode", help="fusion mode (default: the model's)")
     parser.add_argument("--k", type=int, help="regions kept (default: the model's)")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds for the run")
+    parser.add_argument(
+        "--duration", type=float, help="ask back to back for this many seconds (not --requests)"
+    )
     parser.add_argument("--startup-limit", type=float, default=180.0, help="seconds to start")
     return parser.parse_args()
 
@@ -98,6 +106,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory (VmRSS) of a process in MiB (Linux), or None where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    lines = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+    return int(lines[0].split()[1]) / 1024 if lines else None
+
+
 def scene_png() -> bytes:
     """A 64-pixel scene like the embedded dataset's: shapes on grey."""
     image = Image.new("RGB", (64, 64), (200, 200, 200))
@@ -138,8 +156,9 @@ def ask(http: httpx.Client, url: str, data: list, session: str) -> None:
 def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict:
     """Run the clients against ``url``; return the summary.
 
-    With the ``server``'s process id, the summary also has the server's CPU time per answer:
-    unlike latency, it hardly depends on what else the machine is doing.
+    With the ``server``'s process id, the summary also has the server's CPU time per answer
+    (unlike latency, it hardly depends on what else the machine is doing) and its resident
+    memory after the warm-up and at the end.
     """
     with httpx.Client(timeout=60) as http:
         upload = http.post(f"{url}gradio_api/upload", files={"files": ("scene.png", scene_png())})
@@ -158,12 +177,14 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    deadline = time.monotonic() + args.time_limit
+    deadline = time.monotonic() + (args.duration or args.time_limit)
 
     def client(session: str) -> None:
         with httpx.Client(timeout=60) as http:
-            for _ in range(args.requests):
+            for _ in itertools.count() if args.duration else range(args.requests):
                 if time.monotonic() > deadline:
+                    if args.duration:  # the end of the soak test, not an error
+                        return
                     with lock:
                         errors.append("time limit")
                     continue
@@ -181,6 +202,7 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
         threading.Thread(target=client, args=(f"bench-{index}",)) for index in range(args.clients)
     ]
     cpu_before = cpu_seconds(server) if server else None
+    rss_start = rss_mb(server) if server else None
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -188,11 +210,12 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
         thread.join()
     seconds = time.perf_counter() - start
     cpu_after = cpu_seconds(server) if server else None
+    rss_end = rss_mb(server) if server else None
 
     percentiles = statistics.quantiles(latencies, n=100, method="inclusive") if latencies else []
     return {
         "clients": args.clients,
-        "requests": args.clients * args.requests,
+        "requests": len(latencies) + len(errors),
         "p50_ms": round(percentiles[49], 1) if percentiles else None,
         "p95_ms": round(percentiles[94], 1) if percentiles else None,
         "p99_ms": round(percentiles[98], 1) if percentiles else None,
@@ -206,6 +229,11 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
             round(1000 * (cpu_after - cpu_before) / len(latencies), 1)
             if latencies and cpu_before is not None and cpu_after is not None
             else None
+        ),
+        "server_rss_mb_start": round(rss_start, 1) if rss_start else None,
+        "server_rss_mb_end": round(rss_end, 1) if rss_end else None,
+        "server_rss_growth_percent": (
+            round(100 * (rss_end - rss_start) / rss_start, 1) if rss_start and rss_end else None
         ),
     }
 
