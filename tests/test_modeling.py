@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +14,7 @@ from transformers import AutoConfig, AutoModel
 
 from vqa.configuration import HybridVQAConfig
 from vqa.modeling import HybridVQAModel, answer_loss
-from vqa.processing import HybridVQAProcessor, to_rgb
+from vqa.processing import HybridVQAProcessor, to_rgb, train_tokenizer
 
 QUESTIONS = [
     "what colour is the large circle?",
@@ -187,3 +191,31 @@ def test_processor_truncates_long_questions(processor):
 def test_processor_directory_without_files_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a processor directory"):
         HybridVQAProcessor.from_pretrained(tmp_path)
+
+
+TOKENIZER_VOCAB = (
+    "from vqa.processing import train_tokenizer; "
+    "print(sorted(train_tokenizer(['What colour is the small red circle?', "
+    "'How many large squares are there?', 'is there a cyan triangle?'] * 5).get_vocab().items()))"
+)
+
+
+def test_tokenizer_vocabulary_is_the_same_in_every_process():
+    # Each process hashes differently (PYTHONHASHSEED, Rust's HashMap seeds).
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", TOKENIZER_VOCAB],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2)
+    ]
+    assert runs[0] == runs[1]
+    assert "'circle'" in runs[0] and "'##q'" in runs[0]
+
+
+def test_tokenizer_spells_unseen_words_with_characters():
+    tokenizer = train_tokenizer(["what colour is the circle?"])
+    assert tokenizer.tokenize("the zebra?") == ["the", "z", "##e", "##b", "##r", "##a", "?"]

@@ -8,6 +8,8 @@ friends (a transformers fast tokenizer), and ``answers.json`` (the answer vocabu
 from __future__ import annotations
 
 import io
+import string
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,7 +22,6 @@ from tokenizers import (
     normalizers,
     pre_tokenizers,
     processors,
-    trainers,
 )
 from transformers import (
     BatchFeature,
@@ -32,6 +33,7 @@ from transformers import (
 from vqa.data.answers import AnswerVocab, soft_scores
 
 ANSWERS_FILE = "answers.json"
+ALPHABET = string.ascii_lowercase + string.digits + string.punctuation  # always in the vocab
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
     "unk_token": "[UNK]",
@@ -42,14 +44,32 @@ SPECIAL_TOKENS = {
 
 
 def train_tokenizer(questions: Iterable[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
-    """A lower-casing WordPiece tokenizer trained offline on ``questions``: "[CLS] q [SEP]"."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A lower-casing WordPiece tokenizer built offline from ``questions``: "[CLS] q [SEP]".
+
+    The vocabulary is the special tokens, every character seen or in ``ALPHABET`` (alone and
+    as a "##" continuation, so few words are unknown) and then the most frequent whole words,
+    ties in alphabetical order. It is counted here rather than with ``trainers.WordPieceTrainer``,
+    whose result changes from one process to the next (huggingface/tokenizers#1794): the same
+    questions must give the same token ids in every run and every process.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for question in questions:
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(question))
+        counts.update(word for word, _ in words)
+    characters = sorted({character for word in counts for character in word} | set(ALPHABET))
+    vocab = list(SPECIAL_TOKENS.values())  # [PAD] gets id 0
+    vocab += characters + [f"##{character}" for character in characters]
+    by_frequency = sorted(counts, key=lambda word: (-counts[word], word))
+    vocab += [word for word in by_frequency if len(word) > 1][: max(vocab_size - len(vocab), 0)]
+    model = models.WordPiece(
+        {token: index for index, token in enumerate(vocab)}, unk_token=SPECIAL_TOKENS["unk_token"]
+    )
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    specials = list(SPECIAL_TOKENS.values())  # [PAD] gets id 0
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    tokenizer.train_from_iterator(questions, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
