@@ -207,3 +207,13 @@ def test_a_pickle_only_model_directory_is_refused_and_never_unpickled(run, tmp_p
     with pytest.raises(FileNotFoundError, match=r"refusing to unpickle pytorch_model\.bin"):
         load_model(model_dir)
     assert not marker.exists()
+
+
+def test_a_run_without_val_split_keeps_the_lowest_loss_model(dataset, tmp_path, capsys):
+    data = tmp_path / "train-only"
+    data.mkdir()
+    (data / "train.jsonl").write_text((dataset / "train.jsonl").read_text())
+    (data / "images").symlink_to(dataset / "images")
+    assert train_tiny(data, tmp_path / "run") == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert "no val split: lowest training loss at epoch 1" in capsys.readouterr().out

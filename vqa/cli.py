@@ -284,10 +284,11 @@ def run_train(args: argparse.Namespace) -> None:
             progress=not args.no_progress,
         )
     )
-    print(
-        f"best val accuracy {summary['best_accuracy']:.4f} at epoch "
-        f"{summary.get('best_epoch')}; model saved in {args.output}"
-    )
+    if any("val_accuracy" in record for record in summary["history"]):
+        kept = f"best val accuracy {summary['best_accuracy']:.4f}"
+    else:
+        kept = "no val split: lowest training loss"
+    print(f"{kept} at epoch {summary.get('best_epoch')}; model saved in {args.output}")
 
 
 def run_eval(args: argparse.Namespace) -> None:

@@ -336,8 +336,7 @@ def train(args: TrainingArguments) -> dict:
         raise ValueError(f"{data_dir} has no train split; it has {sorted(splits)}")
     train_rows: Dataset = splits["train"]
 
-    # One processor for all processes, as tokenizer training is not reproducible
-    # (huggingface/tokenizers#1794): the main process trains and saves it, all load it. A
+    # The main process builds and saves the processor and every process loads that copy. A
     # resumed run keeps its own, even when it was killed before its first checkpoint.
     with accelerator.main_process_first():
         keep = args.resume and (run / ANSWERS_FILE).is_file()
@@ -378,7 +377,7 @@ def train(args: TrainingArguments) -> dict:
         "epoch": 0,
         "global_step": 0,
         "bad_steps": 0,
-        "best_accuracy": -1.0,
+        "best_accuracy": None,
         "history": [],
         "progress": epoch_progress(),
     }
@@ -473,7 +472,7 @@ def train(args: TrainingArguments) -> dict:
         )
         state["history"].append(record)
         state["epoch"], state["progress"] = epoch + 1, epoch_progress()
-        if accuracy > state["best_accuracy"]:
+        if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
             state["best_accuracy"] = accuracy
             state["best_epoch"] = epoch + 1
             accelerator.unwrap_model(model).save_pretrained(
