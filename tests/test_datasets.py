@@ -501,8 +501,13 @@ def test_a_directory_without_data_says_so(tmp_path):
         load_vqa_dataset(tmp_path / "nothing")
 
 
-def test_a_missing_path_is_tried_as_a_hub_id_and_says_so(tmp_path):
+def test_a_missing_path_that_is_no_hub_id_says_so_without_trying_the_hub(tmp_path):
+    with pytest.raises(DatasetFormatError, match=r"no such file or directory, and not a"):
+        load_vqa_dataset(tmp_path / "missing")
+
+
+def test_a_missing_owner_name_path_is_tried_as_a_hub_id_and_says_so():
     with pytest.raises(
         DatasetFormatError, match=r"cannot be read as a hub id \(no such local path\)"
     ):
-        load_vqa_dataset(tmp_path / "missing")
+        load_vqa_dataset("no-such-owner/no-such-dataset")

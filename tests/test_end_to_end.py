@@ -217,3 +217,19 @@ def test_a_run_without_val_split_keeps_the_lowest_loss_model(dataset, tmp_path, 
     assert train_tiny(data, tmp_path / "run") == 0
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert "no val split: lowest training loss at epoch 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--output", "run", "--bogus"], "vqa: error: unrecognized arguments: --bogus"),
+        (["train", "--output", "run", "--mode", "sharp"], "vqa train: error: argument --mode"),
+        (["predict", "--model", "run"], "vqa predict: error: the following arguments are"),
+    ],
+)
+def test_bad_arguments_are_one_line_on_stderr_with_status_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(message)

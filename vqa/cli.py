@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vqa import __version__
 from vqa.ablation import add_ablate_parser
@@ -206,8 +207,15 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=run_demo)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vqa", description="Visual question answering with hard, soft and hybrid attention."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -12,14 +12,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, IterableDatasetDict
 
 from vqa.data.answers import AnswerVocab
-from vqa.data.formats import available_splits, check_images, check_not_empty, load_local_dataset
+from vqa.data.formats import (
+    DatasetFormatError,
+    available_splits,
+    check_images,
+    check_not_empty,
+    load_local_dataset,
+)
 from vqa.data.hub import ColumnMapping, load_hub_dataset
 from vqa.data.vqav2 import load_vqa_files, vqa_sources
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
 
 
 def source_format(source: str | Path) -> str:
@@ -29,6 +38,11 @@ def source_format(source: str | Path) -> str:
         return "local"
     if vqa_sources(path):
         return "vqa"
+    if not path.exists() and not HUB_ID.fullmatch(str(source)):
+        raise DatasetFormatError(
+            f"no dataset at {str(source)!r}: no such file or directory, and not a Hugging Face "
+            "hub id (owner/name)"
+        )
     return "hub"
 
 
