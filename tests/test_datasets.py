@@ -19,8 +19,9 @@ from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
 from vqa.cli import main
+from vqa.data import formats
 from vqa.data.answers import AnswerVocab
-from vqa.data.formats import DatasetFormatError
+from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.data.hub import ColumnMapping
 from vqa.data.sources import answerable_rows, load_vqa_dataset, source_format
 from vqa.data.vqav2 import VQAFiles, convert_vqa
@@ -479,6 +480,16 @@ def test_an_image_that_does_not_decode_is_skipped_and_counted_on_request(tmp_pat
         rows = load_vqa_dataset(data, on_bad_image="skip")["train"]
     assert len(rows) == 3
     assert "train: skipped 3 of 6 rows whose image does not decode" in caplog.text
+
+
+def test_each_image_is_decoded_once_however_many_questions_share_it(tmp_path, monkeypatch):
+    data = write_jsonl_dataset(tmp_path / "jsonl", {"train": 2})
+    rows = load_local_dataset(data)["train"]
+    decoded = []
+    monkeypatch.setattr(formats, "image_error", lambda image: decoded.append(image) or None)
+    keep = formats.keep_decodable("train", "fail")
+    assert all(keep(row, index) for index, row in enumerate(rows))
+    assert len(rows) == 6 and len(decoded) == 2
 
 
 def test_an_empty_jsonl_split_says_so(tmp_path):

@@ -183,12 +183,17 @@ def keep_decodable(name: str, on_bad_image: str) -> Callable[[dict, int], bool]:
     """A ``filter`` predicate over common rows of split ``name``: True when the image decodes.
 
     With ``on_bad_image="fail"`` a bad image raises DatasetFormatError naming the row instead.
+    Each distinct image (by ``image_path``) is decoded once, however many questions share it.
     """
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_CHOICES}, got {on_bad_image!r}")
+    errors: dict[str, str | None] = {}  # image_path -> why it does not decode, or None
 
     def decodes(row: dict, index: int) -> bool:
-        error = image_error(row["image"])
+        path = row["image_path"]
+        if path not in errors:
+            errors[path] = image_error(row["image"])
+        error = errors[path]
         if error is None:
             return True
         where = f"{name} row {index} (question_id {row['question_id']}), image {row['image_path']}"
