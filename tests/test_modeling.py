@@ -130,6 +130,19 @@ def test_set_fusion_changes_mode_and_k_on_the_same_weights(processor):
         model.set_fusion(k=17)
 
 
+def test_fusion_scores_differ_between_regions_from_the_first_step(processor):
+    """Glorot fusion projections on layer-normalised inputs: scores of order 1, not ~0.
+
+    With BERT's std-0.02 init on both projections the scores' spread was about 1e-4, a flat
+    saddle the selection took tens of thousands of questions to leave.
+    """
+    model = make_model(processor)
+    with torch.no_grad():
+        output = model(**batch(processor))
+    assert output.attention_scores.std(-1).mean() > 0.1
+    assert model.fusion.q_proj.weight.std() > 0.1  # Glorot for 32 -> 32, not 0.02
+
+
 def test_reinforce_adds_a_policy_term_and_trains_the_scorer(processor):
     model = make_model(processor, fusion_mode="hard", fusion_estimator="reinforce").train()
     output = model(**batch(processor), labels=processor.labels(ANSWERS))
