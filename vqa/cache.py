@@ -36,6 +36,11 @@ def synthetic_dataset(
     return directory
 
 
+# Bumped when the model's architecture changes, so `vqa demo` trains a new default model
+# instead of loading weights that no longer fit (2: layer-normalised fusion inputs).
+MODEL_VERSION = 2
+
+
 def default_model_dir() -> Path:
     """Where ``vqa demo`` keeps the model it trains with the default preset."""
-    return cache_dir() / "models" / "default"
+    return cache_dir() / "models" / f"default-v{MODEL_VERSION}"
