@@ -120,13 +120,15 @@ def test_overlay_keeps_selected_regions_bright_and_dims_the_rest(app_model, scen
     assert inside > 1.5 * max(ignored)
 
 
-def test_regions_table_has_rank_box_and_weight(app_model, scene):
+def test_regions_table_has_rank_box_weight_and_what_the_region_sees(app_model, scene):
     with Image.open(scene) as image:
         prediction = app_model.predict(image, QUESTION, "hard", 3)
     table = regions_table(prediction)
     assert [row[0] for row in table] == [1, 2, 3]
     assert all(row[2] == pytest.approx(1 / 3, abs=1e-4) for row in table)
     assert [float(v) for v in table[0][1].split(", ")] == prediction.regions[0]["box"]
+    # the tiny preset trains the region attribute head on the scenes
+    assert all(row[3] == "no object" or "=" in row[3] for row in table)
 
 
 def test_concurrent_requests_each_get_their_own_mode_and_k(app_model, scene):

@@ -194,10 +194,15 @@ def free_port() -> int:
 
 def test_two_processes_with_half_batches_match_one_process(dataset, tmp_path):
     # Both runs share one processor (--resume keeps it); the patch stem has no BatchNorm,
-    # whose per-process batch statistics would differ from one process's.
+    # whose per-process batch statistics would differ from one process's. The processor has
+    # the scenes' region attributes, so the region loss is split over the processes too.
     one, two = tmp_path / "one", tmp_path / "two"
     rows = load_local_dataset(dataset, ["train"])["train"]
-    processor = HybridVQAProcessor.train(rows["question"], rows["answers"], image_size=32)
+    objects = [json.loads(text) for text in rows["objects_json"]]
+    processor = HybridVQAProcessor.train(
+        rows["question"], rows["answers"], image_size=32, object_lists=objects
+    )
+    assert processor.region_attributes is not None
     for run in (one, two):
         processor.save_pretrained(run)
     options = ["--vision-stem", "patch", "--seed", "1", "--resume"]
@@ -219,6 +224,8 @@ def test_two_processes_with_half_batches_match_one_process(dataset, tmp_path):
     assert alone["val_questions"] == shared["val_questions"] == 9
     assert alone["val_accuracy"] == shared["val_accuracy"]
     assert alone["step_losses"] == pytest.approx(shared["step_losses"], abs=1e-5)
+    assert alone["step_region_losses"] == pytest.approx(shared["step_region_losses"], abs=1e-5)
+    assert min(alone["step_region_losses"]) > 0
     assert json.loads((two / "metrics.json").read_text())["processes"] == 2
 
 

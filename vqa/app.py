@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from vqa.inference import Prediction, load_model, predict
+from vqa.inference import Prediction, describe_sight, load_model, predict
 from vqa.processing import to_rgb
 
 MODES = ("soft", "hard", "hybrid")
@@ -229,12 +229,14 @@ def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image
 
 
 def regions_table(prediction: Prediction) -> list[list]:
-    """Rows of (rank, box "x0, y0, x1, y1" in image pixels, weight) for the selected regions."""
+    """Rows of (rank, box "x0, y0, x1, y1" in image pixels, weight, what the region sees) for
+    the selected regions; "sees" is empty for models without the region attribute head."""
     return [
         [
             region["rank"],
             ", ".join(f"{value:g}" for value in region["box"]),
             round(region["weight"], 4),
+            describe_sight(region["sees"]) if "sees" in region else "",
         ]
         for region in prediction.regions
     ]
@@ -480,8 +482,8 @@ def build_app(
                     label="Where the model looked", format="png", height=384, elem_id="picture"
                 )
                 table = gr.Dataframe(
-                    headers=["rank", "box (x0, y0, x1, y1)", "weight"],
-                    datatype=["number", "str", "number"],
+                    headers=["rank", "box (x0, y0, x1, y1)", "weight", "sees"],
+                    datatype=["number", "str", "number", "str"],
                     label="Selected regions",
                     interactive=False,
                 )

@@ -37,8 +37,9 @@ def synthetic_dataset(
 
 
 # Bumped when the model's architecture changes, so `vqa demo` trains a new default model
-# instead of loading weights that no longer fit (2: layer-normalised fusion inputs).
-MODEL_VERSION = 2
+# instead of loading weights that no longer fit (2: layer-normalised fusion inputs; 3: the
+# region attribute head).
+MODEL_VERSION = 3
 
 
 def default_model_dir() -> Path:

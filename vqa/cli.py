@@ -107,6 +107,12 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--vision-stem", choices=("patch", "conv"), help="override the preset's ViT stem"
     )
+    train.add_argument(
+        "--region-loss-weight",
+        type=float,
+        help="weight of the auxiliary loss that teaches each region the attributes of the "
+        "object under it, where the data's objects have attributes (0: off; default: preset's)",
+    )
     add_finetune_arguments(train)
     train.add_argument("--log-with", help="an Accelerate tracker, e.g. tensorboard")
     train.add_argument("--no-progress", action="store_true")
@@ -287,6 +293,7 @@ def run_train(args: argparse.Namespace) -> None:
             keep_checkpoints=args.keep_checkpoints,
             max_bad_steps=args.max_bad_steps,
             vision_stem=args.vision_stem,
+            region_loss_weight=args.region_loss_weight,
             **finetune_options(args),
             log_with=args.log_with,
             progress=not args.no_progress,
@@ -344,7 +351,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
     from PIL import Image
 
-    from vqa.inference import load_model, predict
+    from vqa.inference import describe_sight, load_model, predict
 
     model, processor = load_model(args.model)
     with Image.open(args.image) as image:
@@ -358,7 +365,8 @@ def run_predict(args: argparse.Namespace) -> None:
         print(f"{probability:7.2%}  {answer}")
     print(f"regions ({result.mode}, k={result.k}):")
     for region in result.regions:
-        print(f"  #{region['rank']:<3} box {region['box']}  weight {region['weight']:.3f}")
+        sees = f"  sees {describe_sight(region['sees'])}" if "sees" in region else ""
+        print(f"  #{region['rank']:<3} box {region['box']}  weight {region['weight']:.3f}{sees}")
 
 
 def run_serve(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ NUMBERS = (
     "reinforce_entropy_weight",
     "reinforce_baseline_decay",
     "initializer_range",
+    "region_loss_weight",
 )
 
 
@@ -47,6 +48,11 @@ class HybridVQAConfig(PreTrainedConfig):
         dropout: dropout in the fusion layers and the head.
         reinforce_weight, reinforce_entropy_weight, reinforce_baseline_decay: the REINFORCE
             term added to the loss when ``fusion_estimator == "reinforce"``.
+        region_attributes: object attribute name -> number of classes ("no object" included)
+            that a linear head predicts from each region's vision token (see
+            ``vqa.data.regions``); None: no such head. Set from the processor by training.
+        region_loss_weight: weight of that region attribute loss in the training loss, for
+            batches that carry region labels (0: the head is not trained).
     """
 
     model_type = "hybrid_vqa"
@@ -86,6 +92,8 @@ class HybridVQAConfig(PreTrainedConfig):
     reinforce_entropy_weight: float = 0.01
     reinforce_baseline_decay: float = 0.9
     initializer_range: float = 0.02
+    region_attributes: dict | None = None
+    region_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -166,7 +174,33 @@ class HybridVQAConfig(PreTrainedConfig):
                 "config field 'reinforce_baseline_decay' must be in [0, 1), got "
                 f"{self.reinforce_baseline_decay!r}"
             )
+        if not self.region_loss_weight >= 0:
+            raise ValueError(
+                f"config field 'region_loss_weight' must be >= 0, got {self.region_loss_weight!r}"
+            )
+        self._check_region_attributes()
         self._check_pretrained()
+
+    def _check_region_attributes(self) -> None:
+        """Raise a ValueError unless region_attributes is None or {name: classes >= 2}."""
+        attributes = self.region_attributes
+        if attributes is None:
+            return
+        if not (
+            isinstance(attributes, dict)
+            and attributes
+            and all(
+                isinstance(name, str)
+                and isinstance(count, int)
+                and not isinstance(count, bool)
+                and count >= 2
+                for name, count in attributes.items()
+            )
+        ):
+            raise ValueError(
+                "config field 'region_attributes' must be None or a non-empty dict of attribute "
+                f"name -> number of classes (>= 2), got {attributes!r}"
+            )
 
     def _check_pretrained(self) -> None:
         """Raise a ValueError naming the first pretrained-encoder field that is invalid."""

@@ -23,7 +23,9 @@ class Prediction:
     Attributes:
         answers: the top answers and their probabilities, best first.
         regions: the selected regions (or, in soft mode, the top-weighted ones), best first:
-            ``{"rank", "region", "box": [x0, y0, x1, y1] in the input image's pixels, "weight"}``.
+            ``{"rank", "region", "box": [x0, y0, x1, y1] in the input image's pixels, "weight"}``,
+            and ``"sees"``, the object attributes the region head reads there (``{}`` for none),
+            for models trained with the region attribute loss.
         weights: (N,) head-averaged weight of every region (0 outside the selection).
         grid: (rows, columns) of the region grid.
         mode, k: the fusion settings used.
@@ -80,7 +82,8 @@ def predict(
     try:
         inputs = processor([image], [question])
         start = time.perf_counter()
-        output = model(**inputs.to(model.device))
+        sees = model.region_head is not None and processor.region_attributes is not None
+        output = model(**inputs.to(model.device), return_region_logits=sees)
         milliseconds = 1000 * (time.perf_counter() - start)
         used_mode, used_k = model.fusion.mode, model.fusion.k
     finally:
@@ -96,6 +99,10 @@ def predict(
     regions = describe_regions(
         weights, scores, image.size, processor.image_size, model.config.patch_size, used_k
     )
+    if output.region_logits is not None:
+        attributes = processor.region_attributes.decode(output.region_logits[0].float().cpu())
+        for region in regions:
+            region["sees"] = attributes[region["region"]]
     side = processor.image_size // model.config.patch_size
     return Prediction(
         answers=answers,
@@ -107,6 +114,11 @@ def predict(
         truncated=processor.is_truncated(question),
         milliseconds=milliseconds,
     )
+
+
+def describe_sight(attributes: dict[str, str]) -> str:
+    """A region's ``"sees"`` as text, e.g. ``"colour=red shape=circle"``, or ``"no object"``."""
+    return " ".join(f"{name}={value}" for name, value in attributes.items()) or "no object"
 
 
 def describe_regions(

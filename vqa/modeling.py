@@ -6,6 +6,9 @@ question -> BERT -> tokens (B, L, D), CLS query (B, 1, D) -> LayerNorm -> Hybrid
    -> reasoner over [question tokens; attended vector; selected regions + weight mark]
    -> MLP head on the first token -> logits (B, num_labels)
 ```
+With ``region_attributes`` in the config, a linear head also predicts from each vision token
+the attributes of the object under that region (``vqa.data.regions``); training adds that
+loss, weighted by ``region_loss_weight``, when a batch carries ``region_labels``.
 In hard and hybrid modes the reasoner sees ``fusion_heads * k`` region tokens, in soft mode
 all N: that is where selection saves compute downstream of the encoders.
 """
@@ -46,10 +49,15 @@ class HybridVQAOutput(ModelOutput):
         attention_weights: (B, H, N) fusion weights, exactly 0 outside the selection.
         selected_indices: (B, H, k) selected regions, best first; None in soft mode.
         log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
+        region_loss: scalar region attribute loss (when ``region_labels`` were given).
+        region_logits: (U, N, sum of attribute classes) the region head's logits per image
+            (when asked for with ``return_region_logits``).
     """
 
     loss: Tensor | None = None
     answer_loss: Tensor | None = None
+    region_loss: Tensor | None = None
+    region_logits: Tensor | None = None
     logits: Tensor | None = None
     attention_scores: Tensor | None = None
     attention_weights: Tensor | None = None
@@ -133,6 +141,10 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             nn.Linear(2 * dim, config.num_labels),
         )
         self.baseline = MovingAverageBaseline(config.reinforce_baseline_decay)
+        self.region_head = None
+        if config.region_attributes:
+            classes = sum(config.region_attributes.values())
+            self.region_head = nn.Linear(config.vision_hidden_size, classes)
         self.post_init()
 
     def set_fusion(
@@ -148,9 +160,9 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 setattr(self.fusion, name, value)
                 setattr(self.config, f"fusion_{name}", value)
 
-    def encode_images(self, pixel_values: Tensor) -> Tensor:
-        """(U, C, H, W) images -> (U, N, fusion_dim) region tokens with their positions."""
-        return self.vision_proj(self.vision(pixel_values)) + self.region_position
+    def project_regions(self, features: Tensor) -> Tensor:
+        """(U, N, vision_hidden_size) vision tokens -> (U, N, fusion_dim) with positions."""
+        return self.vision_proj(features) + self.region_position
 
     def encode_questions(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) token ids and mask -> (B, L, fusion_dim) question tokens (CLS first)."""
@@ -164,6 +176,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         image_index: Tensor | None = None,
+        region_labels: Tensor | None = None,
+        return_region_logits: bool = False,
     ) -> HybridVQAOutput:
         """Answer B questions about U images.
 
@@ -174,10 +188,15 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 soft scores for rows with several answers (binary cross-entropy).
             image_index: (B,) which image each question is about, when questions share
                 images (then U < B and every image is encoded once); default: image i.
+            region_labels: (U, N, A) class ids of the object under each region of each image
+                (``vqa.data.regions``; -100 = ignore), for the region attribute loss.
+            return_region_logits: also return what the region head predicts for every region
+                (models with ``region_attributes`` only).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        regions = self.encode_images(pixel_values)  # (U, N, D)
+        features = self.vision(pixel_values)  # (U, N, vision_hidden_size)
+        regions = self.project_regions(features)  # (U, N, D)
         if image_index is not None:
             regions = regions[image_index]  # (B, N, D)
         question = self.encode_questions(input_ids, attention_mask)  # (B, L, D)
@@ -193,10 +212,42 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             selected_indices=None if attended.indices is None else attended.indices[:, :, 0],
             log_prob=None if attended.log_prob is None else attended.log_prob[:, :, 0],
         )
+        if return_region_logits and self.region_head is not None:
+            output.region_logits = self.region_head(features)
+        if region_labels is not None and self.region_head is not None:
+            output.region_loss = self.region_loss(features, region_labels, image_index)
         if labels is not None:
             output.answer_loss = answer_loss(logits, labels)
             output.loss = self._training_loss(output)
         return output
+
+    def region_loss(
+        self, features: Tensor, region_labels: Tensor, image_index: Tensor | None = None
+    ) -> Tensor:
+        """Sum over attributes of the cross-entropy of each region's attribute classes.
+
+        Each image's loss is the mean over its labelled regions; the batch loss averages it
+        over the questions (``image_index``), like the answer loss, so a batch split over
+        processes averages to the same value.
+
+        Args:
+            features: (U, N, vision_hidden_size) vision tokens.
+            region_labels: (U, N, A) class ids, -100 = ignore. A batch whose labels are all
+                ignored costs 0 (and still reaches the head, as DDP needs).
+            image_index: (B,) the image of each question; default: one question per image.
+        """
+        logits = self.region_head(features).float()  # (U, N, sum of classes)
+        sizes = list(self.config.region_attributes.values())
+        per_image = logits.new_zeros(logits.shape[0])  # (U,)
+        for index, part in enumerate(logits.split(sizes, dim=-1)):
+            target = region_labels[..., index]  # (U, N)
+            losses = F.cross_entropy(
+                part.transpose(1, 2), target, ignore_index=-100, reduction="none"
+            )  # (U, N), 0 where ignored
+            per_image = per_image + losses.sum(1) / (target != -100).sum(1).clamp_min(1)
+        if image_index is not None:
+            per_image = per_image[image_index]  # (B,)
+        return per_image.mean()
 
     def _reasoner_inputs(
         self, question: Tensor, question_mask: Tensor, attended: AttentionOutput, regions: Tensor
@@ -233,8 +284,10 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         return tokens, ~visible
 
     def _training_loss(self, output: HybridVQAOutput) -> Tensor:
-        """Mean answer loss, plus the REINFORCE term for a sampled selection."""
+        """Mean answer loss, plus the region attribute loss and the REINFORCE term."""
         loss = output.answer_loss.mean()
+        if output.region_loss is not None:
+            loss = loss + self.config.region_loss_weight * output.region_loss
         if output.log_prob is None:
             return loss
         reward = -output.answer_loss.detach()  # (B,)

@@ -45,42 +45,35 @@ PRESETS: dict[str, Preset] = {
             "fusion_k": 4,
             "reasoner_layers": 1,
             "dropout": 0.0,
+            "region_loss_weight": 1.0,
         },
         training={"epochs": 1, "batch_size": 16, "lr": 1e-3},
         synthetic={"train": 40, "val": 10, "test": 10, "image_size": 32},
     ),
     "quick": Preset(
         description="the vqa ablate grid in at most 20 minutes on a 2-core CPU",
-        model={
-            "image_size": 32,
-            "patch_size": 8,
-            "vision_hidden_size": 64,
-            "vision_layers": 2,
-            "vision_heads": 2,
-            "text_hidden_size": 64,
-            "text_layers": 1,
-            "text_heads": 2,
-            "fusion_dim": 64,
-            "fusion_k": 4,
-            "reasoner_layers": 1,
-            "dropout": 0.0,
-        },
-        training={"epochs": 4, "batch_size": 32, "lr": 2e-3},
-        synthetic={"train": 800, "val": 100, "test": 200, "image_size": 32},
+        # The default model on less data: each run needs tens of thousands of questions before
+        # the answers use the image (32 px scenes with a smaller model stayed at the blind
+        # level), so the grid is small: 10 runs of about 80 s.
+        model={"dropout": 0.0, "region_loss_weight": 1.0, "reasoner_layers": 3},
+        training={"epochs": 4, "batch_size": 48, "lr": 3e-4},
+        synthetic={"train": 3000, "val": 200, "test": 300, "image_size": 64},
         ablation={
             "modes": ("soft", "hard", "hybrid"),
-            "k": (4, 8),
-            "estimators": ("ste", "gumbel", "reinforce"),
+            "k": (16,),
+            "estimators": ("ste", "reinforce"),
             "seeds": (0, 1),
         },
     ),
     "default": Preset(
         description="the embedded default: about 10 minutes on a 2-core CPU",
         # No dropout: the model is far from overfitting the scenes in this budget, and dropout
-        # took 14 % of a training step's CPU time.
-        model={"dropout": 0.0},
-        training={"epochs": 5, "batch_size": 48, "lr": 3e-4},
-        synthetic={"train": 6000, "val": 500, "test": 500, "image_size": 64},
+        # took 14 % of a training step's CPU time. The region attribute loss teaches the ViT
+        # what the objects look like, and a third reasoner layer learns the relations sooner
+        # (scratch runs, see the README: 0.67 vs 0.37 without either after ~100k questions).
+        model={"dropout": 0.0, "region_loss_weight": 1.0, "reasoner_layers": 3},
+        training={"epochs": 7, "batch_size": 48, "lr": 3e-4},
+        synthetic={"train": 10000, "val": 500, "test": 500, "image_size": 64},
     ),
     "full": Preset(
         description="a larger model and dataset for a GPU",
@@ -93,6 +86,7 @@ PRESETS: dict[str, Preset] = {
             "text_heads": 8,
             "fusion_dim": 256,
             "reasoner_layers": 3,
+            "region_loss_weight": 1.0,
         },
         training={"epochs": 30, "batch_size": 128, "lr": 5e-4},
         synthetic={"train": 30000, "val": 2000, "test": 2000, "image_size": 64},

@@ -2,12 +2,14 @@
 
 Saved beside the model (``save_pretrained``), so that one directory answers questions:
 ``preprocessor_config.json`` (transformers ``ViTImageProcessor``), ``tokenizer.json`` and
-friends (a transformers fast tokenizer), and ``answers.json`` (the answer vocabulary).
+friends (a transformers fast tokenizer), ``answers.json`` (the answer vocabulary), and
+``region_attributes.json`` when the training objects had attributes to supervise the regions with.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,8 +33,10 @@ from transformers import (
 )
 
 from vqa.data.answers import AnswerVocab, soft_scores
+from vqa.data.regions import RegionAttributes
 
 ANSWERS_FILE = "answers.json"
+REGION_ATTRIBUTES_FILE = "region_attributes.json"
 ALPHABET = string.ascii_lowercase + string.digits + string.punctuation  # always in the vocab
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
@@ -98,6 +102,8 @@ class HybridVQAProcessor:
         tokenizer: a fast tokenizer whose first token is CLS (the fusion query).
         answers: the answer vocabulary (the model's labels).
         max_question_length: questions are truncated to this many tokens.
+        region_attributes: the object attributes that label each region (see
+            ``vqa.data.regions``), or None when the training rows had none.
     """
 
     def __init__(
@@ -106,11 +112,13 @@ class HybridVQAProcessor:
         tokenizer: PreTrainedTokenizerFast,
         answers: AnswerVocab,
         max_question_length: int = 32,
+        region_attributes: RegionAttributes | None = None,
     ) -> None:
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.answers = answers
         self.max_question_length = max_question_length
+        self.region_attributes = region_attributes
 
     @classmethod
     def train(
@@ -125,12 +133,14 @@ class HybridVQAProcessor:
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         tokenizer: PreTrainedTokenizerBase | None = None,
+        object_lists: Iterable[Sequence[dict]] = (),
     ) -> HybridVQAProcessor:
         """Build a processor from training questions and answers, offline.
 
         A pretrained encoder brings its own ``tokenizer`` (used instead of training one) and
         image normalisation (``image_mean``, ``image_std``; see
-        ``vqa.encoders.pretrained_image_settings``).
+        ``vqa.encoders.pretrained_image_settings``). ``object_lists`` (the training rows'
+        ``objects``) give the region attributes, when their objects have any.
         """
         image_processor = ViTImageProcessor(
             size={"height": image_size, "width": image_size},
@@ -141,7 +151,8 @@ class HybridVQAProcessor:
             tokenizer = train_tokenizer(questions, tokenizer_vocab_size)
         tokenizer.model_max_length = max_question_length
         answers = AnswerVocab.build(answer_lists, max_size=max_answers)
-        return cls(image_processor, tokenizer, answers, max_question_length)
+        regions = RegionAttributes.build(object_lists)
+        return cls(image_processor, tokenizer, answers, max_question_length, regions)
 
     @property
     def image_size(self) -> int:
@@ -196,6 +207,10 @@ class HybridVQAProcessor:
         self.image_processor.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         self.answers.to_json_file(directory / ANSWERS_FILE)
+        if self.region_attributes is not None:
+            self.region_attributes.to_json_file(directory / REGION_ATTRIBUTES_FILE)
+        else:  # a stale file from an earlier run in this directory would be read back
+            (directory / REGION_ATTRIBUTES_FILE).unlink(missing_ok=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> HybridVQAProcessor:
@@ -207,7 +222,9 @@ class HybridVQAProcessor:
         image_processor = ViTImageProcessor.from_pretrained(directory, local_files_only=True)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
         answers = AnswerVocab.from_json_file(directory / ANSWERS_FILE)
-        return cls(image_processor, tokenizer, answers, tokenizer.model_max_length)
+        regions_file = directory / REGION_ATTRIBUTES_FILE
+        regions = RegionAttributes.from_json_file(regions_file) if regions_file.is_file() else None
+        return cls(image_processor, tokenizer, answers, tokenizer.model_max_length, regions)
 
 
 def open_image(image: dict | Image.Image) -> Image.Image:
@@ -226,10 +243,13 @@ class VQACollator:
     Each distinct image in a batch is decoded and transformed once; ``image_index`` (B,)
     tells the model which image each question is about. The metadata (answers, question
     type, target boxes scaled to the model's input pixels) is what evaluation scores against.
+    With ``region_grid`` (regions per side) and a processor that has region attributes, the
+    inputs also hold ``region_labels`` (U, grid * grid, A): what lies under each region.
     """
 
-    def __init__(self, processor: HybridVQAProcessor) -> None:
+    def __init__(self, processor: HybridVQAProcessor, region_grid: int | None = None) -> None:
         self.processor = processor
+        self.region_grid = region_grid if processor.region_attributes is not None else None
 
     def __call__(self, rows: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         slots: dict[str, int] = {}
@@ -242,6 +262,8 @@ class VQACollator:
         inputs["pixel_values"] = self.processor.images(images)
         inputs["image_index"] = torch.tensor([slots[row["image_path"]] for row in rows])
         inputs["labels"] = self.processor.labels([row["answers"] for row in rows])
+        if self.region_grid is not None:
+            inputs["region_labels"] = self._region_labels(rows, slots, images)
         size = self.processor.image_size
         meta = []
         for row in rows:
@@ -256,3 +278,19 @@ class VQACollator:
                 }
             )
         return inputs, meta
+
+    def _region_labels(
+        self, rows: Sequence[dict], slots: dict[str, int], images: Sequence[Image.Image]
+    ) -> torch.Tensor:
+        """(U, N, A) region labels of each distinct image, from its rows' ``objects_json``."""
+        objects: dict[int, list[dict]] = {}
+        for row in rows:
+            objects.setdefault(slots[row["image_path"]], json.loads(row["objects_json"]))
+        return torch.stack(
+            [
+                self.processor.region_attributes.labels(
+                    objects[slot], images[slot].size, self.region_grid
+                )
+                for slot in range(len(images))
+            ]
+        )

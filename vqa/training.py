@@ -66,6 +66,9 @@ class TrainingArguments:
         max_bad_steps: stop after this many consecutive steps with a non-finite loss or
             gradient (each is skipped with a warning).
         vision_stem: override the preset's ViT stem (``patch`` has no BatchNorm).
+        region_loss_weight: weight of the auxiliary loss that teaches each region the
+            attributes of the object under it, on data whose ``objects`` have attributes (the
+            embedded scenes); 0 turns it off (None: the preset's).
         image_column, question_column, answer_column: column names of a Hugging Face dataset
             (None: the usual names, see ``vqa.data.hub``).
         on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows.
@@ -100,6 +103,7 @@ class TrainingArguments:
     keep_checkpoints: int = 2
     max_bad_steps: int = 5
     vision_stem: str | None = None
+    region_loss_weight: float | None = None
     image_column: str = "image"
     question_column: str = "question"
     answer_column: str | None = None
@@ -125,6 +129,8 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.region_loss_weight is not None and not self.region_loss_weight >= 0:
+            raise ValueError(f"region_loss_weight must be >= 0, got {self.region_loss_weight!r}")
 
     def resolved(self, preset: Preset) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``preset``."""
@@ -181,6 +187,11 @@ def build_model(
     )
     if args.vision_stem is not None:
         fields["vision_stem"] = args.vision_stem
+    fields["region_loss_weight"] = region_loss_weight(preset, args)
+    # The processor has region attributes when the run started with the loss on; a resumed
+    # run keeps the head it was saved with, even with the weight set to 0 now.
+    if processor.region_attributes is not None:
+        fields["region_attributes"] = processor.region_attributes.num_classes
     fields.update(
         image_size=processor.image_size,
         text_vocab_size=len(processor.tokenizer),
@@ -202,6 +213,28 @@ def build_model(
         train_last_blocks=args.train_last_blocks,
     )
     return model
+
+
+def region_loss_weight(preset: Preset, args: TrainingArguments) -> float:
+    """The region attribute loss weight: ``args``' where set, else the preset's (default 0)."""
+    if args.region_loss_weight is not None:
+        return float(args.region_loss_weight)
+    return float(preset.model.get("region_loss_weight", 0.0))
+
+
+def region_objects(rows: Dataset, weight: float) -> list[list[dict]]:
+    """The training rows' objects, once per image, when the region loss is on (weight > 0)."""
+    if weight <= 0:
+        return []
+    per_image: dict[str, str] = {}
+    for path, objects in zip(rows["image_path"], rows["objects_json"], strict=True):
+        per_image.setdefault(path, objects)
+    return [json.loads(objects) for objects in per_image.values()]
+
+
+def region_grid(model: HybridVQAModel) -> int | None:
+    """Regions per side of the patch grid when the model learns region attributes, else None."""
+    return math.isqrt(model.config.num_regions) if model.region_head is not None else None
 
 
 def processor_settings(preset: Preset, args: TrainingArguments) -> dict:
@@ -262,7 +295,14 @@ def save_checkpoint(accelerator: Accelerator, run: Path, state: dict, keep: int)
 
 def epoch_progress() -> dict:
     """What the current epoch has done so far; checkpoints save it for a mid-epoch resume."""
-    return {"batches": 0, "losses": [], "answer_losses": [], "seconds": 0.0, "skipped_steps": 0}
+    return {
+        "batches": 0,
+        "losses": [],
+        "answer_losses": [],
+        "region_losses": [],
+        "seconds": 0.0,
+        "skipped_steps": 0,
+    }
 
 
 def buffer_copies(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -345,6 +385,7 @@ def train(args: TrainingArguments) -> dict:
                 train_rows["question"],
                 train_rows["answers"],
                 max_answers=args.max_answers,
+                object_lists=region_objects(train_rows, region_loss_weight(preset, args)),
                 **processor_settings(preset, args),
             ).save_pretrained(run)
         processor = HybridVQAProcessor.from_pretrained(run)
@@ -359,7 +400,7 @@ def train(args: TrainingArguments) -> dict:
         train_rows,
         batch_size=args.batch_size,
         sampler=sampler,
-        collate_fn=VQACollator(processor),
+        collate_fn=VQACollator(processor, region_grid=region_grid(model)),
         generator=torch.Generator().manual_seed(args.seed),
     )
     groups = parameter_groups(
@@ -414,8 +455,11 @@ def train(args: TrainingArguments) -> dict:
                 output = model(**inputs)
                 accelerator.backward(output.loss)
                 # mean over processes: each process sees the same values, NaN from any of them
-                losses = torch.stack([output.loss, output.answer_loss.mean()]).detach().float()
-                loss, answer_loss = accelerator.reduce(losses, "mean").tolist()
+                region = output.region_loss if output.region_loss is not None else output.loss * 0
+                losses = torch.stack([output.loss, output.answer_loss.mean(), region])
+                loss, answer_loss, region_loss = accelerator.reduce(
+                    losses.detach().float(), "mean"
+                ).tolist()
                 finite_loss = finite_loss and math.isfinite(loss)
                 if accelerator.sync_gradients:
                     applied = apply_update(
@@ -424,6 +468,8 @@ def train(args: TrainingArguments) -> dict:
             progress["batches"] += 1
             progress["losses"].append(loss)
             progress["answer_losses"].append(answer_loss)  # without REINFORCE's term
+            # unweighted; a checkpoint from before this series starts it mid-epoch
+            progress.setdefault("region_losses", []).append(region_loss)
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss:.3f}")
             if not accelerator.sync_gradients:
@@ -448,6 +494,7 @@ def train(args: TrainingArguments) -> dict:
             "train_loss": train_loss,
             "step_losses": progress["losses"],
             "step_answer_losses": progress["answer_losses"],
+            "step_region_losses": progress["region_losses"],
             "skipped_steps": progress["skipped_steps"],
             "train_seconds": train_seconds,
             "train_questions": len(train_rows),

@@ -4,7 +4,9 @@ Every reader returns a ``datasets.DatasetDict`` whose rows have:
 ``image`` ({"path", "bytes"}, decoded lazily), ``image_path`` (str: the image's identity, so
 questions about one image can share its encoding), ``question`` (str), ``answers`` (list[str]:
 one answer, or several human answers), ``question_type`` (str), ``answer_type`` (str),
-``question_id`` (int), ``targets`` (list[int]) and ``target_boxes`` (list of [x0, y0, x1, y1]).
+``question_id`` (int), ``targets`` (list[int]), ``target_boxes`` (list of [x0, y0, x1, y1]) and
+``objects_json`` (str: the row's ``objects`` as JSON, ``[]`` when it has none; their fields vary
+from one dataset to the next, so they are kept as text).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ COMMON_FEATURES = Features(
         "question_id": Value("int64"),
         "targets": List(Value("int64")),
         "target_boxes": List(List(Value("float64"))),
+        "objects_json": Value("string"),
     }
 )
 BAD_IMAGE_CHOICES = ("fail", "skip")
@@ -80,6 +83,19 @@ def check_row(row: object, path: Path, line: int) -> None:
             f"{where}: field 'question_id' must be an integer, got {question_id!r}"
         )
     objects, targets = row.get("objects") or [], row.get("targets") or []
+    if not isinstance(objects, list):
+        raise DatasetFormatError(f"{where}: field 'objects' must be a list, got {objects!r}")
+    for index, obj in enumerate(objects):
+        box = obj.get("box") if isinstance(obj, dict) else None
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        ):
+            raise DatasetFormatError(
+                f"{where}: objects[{index}] must be an object with a 'box' of 4 numbers "
+                f"[x0, y0, x1, y1], got {obj!r}"
+            )
     if not all(isinstance(t, int) and 0 <= t < len(objects) for t in targets):
         raise DatasetFormatError(
             f"{where}: field 'targets' {targets!r} must index into 'objects' ({len(objects)})"
@@ -124,6 +140,7 @@ def to_common_row(row: dict, directory: str) -> dict:
         "question_id": int(row.get("question_id", -1)),
         "targets": targets,
         "target_boxes": [[float(v) for v in objects[t]["box"]] for t in targets],
+        "objects_json": json.dumps(objects),
     }
 
 

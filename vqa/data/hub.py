@@ -115,6 +115,7 @@ def to_common_row(
         "question_id": int(row["question_id"]) if row.get("question_id") is not None else index,
         "targets": [],
         "target_boxes": [],
+        "objects_json": "[]",
     }
 
 

@@ -142,6 +142,7 @@ def common_rows(rows: list[dict]) -> Dataset:
     columns["image_path"] = [row["image"] for row in rows]
     columns["image"] = [{"path": row["image"], "bytes": None} for row in rows]
     columns["targets"] = columns["target_boxes"] = [[] for _ in rows]
+    columns["objects_json"] = ["[]" for _ in rows]
     return Dataset.from_dict(columns, features=COMMON_FEATURES)
 
 
