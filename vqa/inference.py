@@ -79,10 +79,10 @@ def predict(
         raise ValueError("the question is empty")
     saved = (model.fusion.mode, model.fusion.k)
     model.set_fusion(mode=mode, k=k)
+    sees = model.region_head is not None and processor.region_attributes is not None
     try:
         inputs = processor([image], [question])
         start = time.perf_counter()
-        sees = model.region_head is not None and processor.region_attributes is not None
         output = model(**inputs.to(model.device), return_region_logits=sees)
         milliseconds = 1000 * (time.perf_counter() - start)
         used_mode, used_k = model.fusion.mode, model.fusion.k
