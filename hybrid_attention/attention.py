@@ -88,7 +88,10 @@ class HybridAttention(nn.Module):
         k: regions kept per head and query in hard and hybrid modes.
         estimator: gradient estimator of the selection, one of ``ESTIMATORS``.
         tau: temperature of the relaxed softmax used by ``ste`` and ``gumbel``.
-        bias: whether the projections have a bias.
+        bias: whether the query, value and output projections have a bias. The key
+            projection has none: a key bias adds the same q·b to every score of a query,
+            which the softmax and the top-k ignore, so its gradient is rounding noise that
+            Adam would turn into full-size steps.
 
     ``mode``, ``k``, ``estimator`` and ``tau`` can be changed on a trained module.
     """
@@ -117,7 +120,7 @@ class HybridAttention(nn.Module):
         self.query_dim, self.key_dim = query_dim, key_dim
         self.mode, self.k, self.estimator, self.tau = mode, k, estimator, tau
         self.q_proj = nn.Linear(query_dim, dim, bias=bias)
-        self.k_proj = nn.Linear(key_dim, dim, bias=bias)
+        self.k_proj = nn.Linear(key_dim, dim, bias=False)
         self.v_proj = nn.Linear(key_dim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, out_dim or query_dim, bias=bias)
 

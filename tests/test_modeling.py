@@ -143,6 +143,20 @@ def test_fusion_scores_differ_between_regions_from_the_first_step(processor):
     assert model.fusion.q_proj.weight.std() > 0.1  # Glorot for 32 -> 32, not 0.02
 
 
+def test_region_positions_start_as_a_linear_read_out_of_row_and_column(processor):
+    """A sine-cosine embedding: distinct for every region, and a linear map recovers the
+    row and the column of each region exactly (what "left of" and "above" need)."""
+    model = make_model(processor)
+    positions = model.region_position.detach()[0]  # (N, D)
+    assert positions.shape == (16, 32)
+    assert torch.cdist(positions, positions).add(torch.eye(16)).min() > 0.1
+    rows, columns = torch.arange(16) // 4, torch.arange(16) % 4
+    design = torch.cat([positions, torch.ones(16, 1)], dim=1)
+    coordinates = torch.stack([rows, columns], dim=1).float()
+    fit = torch.linalg.lstsq(design, coordinates).solution
+    torch.testing.assert_close(design @ fit, coordinates, atol=1e-3, rtol=0)
+
+
 def test_reinforce_adds_a_policy_term_and_trains_the_scorer(processor):
     model = make_model(processor, fusion_mode="hard", fusion_estimator="reinforce").train()
     output = model(**batch(processor), labels=processor.labels(ANSWERS))
@@ -179,6 +193,7 @@ def test_out_of_vocabulary_answers_are_ignored_by_the_loss(processor):
         ("vision_hidden_size", 0, "'vision_hidden_size' must be a positive integer"),
         ("image_size", 36, "'image_size' \\(36\\) must be a multiple of 'patch_size'"),
         ("dropout", 1.5, "'dropout' must be in"),
+        ("fusion_dim", 30, "'fusion_dim' \\(30\\) must be divisible by 4"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value, message):

@@ -195,7 +195,8 @@ def free_port() -> int:
 def test_two_processes_with_half_batches_match_one_process(dataset, tmp_path):
     # Both runs share one processor (--resume keeps it); the patch stem has no BatchNorm,
     # whose per-process batch statistics would differ from one process's. The processor has
-    # the scenes' region attributes, so the region loss is split over the processes too.
+    # the scenes' region attributes, so the region loss is split over the processes too, and
+    # the tiny preset's pointing loss as well.
     one, two = tmp_path / "one", tmp_path / "two"
     rows = load_local_dataset(dataset, ["train"])["train"]
     objects = [json.loads(text) for text in rows["objects_json"]]
@@ -226,6 +227,8 @@ def test_two_processes_with_half_batches_match_one_process(dataset, tmp_path):
     assert alone["step_losses"] == pytest.approx(shared["step_losses"], abs=1e-5)
     assert alone["step_region_losses"] == pytest.approx(shared["step_region_losses"], abs=1e-5)
     assert min(alone["step_region_losses"]) > 0
+    assert alone["step_pointing_losses"] == pytest.approx(shared["step_pointing_losses"], abs=1e-5)
+    assert min(alone["step_pointing_losses"]) > 0
     assert json.loads((two / "metrics.json").read_text())["processes"] == 2
 
 

@@ -17,10 +17,18 @@ def cache_dir() -> Path:
 
 
 def synthetic_dataset(
-    *, train: int, val: int, test: int, image_size: int, seed: int = 0, progress: bool = True
+    *,
+    train: int,
+    val: int,
+    test: int,
+    image_size: int,
+    questions_per_image: int = 3,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Path:
     """The embedded scene dataset of these sizes, generated on first use and then reused."""
-    name = f"synthetic-v{DATASET_VERSION}-s{image_size}-n{train}-{val}-{test}-seed{seed}"
+    name = f"synthetic-v{DATASET_VERSION}-s{image_size}-n{train}-{val}-{test}"
+    name += f"-q{questions_per_image}-seed{seed}"
     directory = cache_dir() / "datasets" / name
     if not (directory / "dataset_info.json").is_file():
         write_synthetic_dataset(
@@ -29,7 +37,7 @@ def synthetic_dataset(
             val=val,
             test=test,
             seed=seed,
-            config=SyntheticConfig(image_size=image_size),
+            config=SyntheticConfig(image_size=image_size, questions_per_image=questions_per_image),
             overwrite=True,
             progress=progress,
         )
@@ -38,8 +46,8 @@ def synthetic_dataset(
 
 # Bumped when the model's architecture changes, so `vqa demo` trains a new default model
 # instead of loading weights that no longer fit (2: layer-normalised fusion inputs; 3: the
-# region attribute head).
-MODEL_VERSION = 3
+# region attribute head; 4: the pointing loss and sine-cosine region positions).
+MODEL_VERSION = 4
 
 
 def default_model_dir() -> Path:

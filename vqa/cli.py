@@ -113,6 +113,12 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         help="weight of the auxiliary loss that teaches each region the attributes of the "
         "object under it, where the data's objects have attributes (0: off; default: preset's)",
     )
+    train.add_argument(
+        "--pointing-loss-weight",
+        type=float,
+        help="weight of the auxiliary loss that teaches the fusion to look at the objects a "
+        "question is about, where rows have targets (0: off; default: preset's)",
+    )
     add_finetune_arguments(train)
     train.add_argument("--log-with", help="an Accelerate tracker, e.g. tensorboard")
     train.add_argument("--no-progress", action="store_true")
@@ -294,6 +300,7 @@ def run_train(args: argparse.Namespace) -> None:
             max_bad_steps=args.max_bad_steps,
             vision_stem=args.vision_stem,
             region_loss_weight=args.region_loss_weight,
+            pointing_loss_weight=args.pointing_loss_weight,
             **finetune_options(args),
             log_with=args.log_with,
             progress=not args.no_progress,

@@ -16,6 +16,7 @@ NUMBERS = (
     "reinforce_baseline_decay",
     "initializer_range",
     "region_loss_weight",
+    "pointing_loss_weight",
 )
 
 
@@ -41,7 +42,7 @@ class HybridVQAConfig(PreTrainedConfig):
     Fusion:
         fusion_mode, fusion_k, fusion_estimator, fusion_tau, fusion_heads: the
             ``HybridAttention`` settings (mode ``soft|hard|hybrid``).
-        fusion_dim: width of the fusion and reasoning layers.
+        fusion_dim: width of the fusion and reasoning layers (a multiple of 4).
         reasoner_layers: transformer layers over [question tokens; attended; selected regions].
     Head and loss:
         num_answers: size of the answer vocabulary (``id2label`` holds the answers).
@@ -53,6 +54,10 @@ class HybridVQAConfig(PreTrainedConfig):
             ``vqa.data.regions``); None: no such head. Set from the processor by training.
         region_loss_weight: weight of that region attribute loss in the training loss, for
             batches that carry region labels (0: the head is not trained).
+        pointing_loss_weight: weight of the pointing loss, the cross-entropy between the
+            fusion's softmax over all regions and an even spread over the regions of the
+            objects each question is about (its ``targets``), for batches that carry
+            ``target_regions`` (0: off).
     """
 
     model_type = "hybrid_vqa"
@@ -94,6 +99,7 @@ class HybridVQAConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     region_attributes: dict | None = None
     region_loss_weight: float = 0.0
+    pointing_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -158,6 +164,11 @@ class HybridVQAConfig(PreTrainedConfig):
                     f"config field {hidden!r} ({getattr(self, hidden)}) must be divisible by "
                     f"{heads!r} ({getattr(self, heads)})"
                 )
+        if self.fusion_dim % 4:
+            raise ValueError(
+                f"config field 'fusion_dim' ({self.fusion_dim}) must be divisible by 4, for the "
+                "2D sine-cosine position embedding of the regions"
+            )
         layers = self.reasoner_layers
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
             raise ValueError(f"config field 'reasoner_layers' must be an int >= 0, got {layers!r}")
@@ -174,10 +185,9 @@ class HybridVQAConfig(PreTrainedConfig):
                 "config field 'reinforce_baseline_decay' must be in [0, 1), got "
                 f"{self.reinforce_baseline_decay!r}"
             )
-        if not self.region_loss_weight >= 0:
-            raise ValueError(
-                f"config field 'region_loss_weight' must be >= 0, got {self.region_loss_weight!r}"
-            )
+        for name in ("region_loss_weight", "pointing_loss_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"config field {name!r} must be >= 0, got {getattr(self, name)!r}")
         self._check_region_attributes()
         self._check_pretrained()
 

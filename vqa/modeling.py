@@ -8,17 +8,21 @@ question -> BERT -> tokens (B, L, D), CLS query (B, 1, D) -> LayerNorm -> Hybrid
 ```
 With ``region_attributes`` in the config, a linear head also predicts from each vision token
 the attributes of the object under that region (``vqa.data.regions``); training adds that
-loss, weighted by ``region_loss_weight``, when a batch carries ``region_labels``.
+loss, weighted by ``region_loss_weight``, when a batch carries ``region_labels``. With
+``target_regions`` (the regions of the objects a question is about), training adds the pointing
+loss, weighted by ``pointing_loss_weight``: it teaches the fusion scores where to look.
 In hard and hybrid modes the reasoner sees ``fusion_heads * k`` region tokens, in soft mode
 all N: that is where selection saves compute downstream of the encoders.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.layers import build_sincos2d_pos_embed
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -35,6 +39,7 @@ from vqa.configuration import HybridVQAConfig
 from vqa.encoders import build_text_encoder, build_vision_encoder
 
 QUESTION, ATTENDED, REGION = 0, 1, 2  # token types of the reasoner's input
+POSITION_SCALE = 0.6  # of the region position embedding: std about 0.3
 
 
 @dataclass
@@ -50,6 +55,7 @@ class HybridVQAOutput(ModelOutput):
         selected_indices: (B, H, k) selected regions, best first; None in soft mode.
         log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
         region_loss: scalar region attribute loss (when ``region_labels`` were given).
+        pointing_loss: scalar pointing loss (when ``target_regions`` were given).
         region_logits: (U, N, sum of attribute classes) the region head's logits per image
             (when asked for with ``return_region_logits``).
     """
@@ -57,6 +63,7 @@ class HybridVQAOutput(ModelOutput):
     loss: Tensor | None = None
     answer_loss: Tensor | None = None
     region_loss: Tensor | None = None
+    pointing_loss: Tensor | None = None
     region_logits: Tensor | None = None
     logits: Tensor | None = None
     attention_scores: Tensor | None = None
@@ -80,9 +87,23 @@ class HybridVQAPreTrainedModel(PreTrainedModel):
         else:
             super()._init_weights(module)
         if isinstance(module, HybridVQAModel):  # visited after its children
-            nn.init.trunc_normal_(module.region_position, std=self.config.initializer_range)
+            with torch.no_grad():
+                module.region_position.copy_(region_position_init(self.config))
             nn.init.zeros_(module.weight_embedding)
             _init_fusion(module.fusion)
+
+
+def region_position_init(config: HybridVQAConfig) -> Tensor:
+    """(1, N, fusion_dim) 2D sine-cosine embedding of each region's row and column (timm's).
+
+    Added to the regions that the fusion scores and the reasoner reads, so "left of" and
+    "above" are a linear read-out from the first step. A near-zero random init left the
+    positions to the ViT's own embedding: the relation questions then stayed near 0.45
+    after 130k questions, against 0.87 after 53k with this one (scratch runs).
+    """
+    grid = math.isqrt(config.num_regions)
+    embedding = build_sincos2d_pos_embed([grid, grid], dim=config.fusion_dim, temperature=100.0)
+    return POSITION_SCALE * embedding[None]
 
 
 def _init_fusion(attention: HybridAttention) -> None:
@@ -177,6 +198,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         labels: Tensor | None = None,
         image_index: Tensor | None = None,
         region_labels: Tensor | None = None,
+        target_regions: Tensor | None = None,
         return_region_logits: bool = False,
     ) -> HybridVQAOutput:
         """Answer B questions about U images.
@@ -190,6 +212,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 images (then U < B and every image is encoded once); default: image i.
             region_labels: (U, N, A) class ids of the object under each region of each image
                 (``vqa.data.regions``; -100 = ignore), for the region attribute loss.
+            target_regions: (B, N) 1 for the regions of the objects each question is about,
+                else 0 (``vqa.data.regions.target_regions``), for the pointing loss.
             return_region_logits: also return what the region head predicts for every region
                 (models with ``region_attributes`` only).
         """
@@ -216,6 +240,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             output.region_logits = self.region_head(features)
         if region_labels is not None and self.region_head is not None:
             output.region_loss = self.region_loss(features, region_labels, image_index)
+        if target_regions is not None:
+            output.pointing_loss = pointing_loss(output.attention_scores, target_regions)
         if labels is not None:
             output.answer_loss = answer_loss(logits, labels)
             output.loss = self._training_loss(output)
@@ -284,10 +310,12 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         return tokens, ~visible
 
     def _training_loss(self, output: HybridVQAOutput) -> Tensor:
-        """Mean answer loss, plus the region attribute loss and the REINFORCE term."""
+        """Mean answer loss, plus the region attribute, pointing and REINFORCE terms."""
         loss = output.answer_loss.mean()
         if output.region_loss is not None:
             loss = loss + self.config.region_loss_weight * output.region_loss
+        if output.pointing_loss is not None:
+            loss = loss + self.config.pointing_loss_weight * output.pointing_loss
         if output.log_prob is None:
             return loss
         reward = -output.answer_loss.detach()  # (B,)
@@ -311,6 +339,23 @@ def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
         bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
         return bce.sum(-1)
     return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+
+
+def pointing_loss(scores: Tensor, target_regions: Tensor) -> Tensor:
+    """Cross-entropy between the softmax of the fusion scores over all N regions and an even
+    spread over each question's target regions, averaged over heads and questions.
+
+    Questions without targets cost 0 and still count in the mean over the batch, so a batch
+    split over processes averages to the same value.
+
+    Args:
+        scores: (B, H, N) fusion scores before selection.
+        target_regions: (B, N) 1 for a target region, 0 elsewhere.
+    """
+    target = target_regions.float()
+    target = target / target.sum(-1, keepdim=True).clamp_min(1)  # (B, N), rows sum to 1 or 0
+    log_probs = torch.log_softmax(scores.float(), dim=-1)  # (B, H, N)
+    return -(target[:, None] * log_probs).sum(-1).mean(1).mean()
 
 
 AutoConfig.register(HybridVQAConfig.model_type, HybridVQAConfig)

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from vqa.data.answers import AnswerVocab, soft_scores
-from vqa.data.regions import RegionAttributes
+from vqa.data.regions import RegionAttributes, target_regions
 
 ANSWERS_FILE = "answers.json"
 REGION_ATTRIBUTES_FILE = "region_attributes.json"
@@ -244,12 +244,20 @@ class VQACollator:
     tells the model which image each question is about. The metadata (answers, question
     type, target boxes scaled to the model's input pixels) is what evaluation scores against.
     With ``region_grid`` (regions per side) and a processor that has region attributes, the
-    inputs also hold ``region_labels`` (U, grid * grid, A): what lies under each region.
+    inputs also hold ``region_labels`` (U, grid * grid, A): what lies under each region. With
+    ``target_grid``, they hold ``target_regions`` (B, grid * grid): the regions of the objects
+    each question is about (none for a row without ``target_boxes``).
     """
 
-    def __init__(self, processor: HybridVQAProcessor, region_grid: int | None = None) -> None:
+    def __init__(
+        self,
+        processor: HybridVQAProcessor,
+        region_grid: int | None = None,
+        target_grid: int | None = None,
+    ) -> None:
         self.processor = processor
         self.region_grid = region_grid if processor.region_attributes is not None else None
+        self.target_grid = target_grid
 
     def __call__(self, rows: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
         slots: dict[str, int] = {}
@@ -264,6 +272,15 @@ class VQACollator:
         inputs["labels"] = self.processor.labels([row["answers"] for row in rows])
         if self.region_grid is not None:
             inputs["region_labels"] = self._region_labels(rows, slots, images)
+        if self.target_grid is not None:
+            inputs["target_regions"] = torch.stack(
+                [
+                    target_regions(
+                        row["target_boxes"], images[slots[row["image_path"]]].size, self.target_grid
+                    )
+                    for row in rows
+                ]
+            )
         size = self.processor.image_size
         meta = []
         for row in rows:

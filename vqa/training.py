@@ -69,6 +69,9 @@ class TrainingArguments:
         region_loss_weight: weight of the auxiliary loss that teaches each region the
             attributes of the object under it, on data whose ``objects`` have attributes (the
             embedded scenes); 0 turns it off (None: the preset's).
+        pointing_loss_weight: weight of the loss that teaches the fusion scores to look at
+            the objects each question is about, on rows with ``targets``; 0 turns it off
+            (None: the preset's).
         image_column, question_column, answer_column: column names of a Hugging Face dataset
             (None: the usual names, see ``vqa.data.hub``).
         on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows.
@@ -104,6 +107,7 @@ class TrainingArguments:
     max_bad_steps: int = 5
     vision_stem: str | None = None
     region_loss_weight: float | None = None
+    pointing_loss_weight: float | None = None
     image_column: str = "image"
     question_column: str = "question"
     answer_column: str | None = None
@@ -129,8 +133,10 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.region_loss_weight is not None and not self.region_loss_weight >= 0:
-            raise ValueError(f"region_loss_weight must be >= 0, got {self.region_loss_weight!r}")
+        for name in ("region_loss_weight", "pointing_loss_weight"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
 
     def resolved(self, preset: Preset) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``preset``."""
@@ -187,7 +193,8 @@ def build_model(
     )
     if args.vision_stem is not None:
         fields["vision_stem"] = args.vision_stem
-    fields["region_loss_weight"] = region_loss_weight(preset, args)
+    for name in ("region_loss_weight", "pointing_loss_weight"):
+        fields[name] = loss_weight(name, preset, args)
     # The processor has region attributes when the run started with the loss on; a resumed
     # run keeps the head it was saved with, even with the weight set to 0 now.
     if processor.region_attributes is not None:
@@ -215,11 +222,11 @@ def build_model(
     return model
 
 
-def region_loss_weight(preset: Preset, args: TrainingArguments) -> float:
-    """The region attribute loss weight: ``args``' where set, else the preset's (default 0)."""
-    if args.region_loss_weight is not None:
-        return float(args.region_loss_weight)
-    return float(preset.model.get("region_loss_weight", 0.0))
+def loss_weight(name: str, preset: Preset, args: TrainingArguments) -> float:
+    """An auxiliary loss weight (``region_loss_weight`` or ``pointing_loss_weight``): ``args``'
+    where set, else the preset's (default 0)."""
+    value = getattr(args, name)
+    return float(preset.model.get(name, 0.0) if value is None else value)
 
 
 def region_objects(rows: Dataset, weight: float) -> list[list[dict]]:
@@ -235,6 +242,11 @@ def region_objects(rows: Dataset, weight: float) -> list[list[dict]]:
 def region_grid(model: HybridVQAModel) -> int | None:
     """Regions per side of the patch grid when the model learns region attributes, else None."""
     return math.isqrt(model.config.num_regions) if model.region_head is not None else None
+
+
+def target_grid(model: HybridVQAModel) -> int | None:
+    """Regions per side of the patch grid when the model learns to point, else None."""
+    return math.isqrt(model.config.num_regions) if model.config.pointing_loss_weight else None
 
 
 def processor_settings(preset: Preset, args: TrainingArguments) -> dict:
@@ -300,6 +312,7 @@ def epoch_progress() -> dict:
         "losses": [],
         "answer_losses": [],
         "region_losses": [],
+        "pointing_losses": [],
         "seconds": 0.0,
         "skipped_steps": 0,
     }
@@ -385,7 +398,9 @@ def train(args: TrainingArguments) -> dict:
                 train_rows["question"],
                 train_rows["answers"],
                 max_answers=args.max_answers,
-                object_lists=region_objects(train_rows, region_loss_weight(preset, args)),
+                object_lists=region_objects(
+                    train_rows, loss_weight("region_loss_weight", preset, args)
+                ),
                 **processor_settings(preset, args),
             ).save_pretrained(run)
         processor = HybridVQAProcessor.from_pretrained(run)
@@ -400,7 +415,9 @@ def train(args: TrainingArguments) -> dict:
         train_rows,
         batch_size=args.batch_size,
         sampler=sampler,
-        collate_fn=VQACollator(processor, region_grid=region_grid(model)),
+        collate_fn=VQACollator(
+            processor, region_grid=region_grid(model), target_grid=target_grid(model)
+        ),
         generator=torch.Generator().manual_seed(args.seed),
     )
     groups = parameter_groups(
@@ -455,9 +472,14 @@ def train(args: TrainingArguments) -> dict:
                 output = model(**inputs)
                 accelerator.backward(output.loss)
                 # mean over processes: each process sees the same values, NaN from any of them
-                region = output.region_loss if output.region_loss is not None else output.loss * 0
-                losses = torch.stack([output.loss, output.answer_loss.mean(), region])
-                loss, answer_loss, region_loss = accelerator.reduce(
+                losses = torch.stack(
+                    [output.loss, output.answer_loss.mean()]
+                    + [
+                        output.loss * 0 if part is None else part
+                        for part in (output.region_loss, output.pointing_loss)
+                    ]
+                )
+                loss, answer_loss, region_loss, pointing_loss = accelerator.reduce(
                     losses.detach().float(), "mean"
                 ).tolist()
                 finite_loss = finite_loss and math.isfinite(loss)
@@ -470,6 +492,7 @@ def train(args: TrainingArguments) -> dict:
             progress["answer_losses"].append(answer_loss)  # without REINFORCE's term
             # unweighted; a checkpoint from before this series starts it mid-epoch
             progress.setdefault("region_losses", []).append(region_loss)
+            progress.setdefault("pointing_losses", []).append(pointing_loss)
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss:.3f}")
             if not accelerator.sync_gradients:
@@ -495,6 +518,7 @@ def train(args: TrainingArguments) -> dict:
             "step_losses": progress["losses"],
             "step_answer_losses": progress["answer_losses"],
             "step_region_losses": progress["region_losses"],
+            "step_pointing_losses": progress["pointing_losses"],
             "skipped_steps": progress["skipped_steps"],
             "train_seconds": train_seconds,
             "train_questions": len(train_rows),
