@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,20 @@ def test_ablate_parser_reads_comma_separated_lists():
     )
     with pytest.raises(SystemExit):
         parser.parse_args(["ablate", "--out", "o", "--k", "4,eight"])
+
+
+def test_the_report_says_the_runs_were_told_where_to_look(ablation):
+    out, _ = ablation  # the tiny preset trains with the pointing loss
+    assert "trained with the pointing loss (weight 1)" in (out / REPORT_FILE).read_text()
+    config = json.loads((out / "runs" / "soft-seed0" / "config.json").read_text())
+    assert config["pointing_loss_weight"] == 1.0
+
+
+def test_pointing_loss_weight_zero_trains_every_run_without_it(dataset, tmp_path):
+    args = tiny_grid(tmp_path, dataset, modes=["soft"], pointing_loss_weight=0.0)
+    run_ablation(args)
+    config = json.loads((tmp_path / "runs" / "soft-seed0" / "config.json").read_text())
+    assert config["pointing_loss_weight"] == 0.0
+    assert "pointing loss" not in (tmp_path / REPORT_FILE).read_text()
+    with pytest.raises(ValueError, match=r"pointing_loss_weight was None, now 2\.0"):
+        run_ablation(dataclasses.replace(args, pointing_loss_weight=2.0, resume=True))

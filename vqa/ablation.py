@@ -160,6 +160,9 @@ class AblationArguments:
         modes, k, estimators, seeds: the grid. Estimators and k apply to hard and hybrid
             runs; soft runs once per seed.
         epochs: training epochs of every run.
+        pointing_loss_weight: weight of the pointing loss in every run (None: the preset's,
+            0 in ``quick`` and ``full``, so that pointing accuracy measures where each mode
+            learns to look from the answers alone).
         resume: skip the runs already in ``results.csv`` and finish a half-trained run.
         progress: show the overall progress bar and each run's own bars.
         grad_repeats: passes R of the score-gradient measurements.
@@ -174,6 +177,7 @@ class AblationArguments:
     estimators: Sequence[str] | None = None
     seeds: Sequence[int] | None = None
     epochs: int | None = None
+    pointing_loss_weight: float | None = None
     resume: bool = False
     progress: bool = True
     grad_repeats: int = 8
@@ -288,6 +292,8 @@ def run_ablation(args: AblationArguments) -> Path:
         "preset": args.preset,
         "epochs": args.epochs or preset.training["epochs"],
     }
+    if pointing_weight(preset, args) > 0:  # absent: no pointing loss, as in earlier ablations
+        settings["pointing_loss_weight"] = pointing_weight(preset, args)
     check_settings(out, settings, args.resume)
     data_dir = resolve_data_dir(args.data, preset, args.progress)
     split = evaluation_split(data_dir)
@@ -316,6 +322,13 @@ def run_ablation(args: AblationArguments) -> Path:
             bar.update()
     write_outputs(out, splits[split])
     return out
+
+
+def pointing_weight(preset: Preset, args: AblationArguments) -> float:
+    """The pointing loss weight of every run: ``args``' where set, else the preset's."""
+    if args.pointing_loss_weight is not None:
+        return float(args.pointing_loss_weight)
+    return float(preset.model.get("pointing_loss_weight", 0.0))
 
 
 def check_settings(out: Path, settings: dict, resume: bool) -> None:
@@ -415,6 +428,7 @@ def measure_run(
             k=spec.k if selective else None,
             estimator=spec.estimator if selective else None,
             epochs=args.epochs,
+            pointing_loss_weight=args.pointing_loss_weight,
             seed=spec.seed,
             resume=args.resume and (run_dir / CHECKPOINT_DIR).is_dir(),
             progress=args.progress,
@@ -890,6 +904,13 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
         "A difference within the seed spread is a *tie* (see the end of this page).",
         "",
     ]
+    if settings.get("pointing_loss_weight"):
+        lines += [
+            f"Every run was trained with the pointing loss (weight "
+            f"{settings['pointing_loss_weight']:g}): the fusion was told where to look, so "
+            "pointing accuracy measures how well each mode follows that supervision.",
+            "",
+        ]
     if "blind_accuracy" in settings and stats:
         best = max(stats, key=lambda entry: entry["accuracy"][0])
         mean, std = best["accuracy"]
@@ -1251,6 +1272,11 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
     ablate.add_argument("--seeds", type=integer_list, help="e.g. 0,1,2")
     ablate.add_argument("--epochs", type=int, help="per run (default: the preset's)")
     ablate.add_argument(
+        "--pointing-loss-weight",
+        type=float,
+        help="supervise where every run looks (default: the preset's, 0 in quick and full)",
+    )
+    ablate.add_argument(
         "--preset", default="quick", help="quick (2-core CPU, 20 min) | full (GPU) | tiny"
     )
     ablate.add_argument("--out", required=True, help="output directory")
@@ -1273,6 +1299,7 @@ def run_ablate(args: argparse.Namespace) -> None:
             estimators=args.estimators,
             seeds=args.seeds,
             epochs=args.epochs,
+            pointing_loss_weight=args.pointing_loss_weight,
             resume=args.resume,
             progress=not args.no_progress,
         )
