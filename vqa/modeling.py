@@ -96,7 +96,7 @@ class HybridVQAPreTrainedModel(PreTrainedModel):
 def region_position_init(config: HybridVQAConfig) -> Tensor:
     """(1, N, fusion_dim) 2D sine-cosine embedding of each region's row and column (timm's).
 
-    Added to the regions that the fusion scores and the reasoner reads, so "left of" and
+    Added to the regions that the fusion scores and the reasoner read, so "left of" and
     "above" are a linear read-out from the first step. A near-zero random init left the
     positions to the ViT's own embedding: the relation questions then stayed near 0.45
     after 130k questions, against 0.87 after 53k with this one (scratch runs).
