@@ -212,3 +212,10 @@ def test_pointing_loss_weight_zero_trains_every_run_without_it(dataset, tmp_path
     assert "pointing loss" not in (tmp_path / REPORT_FILE).read_text()
     with pytest.raises(ValueError, match=r"pointing_loss_weight was None, now 2\.0"):
         run_ablation(dataclasses.replace(args, pointing_loss_weight=2.0, resume=True))
+
+
+def test_a_negative_pointing_loss_weight_is_refused_before_anything_is_written(dataset, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"pointing_loss_weight must be >= 0, got -1\.0"):
+        run_ablation(tiny_grid(out, dataset, modes=["soft"], pointing_loss_weight=-1.0))
+    assert not out.exists()

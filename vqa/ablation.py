@@ -275,7 +275,7 @@ def run_ablation(args: AblationArguments) -> Path:
     from tqdm.auto import tqdm
 
     from vqa.data.formats import load_local_dataset
-    from vqa.training import resolve_data_dir
+    from vqa.training import loss_weight, resolve_data_dir
 
     specs = grid(args)
     out = Path(args.out)
@@ -292,8 +292,11 @@ def run_ablation(args: AblationArguments) -> Path:
         "preset": args.preset,
         "epochs": args.epochs or preset.training["epochs"],
     }
-    if pointing_weight(preset, args) > 0:  # absent: no pointing loss, as in earlier ablations
-        settings["pointing_loss_weight"] = pointing_weight(preset, args)
+    pointing = loss_weight("pointing_loss_weight", preset, args)
+    if pointing < 0:
+        raise ValueError(f"pointing_loss_weight must be >= 0, got {pointing!r}")
+    if pointing > 0:  # absent: no pointing loss, as in earlier ablations
+        settings["pointing_loss_weight"] = pointing
     check_settings(out, settings, args.resume)
     data_dir = resolve_data_dir(args.data, preset, args.progress)
     split = evaluation_split(data_dir)
@@ -322,13 +325,6 @@ def run_ablation(args: AblationArguments) -> Path:
             bar.update()
     write_outputs(out, splits[split])
     return out
-
-
-def pointing_weight(preset: Preset, args: AblationArguments) -> float:
-    """The pointing loss weight of every run: ``args``' where set, else the preset's."""
-    if args.pointing_loss_weight is not None:
-        return float(args.pointing_loss_weight)
-    return float(preset.model.get("pointing_loss_weight", 0.0))
 
 
 def check_settings(out: Path, settings: dict, resume: bool) -> None:

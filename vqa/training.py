@@ -222,9 +222,10 @@ def build_model(
     return model
 
 
-def loss_weight(name: str, preset: Preset, args: TrainingArguments) -> float:
-    """An auxiliary loss weight (``region_loss_weight`` or ``pointing_loss_weight``): ``args``'
-    where set, else the preset's (default 0)."""
+def loss_weight(name: str, preset: Preset, args: object) -> float:
+    """An auxiliary loss weight (``region_loss_weight`` or ``pointing_loss_weight``): that field
+    of ``args`` (``TrainingArguments``, ``AblationArguments``) where set, else the preset's
+    (default 0)."""
     value = getattr(args, name)
     return float(preset.model.get(name, 0.0) if value is None else value)
 
