@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqa.data import synthetic
 from vqa.data.synthetic import (
     BACKGROUND_RGB,
+    COLOUR_RGB,
     COLOURS,
+    DATASET_VERSION,
     QUESTION_TYPES,
     SHAPES,
     SIZES,
@@ -32,6 +33,7 @@ from vqa.data.synthetic import (
     majority_baseline,
     render_scene,
     write_synthetic_dataset,
+    writer,
 )
 
 SMALL = {"train": 40, "val": 12, "test": 12}
@@ -291,7 +293,7 @@ def test_objects_are_drawn_in_their_colour(dataset: tuple[Path, dict], rows: lis
         for obj in row["objects"]:
             x0, y0, x1, y1 = obj["box"]
             centre = pixels[(y0 + y1) // 2 + 1, (x0 + x1) // 2]  # inside every shape
-            distance = np.abs(centre - synthetic.COLOUR_RGB[obj["colour"]]).max()
+            distance = np.abs(centre - COLOUR_RGB[obj["colour"]]).max()
             assert distance < 40, (obj, centre)
 
 
@@ -301,7 +303,7 @@ def test_dataset_info_records_parameters_counts_and_baselines(
     out, info = dataset
     assert json.loads((out / "dataset_info.json").read_text()) == info
     assert info["seed"] == 3 and info["config"]["image_size"] == 64
-    assert info["version"] == synthetic.DATASET_VERSION
+    assert info["version"] == DATASET_VERSION
     for split, n_images in SMALL.items():
         split_rows = [r for r in rows if r["image_id"].startswith(f"{split}/")]
         assert info["splits"][split]["images"] == n_images
@@ -329,11 +331,32 @@ def test_targets_recomputed_from_objects(many_questions: list[dict], family: str
         assert recompute(question, 64)[1] == question["targets"], question
 
 
-def test_checker_catches_a_wrong_answer(many_questions: list[dict]) -> None:
-    for family in QUESTION_TYPES:
-        question = next(q for q in many_questions if q["question_type"] == family)
-        wrong = next(a for a in answer_space()[family] if a != question["answer"])
-        assert recompute({**question, "answer": wrong}, 64)[0] != wrong
+# A small red circle on the left and a large blue square on the right, 40 px apart.
+HAND_WORKED_OBJECTS = [
+    {"box": [4, 24, 14, 34], "shape": "circle", "colour": "red", "size": "small"},
+    {"box": [40, 20, 58, 38], "shape": "square", "colour": "blue", "size": "large"},
+]
+
+
+@pytest.mark.parametrize(
+    ("family", "question", "wrong", "right", "targets"),
+    [
+        ("colour", "what colour is the circle?", "blue", "red", [0]),
+        ("shape", "what shape is the blue object?", "circle", "square", [1]),
+        ("exist", "is there a green object?", "yes", "no", []),
+        ("count", "how many objects are there?", "1", "2", [0, 1]),
+        ("relate", "what colour is the object right of the circle?", "red", "blue", [0, 1]),
+        ("compare", "is the circle the same size as the square?", "yes", "no", [0, 1]),
+    ],
+)
+def test_checker_catches_a_wrong_answer(
+    family: str, question: str, wrong: str, right: str, targets: list[int]
+) -> None:
+    """On a scene worked out by hand, the checker rejects a wrong answer and gives the right one."""
+    row = {"question_type": family, "question": question, "answer": wrong}
+    recomputed = recompute({**row, "objects": HAND_WORKED_OBJECTS}, 64)
+    assert recomputed[0] != row["answer"]
+    assert recomputed == (right, targets)
 
 
 def test_written_rows_answers_recomputed_from_objects(rows: list[dict]) -> None:
@@ -397,10 +420,13 @@ def test_answers_are_level_within_each_wording(many_questions: list[dict]) -> No
             r"what (colour|shape) is the object", "what <asked> is the object", wording
         )
         by_wording.setdefault((q["question_type"], wording), []).append(q["answer"])
+    checked = set()
     for (family, wording), answers in by_wording.items():
         if len(answers) >= 60 and family != "relate":
             top = max(answers.count(a) for a in set(answers)) / len(answers)
             assert top <= 1.5 / len(answer_space()[family]), (wording, top)
+            checked.add(family)
+    assert checked == set(QUESTION_TYPES) - {"relate"}, "too few questions to check a family"
 
 
 def test_majority_baseline_counts_commonest_answer_per_family() -> None:
@@ -434,10 +460,10 @@ def test_other_seed_gives_other_data(tmp_path: Path) -> None:
 
 def test_splits_differ(rows: list[dict]) -> None:
     first = {
-        split: [r["question"] for r in rows if r["image_id"].startswith(f"{split}/")][:10]
+        split: tuple(r["question"] for r in rows if r["image_id"].startswith(f"{split}/"))[:10]
         for split in SMALL
     }
-    assert first["train"] != first["val"] != first["test"]
+    assert len(set(first.values())) == len(SMALL)
 
 
 def test_zero_noise_leaves_background_exact() -> None:
@@ -485,7 +511,7 @@ def test_crash_leaves_no_partial_dataset(tmp_path: Path, monkeypatch: pytest.Mon
         rendered.append(1)
         return Image.new("RGB", (64, 64))
 
-    monkeypatch.setattr(synthetic, "render_scene", render_then_crash)
+    monkeypatch.setattr(writer, "render_scene", render_then_crash)
     with pytest.raises(RuntimeError, match="crash"):
         write_synthetic_dataset(tmp_path / "d", train=10, val=0, test=0, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -500,7 +526,7 @@ def test_crash_while_overwriting_keeps_old_dataset(
     def crash(*args: object) -> Image.Image:
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic, "render_scene", crash)
+    monkeypatch.setattr(writer, "render_scene", crash)
     with pytest.raises(OSError, match="disk full"):
         write_synthetic_dataset(
             tmp_path / "d", train=4, val=0, test=0, overwrite=True, progress=False
