@@ -1,4 +1,5 @@
-"""`vqa ablate`: the grid end to end, FLOP counting, the table's aggregation, resume."""
+"""`vqa ablate`: the grid end to end, FLOP counting, the table's aggregation, resume, the
+statistical tests and verdicts of the report, and the data that each plot draws."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -16,16 +19,27 @@ from vqa.ablation import (
     PLOT_FILES,
     REPORT_FILE,
     RESULTS_FILE,
+    RUNS_DIR,
     TABLE_FILE,
     AblationArguments,
-    add_ablate_parser,
+    aggregate,
     count_flops,
     grid,
+    plot_accuracy_vs_flops,
+    plot_accuracy_vs_k,
+    plot_attention_gallery,
+    plot_pointing,
+    plot_training_curves,
     read_results,
     run_ablation,
     summarise,
+    variance_test,
+    welch_test,
+    write_report,
 )
+from vqa.cli import add_ablate_parser
 from vqa.configuration import HybridVQAConfig
+from vqa.data.formats import load_local_dataset
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from vqa.modeling import HybridVQAModel
 from vqa.presets import get_preset
@@ -53,7 +67,8 @@ COLUMNS = (
 
 
 def tiny_grid(out: Path, data: Path, **overrides) -> AblationArguments:
-    """Arguments of a fast ablation on the tiny preset: 1 epoch per run, no progress bars."""
+    """Arguments of a fast ablation on the tiny preset: 1 epoch per run, 2 gradient passes per
+    noise measurement (the fewest that give a variance), no progress bars."""
     values = {
         "modes": ["soft", "hard", "hybrid"],
         "k": [4],
@@ -62,7 +77,13 @@ def tiny_grid(out: Path, data: Path, **overrides) -> AblationArguments:
         **overrides,
     }
     return AblationArguments(
-        out=str(out), data=str(data), preset="tiny", epochs=1, progress=False, **values
+        out=str(out),
+        data=str(data),
+        preset="tiny",
+        epochs=1,
+        progress=False,
+        grad_repeats=2,
+        **values,
     )
 
 
@@ -101,6 +122,27 @@ def test_table_report_and_plots_are_written(ablation):
         assert (out / name).read_text().startswith("# "), name
     for name in PLOT_FILES.values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_settings_record_the_machine(ablation):
+    out, _ = ablation
+    machine = json.loads((out / "ablation.json").read_text())["machine"]
+    assert {"device", "device_name", "cores", "threads", "matmul_gflops"} <= machine.keys()
+    assert f"fp32 matmul {machine['matmul_gflops']} GFLOP/s" in (out / REPORT_FILE).read_text()
+
+
+def test_gallery_shows_each_modes_weights_over_the_regions(ablation, dataset, tmp_path):
+    out, _ = ablation
+    stats = aggregate(read_results(out / RESULTS_FILE))
+    rows = load_local_dataset(dataset, ["test"])["test"]
+    figure = plot_attention_gallery(stats, out / RUNS_DIR, rows, tmp_path / "gallery.png")
+    cells = [ax for ax in figure.axes if ax.images]  # the colour bar has no image
+    columns = len({ax.get_title().split("\n")[0] for ax in cells})
+    assert columns == 3  # soft, hard and hybrid: each mode's most accurate configuration
+    for ax in cells:
+        weights = ax.images[1].get_array()  # over the scene image: (side, side) region weights
+        assert weights.shape == (4, 4)  # the tiny preset's N = 16 regions
+        assert float(weights.sum()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_fusion_flops_of_hard_and_hybrid_are_below_soft_when_k_is_below_n():
@@ -219,3 +261,236 @@ def test_a_negative_pointing_loss_weight_is_refused_before_anything_is_written(d
     with pytest.raises(ValueError, match=r"pointing_loss_weight must be >= 0, got -1\.0"):
         run_ablation(tiny_grid(out, dataset, modes=["soft"], pointing_loss_weight=-1.0))
     assert not out.exists()
+
+
+def write_results(path: Path, configurations: dict[tuple, dict[str, list[float]]]) -> Path:
+    """Write a results.csv with one row per seed from ``{(mode, k, estimator): {column:
+    per-seed values}}``."""
+    rows = []
+    for (mode, k, estimator), columns in configurations.items():
+        seeds = len(next(iter(columns.values())))
+        for seed in range(seeds):
+            name = f"soft-seed{seed}" if mode == "soft" else f"{mode}-k{k}-{estimator}-seed{seed}"
+            row = {"name": name, "mode": mode, "k": k, "estimator": estimator, "seed": seed}
+            rows.append(row | {column: values[seed] for column, values in columns.items()})
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(c for r in rows for c in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+# Per-seed values of a constructed ablation: hard is clearly less accurate than soft and
+# points worse (against the claim); hybrid overlaps soft; FLOPs do not depend on the seed.
+CONSTRUCTED = {
+    ("soft", 16, "-"): {
+        "accuracy": [0.60, 0.62, 0.61],
+        "pointing_accuracy": [0.50, 0.52, 0.51],
+        "fusion_flops": [2e6, 2e6, 2e6],
+        "total_flops": [5e6, 5e6, 5e6],
+    },
+    ("hard", 4, "ste"): {
+        "accuracy": [0.40, 0.42, 0.41],
+        "pointing_accuracy": [0.10, 0.12, 0.11],
+        "fusion_flops": [1e6, 1e6, 1e6],
+        "total_flops": [4e6, 4e6, 4e6],
+    },
+    ("hard", 8, "ste"): {
+        "accuracy": [0.45, 0.47, 0.46],
+        "pointing_accuracy": [0.20, 0.22, 0.21],
+        "fusion_flops": [1.5e6, 1.5e6, 1.5e6],
+        "total_flops": [4.5e6, 4.5e6, 4.5e6],
+    },
+    ("hybrid", 4, "ste"): {
+        "accuracy": [0.55, 0.65, 0.60],
+        "pointing_accuracy": [0.45, 0.55, 0.50],
+        "fusion_flops": [1e6, 1e6, 1e6],
+        "total_flops": [4e6, 4e6, 4e6],
+    },
+    ("hybrid", 8, "ste"): {
+        "accuracy": [0.58, 0.62, 0.60],
+        "pointing_accuracy": [0.48, 0.56, 0.52],
+        "fusion_flops": [1.5e6, 1.5e6, 1.5e6],
+        "total_flops": [4.5e6, 4.5e6, 4.5e6],
+    },
+}
+SETTINGS = {
+    "data": "synthetic",
+    "preset": "tiny",
+    "epochs": 1,
+    "split": "test",
+    "blind_accuracy": 0.30,
+    "machine": {"device_name": "Test CPU", "cores": 2, "threads": 2, "matmul_gflops": 12.5},
+}
+
+
+def section(report: str, title: str) -> str:
+    """The text of report.md under ``## title``, up to the next heading."""
+    return report.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_welch_test_finds_clearly_different_means():
+    difference = welch_test([0.40, 0.42, 0.41], [0.60, 0.62, 0.61])
+    assert difference.direction == "lower"
+    assert difference.p_value < 0.05
+
+
+def test_welch_test_calls_overlapping_samples_a_tie():
+    difference = welch_test([0.55, 0.65, 0.60], [0.60, 0.62, 0.61])
+    assert difference.direction == "tie"
+    assert difference.p_value > 0.5
+
+
+def test_welch_test_is_not_run_with_one_seed():
+    difference = welch_test([0.9], [0.1, 0.2])
+    assert difference.direction == "not tested"
+    assert math.isnan(difference.p_value)
+
+
+def test_welch_test_decides_constant_samples_exactly():
+    assert welch_test([1e6, 1e6], [2e6, 2e6]).direction == "lower"
+    assert welch_test([1e6, 1e6], [1e6, 1e6]).direction == "tie"
+
+
+def test_variance_test_finds_a_larger_spread_over_seeds():
+    wide, narrow = [0.1, 0.9, 0.3, 0.7, 0.5], [0.50, 0.51, 0.49, 0.50, 0.505]
+    assert variance_test(wide, narrow).direction == "higher"
+    assert variance_test(narrow, narrow).direction == "tie"
+    assert variance_test(wide, [0.5]).direction == "not tested"
+
+
+@pytest.fixture
+def report(tmp_path) -> str:
+    """report.md of the constructed ablation (3 seeds per configuration)."""
+    results = write_results(tmp_path / RESULTS_FILE, CONSTRUCTED)
+    return write_report(results, tmp_path / REPORT_FILE, SETTINGS)
+
+
+def test_report_names_its_tests_and_the_machine(report):
+    introduction = report.split("\n## ")[0]
+    assert "Means are compared with Welch's t-test" in introduction
+    assert "Test CPU (2 cores, torch threads: 2; fp32 matmul 12.5 GFLOP/s)" in introduction
+    assert "It beats the baseline by 0.310 (one-sample t-test, p = " in introduction
+
+
+def test_report_holds_for_flops_that_are_lower_at_every_seed(report):
+    compute = section(report, "Compute")
+    assert "**Verdict: holds**" in compute
+    row = "| hard k=4 ste vs soft | fusion MFLOP/q | 1.000 ± 0.000 | 2.000 ± 0.000 | lower | 0 |"
+    assert row in compute  # constant over seeds: p = 0
+
+
+def test_report_holds_for_a_significant_difference_and_ties_equal_spreads(report):
+    accuracy = section(report, "Accuracy")
+    assert "| hard is less accurate (accuracy) | holds | 2 | 0 | 0 | 0 |" in accuracy
+    # the same std (0.01) everywhere: the F-test finds no difference in stability
+    row = "| hard is less stable over seeds (std of accuracy) | inconclusive | 0 | 2 | 0 | 0 |"
+    assert row in accuracy
+    assert "**Verdict: mixed**" in accuracy
+
+
+def test_report_lists_a_significant_difference_against_the_claim(report):
+    interpretability = section(report, "Interpretability")
+    assert "**Verdict: contradicted**" in interpretability
+    line = "- hard k=4 ste vs soft: pointing 0.110 ± 0.010 vs 0.510 ± 0.010 (claimed: higher; p = "
+    assert line in interpretability
+
+
+def test_report_counts_overlapping_accuracies_as_ties_that_hold_for_not_lower(report):
+    hybrid = section(report, "Hybrid")
+    assert "| hybrid is as accurate as soft | holds | 0 | 2 | 0 | 0 |" in hybrid
+
+
+def test_report_with_one_seed_tests_nothing(tmp_path):
+    one_seed = {
+        config: {column: values[:1] for column, values in columns.items()}
+        for config, columns in CONSTRUCTED.items()
+    }
+    results = write_results(tmp_path / RESULTS_FILE, one_seed)
+    report = write_report(results, tmp_path / REPORT_FILE, SETTINGS)
+    accuracy = section(report, "Accuracy")
+    assert "| hard is less accurate (accuracy) | inconclusive | 0 | 0 | 2 | 0 |" in accuracy
+    row = "| hard k=4 ste vs soft | accuracy | 0.400 | 0.600 | lower | n/a | not tested |"
+    assert row in accuracy
+    assert "With one seed the difference could not be tested" in report
+    assert "**Verdict: contradicted**" not in report
+
+
+@pytest.fixture
+def constructed(tmp_path) -> tuple[list[dict], dict[tuple, dict[str, float]]]:
+    """The aggregated constructed ablation, and the mean of each column per configuration
+    computed here, apart from the code under test."""
+    stats = aggregate(read_results(write_results(tmp_path / RESULTS_FILE, CONSTRUCTED)))
+    means = {
+        config: {column: statistics.fmean(values) for column, values in columns.items()}
+        for config, columns in CONSTRUCTED.items()
+    }
+    return stats, means
+
+
+def test_accuracy_vs_k_draws_one_line_per_mode_and_estimator(constructed, tmp_path):
+    stats, means = constructed
+    figure = plot_accuracy_vs_k(stats, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figure.axes[0]
+    drawn = {
+        container.get_label(): (
+            list(container.lines[0].get_xdata()),
+            list(container.lines[0].get_ydata()),
+        )
+        for container in ax.containers
+    }
+    assert drawn.keys() == {"hard ste", "hybrid ste"}
+    for mode in ("hard", "hybrid"):
+        xs, ys = drawn[f"{mode} ste"]
+        assert xs == [4, 8]
+        assert ys == pytest.approx([means[(mode, k, "ste")]["accuracy"] for k in (4, 8)])
+    soft = [line for line in ax.lines if line.get_label() == "soft (all 16)"]
+    assert len(soft) == 1
+    assert list(soft[0].get_ydata()) == pytest.approx([means[("soft", 16, "-")]["accuracy"]] * 2)
+
+
+def test_accuracy_vs_flops_draws_each_configuration_at_its_flops(constructed, tmp_path):
+    stats, means = constructed
+    figure = plot_accuracy_vs_flops(stats, tmp_path / "plot.png")
+    # left: FLOPs after the encoders; right: FLOPs of the whole model
+    for ax, metric in zip(figure.axes, ("fusion_flops", "total_flops"), strict=True):
+        points = sorted(
+            (c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers
+        )
+        expected = sorted((m[metric] * 1e-6, m["accuracy"]) for m in means.values())
+        assert [x for x, _ in points] == pytest.approx([x for x, _ in expected]), metric
+        assert [y for _, y in points] == pytest.approx([y for _, y in expected]), metric
+
+
+def test_pointing_draws_one_bar_per_configuration(constructed, tmp_path):
+    stats, means = constructed
+    figure = plot_pointing(stats, tmp_path / "plot.png")
+    ax = figure.axes[0]
+    heights = [bar.get_height() for bar in ax.patches]
+    assert heights == pytest.approx([m["pointing_accuracy"] for m in means.values()])
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels == ["soft", "hard k=4 ste", "hard k=8 ste", "hybrid k=4 ste", "hybrid k=8 ste"]
+
+
+def test_training_curves_draw_the_mean_over_seeds_per_configuration(tmp_path):
+    losses = {  # seed 1 trained one step longer: the curves are cut to the shorter
+        "soft-seed0": [3.0, 2.0, 1.0],
+        "soft-seed1": [2.0, 1.0, 0.0, 9.0],
+        "hard-k4-ste-seed0": [4.0, 3.0, 2.0],
+    }
+    for name, steps in losses.items():
+        run = tmp_path / RUNS_DIR / name
+        run.mkdir(parents=True)
+        history = [{"step_answer_losses": steps[:2]}, {"step_answer_losses": steps[2:]}]
+        (run / "metrics.json").write_text(json.dumps({"history": history}))
+    results = write_results(
+        tmp_path / RESULTS_FILE,
+        {("soft", 16, "-"): {"accuracy": [0.5, 0.5]}, ("hard", 4, "ste"): {"accuracy": [0.4]}},
+    )
+    figure = plot_training_curves(aggregate(read_results(results)), tmp_path / RUNS_DIR, "p.png")
+    drawn = {
+        ax.get_title(): {line.get_label(): list(line.get_ydata()) for line in ax.lines}
+        for ax in figure.axes
+    }
+    assert drawn == {"soft": {"soft": [2.5, 1.5, 0.5]}, "hard": {"hard k=4 ste": [4.0, 3.0, 2.0]}}

@@ -1,0 +1,184 @@
+"""The textbook claims about hard and soft attention, and the comparisons that test them.
+
+A claim (:data:`CLAIMS`) is split into what it implies, one measurement each; each implication
+is tested by :class:`Comparison` s of aggregated configurations (``statistics.aggregate``), and
+:func:`verdict` combines their outcomes into the verdicts of report.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from vqa.ablation.statistics import (
+    Difference,
+    config_label,
+    mean_std,
+    std_error,
+    variance_test,
+    welch_test,
+)
+
+SPREAD = "accuracy spread"  # the metric of comparisons of the std of accuracy over seeds
+
+CLAIMS = {
+    "Training": "Hard: non-differentiable, needs REINFORCE, high variance. "
+    "Soft: differentiable, smooth gradients.",
+    "Compute": "Hard: lower, looks at key inputs only. Soft: higher, processes every input.",
+    "Interpretability": "Hard: high, clear focus points. Soft: moderate, diffuse weights.",
+    "Accuracy": "Hard: lower, less stable. Soft: higher, more stable.",
+    "Hybrid": "Hybrid (hard top-k, then soft weights over the selected) gets the best of both: "
+    "soft's accuracy, stability and focus at hard's compute.",
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One measured test of a claim: is ``subject`` ``expected`` than ``reference``?
+
+    Attributes:
+        label: what is compared, e.g. ``hard k=4 ste vs soft``.
+        metric: a results.csv column (its means are compared), or :data:`SPREAD` (the spreads
+            of accuracy are compared).
+        subject, reference: the per-seed values of each side (accuracies for SPREAD).
+        expected: ``higher`` or ``lower``; ``not lower`` or ``not higher`` when a tie agrees
+            with the claim.
+    """
+
+    label: str
+    metric: str
+    subject: Sequence[float]
+    reference: Sequence[float]
+    expected: str
+
+    @cached_property
+    def test(self) -> Difference:
+        """Welch's t-test of the means, or the F-test of the spreads for SPREAD."""
+        compare = variance_test if self.metric == SPREAD else welch_test
+        return compare(self.subject, self.reference)
+
+    @property
+    def outcome(self) -> str:
+        """``holds``, ``contradicted``, ``tie`` (p >= ALPHA), ``not tested`` (fewer than 2
+        seeds on a side) or ``not measured``."""
+        direction = self.test.direction
+        if direction not in ("higher", "lower"):
+            return direction
+        agrees = (direction == "higher") == (self.expected in ("higher", "not lower"))
+        return "holds" if agrees else "contradicted"
+
+    @property
+    def support(self) -> str:
+        """The outcome as evidence: a tie holds for ``not lower`` and ``not higher``."""
+        if self.outcome == "tie" and self.expected.startswith("not "):
+            return "holds"
+        return self.outcome
+
+    def summary(self, values: Sequence[float]) -> tuple[float, float]:
+        """(mean, std) of one side, or (std, its standard error) for SPREAD."""
+        return (std_error if self.metric == SPREAD else mean_std)(values)
+
+
+def verdict(outcomes: Iterable[str]) -> str:
+    """Comparison outcomes (or implication verdicts) -> one verdict: holds, contradicted or
+    inconclusive (all ties or not tested) when they agree, mixed when they do not, not
+    measured if none."""
+    found = {
+        "inconclusive" if outcome in ("tie", "not tested") else outcome for outcome in outcomes
+    }
+    found.discard("not measured")
+    if not found:
+        return "not measured"
+    return found.pop() if len(found) == 1 else "mixed"
+
+
+def claim_comparisons(stats: Sequence[dict]) -> dict[str, dict[str, list[Comparison]]]:
+    """For each claim of :data:`CLAIMS`, what it implies (one sentence per measurement) and
+    the comparisons of aggregated configurations that test each implication: hard and hybrid
+    against soft, hybrid against hard at the same k and estimator, REINFORCE against the other
+    estimators at the same k."""
+    soft = next((entry for entry in stats if entry["mode"] == "soft"), None)
+    hard = [entry for entry in stats if entry["mode"] == "hard"]
+    hybrid = [entry for entry in stats if entry["mode"] == "hybrid"]
+
+    def values(entry: dict, metric: str) -> tuple[float, ...]:
+        """Per-seed values of ``metric`` (accuracy for SPREAD); empty if not measured."""
+        return entry["values"].get("accuracy" if metric == SPREAD else metric, ())
+
+    def compare(subject: dict, reference: dict, metric: str, expected: str) -> Comparison:
+        label = f"{config_label(subject)} vs {config_label(reference)}"
+        return Comparison(
+            label, metric, values(subject, metric), values(reference, metric), expected
+        )
+
+    def versus(subjects: Sequence[dict], metric: str, expected: str) -> list[Comparison]:
+        """Each of ``subjects`` against soft."""
+        if soft is None:
+            return []
+        return [compare(subject, soft, metric, expected) for subject in subjects]
+
+    needs_reinforce = [
+        Comparison(
+            f"hard k={policy['k']}: reinforce vs {other['estimator']}",
+            "accuracy",
+            values(policy, "accuracy"),
+            values(other, "accuracy"),
+            "higher",
+        )
+        for policy in hard
+        if policy["estimator"] == "reinforce"
+        for other in hard
+        if other["k"] == policy["k"] and other["estimator"] != "reinforce"
+    ]
+    same_selection = [
+        compare(mixed, plain, "accuracy", "not lower")
+        for mixed in hybrid
+        for plain in hard
+        if (plain["k"], plain["estimator"]) == (mixed["k"], mixed["estimator"])
+    ]
+    return {
+        "Training": {
+            "hard's estimator makes the score gradient noisy (estimator noise/signal)": versus(
+                hard, "score_grad_noise", "higher"
+            ),
+            "the scorer's SGD updates are noisier for hard (SGD noise/signal)": versus(
+                hard, "score_grad_batch_noise", "higher"
+            ),
+            "hard's loss fluctuates more at the end of training (loss var)": versus(
+                hard, "loss_variance", "higher"
+            ),
+            "hard needs REINFORCE: it beats ste and gumbel (accuracy)": needs_reinforce,
+        },
+        "Compute": {
+            "hard computes less after the encoders (fusion FLOPs)": versus(
+                hard, "fusion_flops", "lower"
+            ),
+            "hard computes less in total (total FLOPs)": versus(hard, "total_flops", "lower"),
+            "hard answers faster (ms per question)": versus(hard, "ms_per_question", "lower"),
+            "hard trains faster (training seconds)": versus(hard, "train_seconds", "lower"),
+        },
+        "Interpretability": {
+            "hard's weights are focused (entropy)": versus(hard, "attention_entropy", "lower"),
+            "hard's top region is on the object asked about (pointing)": versus(
+                hard, "pointing_accuracy", "higher"
+            ),
+        },
+        "Accuracy": {
+            "hard is less accurate (accuracy)": versus(hard, "accuracy", "lower"),
+            "hard is less stable over seeds (std of accuracy)": versus(hard, SPREAD, "higher"),
+        },
+        "Hybrid": {
+            "hybrid is at least as accurate as hard at the same k and estimator": same_selection,
+            "hybrid is as accurate as soft": versus(hybrid, "accuracy", "not lower"),
+            "hybrid is as stable as soft over seeds (std of accuracy)": versus(
+                hybrid, SPREAD, "not higher"
+            ),
+            "hybrid points as well as soft (pointing)": versus(
+                hybrid, "pointing_accuracy", "not lower"
+            ),
+            "hybrid computes like hard (fusion FLOPs below soft)": versus(
+                hybrid, "fusion_flops", "lower"
+            ),
+        },
+    }

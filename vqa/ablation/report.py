@@ -1,0 +1,286 @@
+"""``table.md`` and ``report.md``: the ablation's numbers per configuration, and each claim of
+``claims.CLAIMS`` with the comparisons that test it, their p-values and verdicts.
+
+How each number is measured is :data:`DEFINITIONS`, printed at the end of report.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from vqa.ablation.claims import CLAIMS, Comparison, claim_comparisons, verdict
+from vqa.ablation.probes import FUSION_MODULES, LOSS_TAIL
+from vqa.ablation.statistics import (
+    ALPHA,
+    MEAN_TEST,
+    SPREAD_TEST,
+    aggregate,
+    config_label,
+    one_sample_test,
+    read_results,
+)
+
+# (results.csv column, table header, scale, format) of the numbers that table.md shows.
+METRICS = (
+    ("accuracy", "accuracy", 1.0, ".3f"),
+    ("pointing_accuracy", "pointing", 1.0, ".3f"),
+    ("attention_entropy", "entropy (nats)", 1.0, ".2f"),
+    ("regions_used", "regions used", 1.0, ".1f"),
+    ("fusion_flops", "fusion MFLOP/q", 1e-6, ".3f"),
+    ("total_flops", "total MFLOP/q", 1e-6, ".2f"),
+    ("ms_per_question", "ms/q", 1.0, ".3f"),
+    ("train_seconds", "train s", 1.0, ".1f"),
+    ("final_loss", "final loss", 1.0, ".3f"),
+    ("loss_variance", "loss var", 1.0, ".2e"),
+    ("score_grad_variance", "score-grad var", 1.0, ".2e"),
+    ("score_grad_noise", "estimator noise/signal", 1.0, ".3g"),
+    ("score_grad_batch_noise", "SGD noise/signal", 1.0, ".3g"),
+)
+METRIC_FORMATS = {column: (header, scale, fmt) for column, header, scale, fmt in METRICS}
+
+DEFINITIONS = f"""\
+## How each number is measured
+
+- Each run trains with `vqa.training.train`; the checkpoint with the best validation accuracy
+  is measured on the evaluation split (test, or val when there is no test split).
+- **accuracy**: VQA accuracy (exact match for one answer), overall and per question type.
+- **pointing**: share of the questions with ground-truth objects whose highest-weighted
+  region (weights averaged over heads) overlaps one of those objects. Hard attention weighs its
+  k regions equally (1/k), so its top region is a tie that `vqa.metrics.top_region` breaks
+  by the selection score.
+- **entropy**: entropy in nats of the head-averaged attention weights over the N regions
+  (log k for hard attention, at most log N).
+- **regions used**: regions with a non-zero weight.
+- **fusion MFLOP/q**: FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` (matrix
+  products, convolutions, attention; element-wise operations are not counted) in one eval-mode
+  forward pass over the first questions of the evaluation split, divided by their number, in
+  the modules after the encoders and their projections: `model.{", model.".join(FUSION_MODULES)}`
+  (everything whose cost depends on the selection). **total MFLOP/q** counts the whole forward
+  pass; questions about one image share its encoding, as in evaluation.
+- **ms/q**: wall time of the forward passes during evaluation (batches of 64) divided by the
+  number of questions, encoders included, on the machine that ran the ablation.
+- **train s**: training wall time (validation excluded).
+- **final loss**, **loss var**: mean and sample variance of the per-step answer loss
+  (cross-entropy, without REINFORCE's surrogate term) over the last {LOSS_TAIL:.0%} of the
+  training steps.
+- **score-grad var**: the gradient g of the training loss with respect to the weights that
+  compute the selection scores (`fusion.q_proj.weight`, `fusion.k_proj.weight`), taken R times
+  on one fixed training batch with dropout off and the fusion in training mode (so gumbel and
+  reinforce sample their selection as in training); the variance across the R passes, averaged
+  over the weights. Only the estimator's sampling varies, so this is the estimator's own noise:
+  exactly 0 for soft and ste, which do not sample. Its size follows the size of the gradient,
+  so it is not comparable between runs whose scorers grew to different scales.
+- **estimator noise/signal**: on the same R passes, the summed variance divided by the squared
+  norm of the mean gradient: the estimator's noise relative to the gradient it estimates,
+  scale-free (0 for soft and ste).
+- **SGD noise/signal**: the same ratio over R different training batches (data and sampling
+  both vary): the noise that SGD sees in the scorer's updates.
+- **accuracy spread** (stability): the standard deviation s of accuracy over the n seeds,
+  shown as s ± its standard error s / sqrt(2 (n - 1)).
+- **Comparisons** in report.md: the per-seed values of two configurations are compared with
+  {MEAN_TEST} (two-sided, `scipy.stats.ttest_ind(..., equal_var=False)`), their accuracy
+  spreads with the two-sided {SPREAD_TEST} (s₁² / s₂²). A difference counts at p < {ALPHA};
+  otherwise it is a *tie*. Measurements that do not vary between seeds (FLOP counts) differ
+  exactly (p = 0) or not at all (p = 1). With fewer than 2 seeds on either side no test can
+  run: the comparison is *not tested*, and counts as a tie that supports nothing. The p-values
+  are not corrected for the number of comparisons: about 1 in 20 comparisons of configurations
+  that do not differ shows a difference by chance. Each claim is split into
+  what it implies, one measurement each. An implication *holds* when every comparison holds
+  (for "not lower" / "not higher" a tie holds too), is *contradicted* when every comparison
+  contradicts it, is *inconclusive* when every comparison is a tie or not tested, and is
+  *mixed* otherwise. A claim's verdict combines its implications' verdicts the same way.
+"""
+
+
+def cell(value: tuple[float, float], scale: float = 1.0, fmt: str = ".3f") -> str:
+    """``mean ± std`` (``mean`` alone for one seed, ``n/a`` when not measured)."""
+    mean, std = value
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean * scale:{fmt}}"
+    return text if math.isnan(std) else f"{text} ± {std * scale:{fmt}}"
+
+
+def p_text(p_value: float) -> str:
+    """A p-value for a table: three significant digits, ``n/a`` when no test ran."""
+    return "n/a" if math.isnan(p_value) else f"{p_value:.3g}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(results_csv: str | Path) -> str:
+    """``table.md``: mean ± standard deviation over seeds per configuration (mode, k,
+    estimator), the measurements, then accuracy per question type."""
+    stats = aggregate(read_results(results_csv))
+    config = ["mode", "k", "estimator", "seeds"]
+    present = [metric for metric in METRICS if any(metric[0] in entry for entry in stats)]
+    main = markdown_table(
+        config + [header for _, header, _, _ in present],
+        (
+            [entry["mode"], str(entry["k"]), entry["estimator"], str(entry["seeds"])]
+            + [cell(entry.get(c, (math.nan, math.nan)), s, f) for c, _, s, f in present]
+            for entry in stats
+        ),
+    )
+    types = list(dict.fromkeys(c for e in stats for c in e if c.startswith("accuracy_")))
+    by_type = markdown_table(
+        config + [column.removeprefix("accuracy_") for column in types],
+        (
+            [entry["mode"], str(entry["k"]), entry["estimator"], str(entry["seeds"])]
+            + [cell(entry.get(column, (math.nan, math.nan))) for column in types]
+            for entry in stats
+        ),
+    )
+    return (
+        "# Ablation: mean ± standard deviation over seeds\n\n"
+        "k is the number of regions kept (all N for soft). Definitions: see report.md.\n\n"
+        f"{main}\n## Accuracy per question type\n\n{by_type}"
+    )
+
+
+def comparison_row(comparison: Comparison) -> list[str]:
+    """A comparison as a row of the report's tables: label, metric, the two sides (mean ± std,
+    or std ± its standard error for spreads), the claim, the p-value and the outcome."""
+    header, scale, fmt = METRIC_FORMATS.get(comparison.metric, (comparison.metric, 1.0, ".3f"))
+    return [
+        comparison.label,
+        header,
+        cell(comparison.summary(comparison.subject), scale, fmt),
+        cell(comparison.summary(comparison.reference), scale, fmt),
+        comparison.expected,
+        p_text(comparison.test.p_value),
+        comparison.outcome,
+    ]
+
+
+def describe_machine(info: dict | str | None) -> str:
+    """The machine of ``ablation.json``: a ``vqa.machine.machine()`` dict, or the one-line
+    text that ablations recorded before that dict existed."""
+    if isinstance(info, dict):
+        from vqa.machine import describe
+
+        return describe(info)
+    return info or "n/a"
+
+
+def blind_baseline(stats: Sequence[dict], blind: float) -> str:
+    """The paragraph that compares the most accurate configuration with the blind baseline."""
+    best = max(stats, key=lambda entry: entry["accuracy"][0])
+    test = one_sample_test(best["values"]["accuracy"], blind)
+    text = (
+        "A blind baseline (the most frequent training answer of the same question, else of "
+        f"the same question type) scores {blind:.3f}; the most accurate configuration, "
+        f"{config_label(best)}, scores {cell(best['accuracy'])}. "
+    )
+    if test.direction == "higher":
+        return text + (
+            f"It beats the baseline by {best['accuracy'][0] - blind:.3f} ({test.test}, p = "
+            f"{p_text(test.p_value)}); a blind model can learn more than this baseline (e.g. "
+            "the answer priors of question templates), so a small margin does not show that "
+            "the image is used."
+        )
+    if test.direction == "not tested":
+        return text + (
+            "With one seed the difference could not be tested, so these runs cannot tell "
+            "whether the models use the image."
+        )
+    return text + (
+        f"**The difference is not significant ({test.test} over {best['seeds']} seeds, p = "
+        f"{p_text(test.p_value)}): these runs do not show that the models use the image, so "
+        "they cannot rank the modes by accuracy, and accuracy ties below only say that no mode "
+        "is worse.**"
+    )
+
+
+def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> str:
+    """Write ``report.md``: each claim, what it implies, the comparisons that test each
+    implication with their p-values, verdicts computed from them, and where the numbers
+    contradict the claim. Returns the text.
+
+    Args:
+        results_csv: the ablation's results.
+        path: where to write the report.
+        settings: ``data``, ``preset``, ``epochs``, ``split``, ``machine`` and
+            ``blind_accuracy`` of the ablation (ablation.json).
+    """
+    stats = aggregate(read_results(results_csv))
+    runs = sum(entry["seeds"] for entry in stats)
+    lines = [
+        "# Hard, soft and hybrid attention: the claims, measured",
+        "",
+        f"{runs} runs ({len(stats)} configurations) of preset `{settings['preset']}` "
+        f"(epochs per run: {settings['epochs']}), trained on `{settings['data']}` and measured "
+        f"on its {settings['split']} split; timings on "
+        f"{describe_machine(settings.get('machine'))}. "
+        "Means ± standard deviations over seeds; table.md has every number per configuration. "
+        f"Means are compared with {MEAN_TEST}, spreads over seeds with the {SPREAD_TEST}; a "
+        f"difference with p ≥ {ALPHA} is a *tie*, and with fewer than 2 seeds on a side the "
+        "comparison is *not tested* (see the end of this page).",
+        "",
+    ]
+    if settings.get("pointing_loss_weight"):
+        lines += [
+            f"Every run was trained with the pointing loss (weight "
+            f"{settings['pointing_loss_weight']:g}): the fusion was told where to look, so "
+            "pointing accuracy measures how well each mode follows that supervision.",
+            "",
+        ]
+    if "blind_accuracy" in settings and stats:
+        lines += [blind_baseline(stats, settings["blind_accuracy"]), ""]
+    outcomes = ("holds", "tie", "not tested", "contradicted")
+    for title, implications in claim_comparisons(stats).items():
+        verdicts = {
+            implication: verdict(c.support for c in comparisons)
+            for implication, comparisons in implications.items()
+        }
+        comparisons = [c for group in implications.values() for c in group]
+        lines += [
+            f"## {title}",
+            "",
+            f"> **Claim.** {CLAIMS[title]}",
+            "",
+            f"**Verdict: {verdict(verdicts.values())}**",
+            "",
+            markdown_table(
+                ["what the claim implies", "verdict", "hold", "ties", "not tested", "contradict"],
+                (
+                    [
+                        implication,
+                        verdicts[implication],
+                        *(str(sum(c.outcome == o for c in group)) for o in outcomes),
+                    ]
+                    for implication, group in implications.items()
+                ),
+            ),
+        ]
+        against = [c for c in comparisons if c.outcome == "contradicted"]
+        if against:
+            lines += ["Where the numbers contradict the claim:", ""]
+            for comparison in against:
+                label, metric, measured, reference, expected, p_value, _ = comparison_row(
+                    comparison
+                )
+                lines.append(
+                    f"- {label}: {metric} {measured} vs {reference} "
+                    f"(claimed: {expected}; p = {p_value})"
+                )
+            lines.append("")
+        if comparisons:
+            lines += [
+                "All comparisons:",
+                "",
+                markdown_table(
+                    ["comparison", "metric", "measured", "reference", "claimed", "p", "outcome"],
+                    (comparison_row(comparison) for comparison in comparisons),
+                ),
+            ]
+    text = "\n".join(lines) + "\n" + DEFINITIONS
+    Path(path).write_text(text, encoding="utf-8")
+    return text

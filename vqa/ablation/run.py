@@ -1,0 +1,359 @@
+"""The ablation's grid of runs, and :func:`run_ablation`, which trains, measures and reports it.
+
+The settings that a ``--resume`` must match are written to ``ablation.json`` before the first
+run; each finished run adds one row to ``results.csv``, so an interrupted ablation loses at
+most the run in progress (and that one resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vqa.ablation.plots import (
+    plot_accuracy_vs_flops,
+    plot_accuracy_vs_k,
+    plot_attention_gallery,
+    plot_pointing,
+    plot_training_curves,
+)
+from vqa.ablation.probes import (
+    blind_accuracy,
+    collate,
+    count_flops,
+    final_loss,
+    score_gradient_noise,
+)
+from vqa.ablation.report import summarise, write_report
+from vqa.ablation.statistics import SOFT_ESTIMATOR, aggregate, append_result, read_results
+from vqa.files import write_json
+from vqa.presets import Preset, get_preset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+SETTINGS_FILE = "ablation.json"
+RESULTS_FILE = "results.csv"
+TABLE_FILE = "table.md"
+REPORT_FILE = "report.md"
+RUNS_DIR = "runs"
+PLOT_FILES = {
+    "accuracy_vs_k": "accuracy_vs_k.png",
+    "accuracy_vs_flops": "accuracy_vs_flops.png",
+    "training_curves": "training_curves.png",
+    "pointing": "pointing.png",
+    "attention_gallery": "attention_gallery.png",
+}
+
+DEFAULT_GRID = {
+    "modes": ("soft", "hard", "hybrid"),
+    "k": (4, 8, 16),
+    "estimators": ("ste", "gumbel", "reinforce"),
+    "seeds": (0, 1, 2),
+}
+
+
+@dataclass
+class AblationArguments:
+    """Everything ``vqa ablate`` accepts; ``None`` means "what the preset says".
+
+    Attributes:
+        out: the output directory.
+        data: a dataset directory in the local format, or ``"synthetic"`` (embedded scenes).
+        preset: model, training and data sizes and the default grid (see ``vqa.presets``).
+        modes, k, estimators, seeds: the grid. Estimators and k apply to hard and hybrid
+            runs; soft runs once per seed.
+        epochs: training epochs of every run.
+        pointing_loss_weight: weight of the pointing loss in every run (None: the preset's,
+            0 in ``quick`` and ``full``, so that pointing accuracy measures where each mode
+            learns to look from the answers alone).
+        resume: skip the runs already in ``results.csv`` and finish a half-trained run.
+        progress: show the overall progress bar and each run's own bars.
+        grad_repeats: passes R of the score-gradient measurements.
+        probe_batch_size: questions per batch of the FLOP count and the gradient measurements.
+    """
+
+    out: str
+    data: str = "synthetic"
+    preset: str = "quick"
+    modes: Sequence[str] | None = None
+    k: Sequence[int] | None = None
+    estimators: Sequence[str] | None = None
+    seeds: Sequence[int] | None = None
+    epochs: int | None = None
+    pointing_loss_weight: float | None = None
+    resume: bool = False
+    progress: bool = True
+    grad_repeats: int = 8
+    probe_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid; ``k`` is the number of regions for soft (it keeps all)."""
+
+    mode: str
+    k: int
+    estimator: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """Directory name of the run, e.g. ``hybrid-k4-ste-seed0`` or ``soft-seed0``."""
+        if self.mode == "soft":
+            return f"soft-seed{self.seed}"
+        return f"{self.mode}-k{self.k}-{self.estimator}-seed{self.seed}"
+
+
+def num_regions(preset: Preset) -> int:
+    """Number of regions N (ViT patches) of the models that ``preset`` builds."""
+    from vqa.configuration import HybridVQAConfig
+
+    return HybridVQAConfig(**preset.model).num_regions
+
+
+def listed(name: str, given: Sequence | None, defaults: dict) -> list:
+    """``given`` (or the default grid's ``name``) without repeats; a ValueError if empty."""
+    values = list(dict.fromkeys(defaults[name] if given is None else given))
+    if not values:
+        raise ValueError(f"{name}: the list is empty; give at least one value")
+    return values
+
+
+def grid(args: AblationArguments) -> list[RunSpec]:
+    """The runs of ``args``: seeds outermost (a partial ablation covers every configuration
+    with its first seeds), then modes, k and estimators in the order given.
+
+    Raises:
+        ValueError: an empty list, an unknown mode or estimator, or a k outside 1..N; the
+            message names the argument and the value.
+    """
+    from hybrid_attention import ESTIMATORS, MODES
+
+    preset = get_preset(args.preset)
+    defaults = {**DEFAULT_GRID, **preset.ablation}
+    modes = listed("modes", args.modes, defaults)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"modes: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    seeds = listed("seeds", args.seeds, defaults)
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seeds: {seed!r} is not an integer >= 0")
+    regions = num_regions(preset)
+    ks: list[int] = []
+    estimators: list[str] = []
+    if any(mode != "soft" for mode in modes):
+        ks = listed("k", args.k, defaults)
+        for k in ks:
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= regions:
+                raise ValueError(
+                    f"k: {k!r} is not between 1 and the number of regions ({regions}) of the "
+                    f"{args.preset!r} preset"
+                )
+        estimators = listed("estimators", args.estimators, defaults)
+        for estimator in estimators:
+            if estimator not in ESTIMATORS:
+                raise ValueError(
+                    f"estimators: unknown estimator {estimator!r}; choose from "
+                    f"{', '.join(ESTIMATORS)}"
+                )
+    specs = []
+    for seed in seeds:
+        for mode in modes:
+            if mode == "soft":
+                specs.append(RunSpec("soft", regions, SOFT_ESTIMATOR, seed))
+            else:
+                specs.extend(RunSpec(mode, k, e, seed) for k in ks for e in estimators)
+    return specs
+
+
+def run_ablation(args: AblationArguments) -> Path:
+    """Train and measure every run of ``grid(args)`` not yet in ``results.csv``, then write
+    ``table.md``, ``report.md`` and the plots. Returns the output directory.
+
+    Raises:
+        FileExistsError: ``results.csv`` already has runs and ``args.resume`` is False.
+        ValueError: a bad grid (see :func:`grid`), or ``--resume`` with other settings.
+    """
+    from tqdm.auto import tqdm
+
+    from vqa.arguments import loss_weight
+    from vqa.cache import resolve_data_dir
+    from vqa.data.formats import load_local_dataset
+    from vqa.machine import machine
+
+    specs = grid(args)
+    out = Path(args.out)
+    results = out / RESULTS_FILE
+    done = {row["name"] for row in read_results(results)} if results.is_file() else set()
+    if done and not args.resume:
+        raise FileExistsError(
+            f"{results} already holds {len(done)} runs: pass --resume to add the missing "
+            "ones, or choose another --out"
+        )
+    preset = get_preset(args.preset)
+    settings = {
+        "data": args.data,
+        "preset": args.preset,
+        "epochs": args.epochs or preset.training["epochs"],
+    }
+    pointing = loss_weight("pointing_loss_weight", preset, args)
+    if pointing < 0:
+        raise ValueError(f"pointing_loss_weight must be >= 0, got {pointing!r}")
+    # Recorded only when used, so that the ablation.json of runs without the pointing loss,
+    # written before the option existed, still matches on --resume.
+    if pointing > 0:
+        settings["pointing_loss_weight"] = pointing
+    check_settings(out, settings, args.resume)
+    data_dir = resolve_data_dir(args.data, preset, args.progress)
+    split = evaluation_split(data_dir)
+    splits = load_local_dataset(data_dir, ["train", split])
+    write_json(
+        out / SETTINGS_FILE,
+        {
+            **settings,
+            "split": split,
+            "machine": machine(),
+            "blind_accuracy": blind_accuracy(splits["train"], splits[split]),
+        },
+    )
+
+    todo = [spec for spec in specs if spec.name not in done]
+    with tqdm(
+        total=len(specs),
+        initial=len(specs) - len(todo),
+        desc="Ablation",
+        unit="run",
+        disable=not args.progress,
+    ) as bar:
+        for spec in todo:
+            bar.set_postfix_str(spec.name)
+            append_result(results, measure_run(spec, args, splits["train"], splits[split]))
+            bar.update()
+    write_outputs(out, splits[split])
+    return out
+
+
+def check_settings(out: Path, settings: dict, resume: bool) -> None:
+    """On resume, raise a ValueError if ``settings`` differ from those the runs were made with."""
+    saved_file = out / SETTINGS_FILE
+    if not (resume and saved_file.is_file()):
+        return
+    saved = json.loads(saved_file.read_text())
+    changed = [
+        f"{name} was {saved.get(name)!r}, now {value!r}"
+        for name, value in settings.items()
+        if saved.get(name) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume with other settings than the runs in {out}: " + "; ".join(changed)
+        )
+
+
+def evaluation_split(data_dir: Path) -> str:
+    """``test`` if ``data_dir`` has it, else ``val``; a ValueError if it has neither."""
+    from vqa.data.formats import available_splits
+
+    present = available_splits(data_dir)
+    for split in ("test", "val"):
+        if split in present:
+            return split
+    raise ValueError(f"{data_dir} has neither a test nor a val split to evaluate on: {present}")
+
+
+def measure_run(
+    spec: RunSpec, args: AblationArguments, train_rows: Dataset, eval_rows: Dataset
+) -> dict:
+    """Train one run (or finish it, on resume) and measure it: one ``results.csv`` row."""
+    import torch
+
+    from vqa.arguments import TrainingArguments
+    from vqa.checkpoints import CHECKPOINT_DIR
+    from vqa.evaluation import evaluate
+    from vqa.inference import load_model
+    from vqa.training import train
+
+    run_dir = Path(args.out) / RUNS_DIR / spec.name
+    selective = spec.mode != "soft"
+    summary = train(
+        TrainingArguments(
+            output=str(run_dir),
+            data=args.data,
+            preset=args.preset,
+            mode=spec.mode,
+            k=spec.k if selective else None,
+            estimator=spec.estimator if selective else None,
+            epochs=args.epochs,
+            pointing_loss_weight=args.pointing_loss_weight,
+            seed=spec.seed,
+            resume=args.resume and (run_dir / CHECKPOINT_DIR).is_dir(),
+            progress=args.progress,
+        )
+    )
+    model, processor = load_model(run_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    scores = evaluate(model, processor, eval_rows, progress=args.progress)
+
+    size = min(args.probe_batch_size, len(eval_rows))
+    inputs = collate(processor, eval_rows, range(size), device)
+    inputs.pop("labels")
+    fusion_flops, total_flops = count_flops(model, inputs)
+
+    generator = torch.Generator().manual_seed(spec.seed)  # which training batches
+    torch.manual_seed(spec.seed)  # the estimators' samples
+    size = min(args.probe_batch_size, len(train_rows))
+    fixed = collate(processor, train_rows, range(size), device)
+    batches = [
+        collate(
+            processor,
+            train_rows,
+            torch.randperm(len(train_rows), generator=generator)[:size],
+            device,
+        )
+        for _ in range(args.grad_repeats)
+    ]
+    grad_variance, grad_noise, grad_batch_noise = score_gradient_noise(model, fixed, batches)
+
+    loss, loss_variance = final_loss(summary["history"])
+    return {
+        "name": spec.name,
+        "mode": spec.mode,
+        "k": spec.k,
+        "estimator": spec.estimator,
+        "seed": spec.seed,
+        "epochs": len(summary["history"]),
+        "questions": scores["questions"],
+        "accuracy": scores["accuracy"],
+        **{f"accuracy_{kind}": value for kind, value in scores["accuracy_by_type"].items()},
+        "pointing_accuracy": scores["pointing_accuracy"],
+        "attention_entropy": scores["attention_entropy"],
+        "regions_used": scores["regions_used"],
+        "fusion_flops": fusion_flops,
+        "total_flops": total_flops,
+        "ms_per_question": scores["ms_per_question"],
+        "train_seconds": sum(record["train_seconds"] for record in summary["history"]),
+        "final_loss": loss,
+        "loss_variance": loss_variance,
+        "score_grad_variance": grad_variance,
+        "score_grad_noise": grad_noise,
+        "score_grad_batch_noise": grad_batch_noise,
+    }
+
+
+def write_outputs(out: Path, eval_rows: Dataset) -> None:
+    """table.md, report.md and the plots, from ``out/results.csv`` and ``out/runs``."""
+    results = out / RESULTS_FILE
+    stats = aggregate(read_results(results))
+    (out / TABLE_FILE).write_text(summarise(results), encoding="utf-8")
+    write_report(results, out / REPORT_FILE, json.loads((out / SETTINGS_FILE).read_text()))
+    plot_accuracy_vs_k(stats, out / PLOT_FILES["accuracy_vs_k"])
+    plot_accuracy_vs_flops(stats, out / PLOT_FILES["accuracy_vs_flops"])
+    plot_training_curves(stats, out / RUNS_DIR, out / PLOT_FILES["training_curves"])
+    plot_pointing(stats, out / PLOT_FILES["pointing"])
+    plot_attention_gallery(stats, out / RUNS_DIR, eval_rows, out / PLOT_FILES["attention_gallery"])

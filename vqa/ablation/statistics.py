@@ -1,0 +1,208 @@
+"""The ablation's numbers: ``results.csv`` in and out, aggregation over seeds, and the tests
+that decide whether two configurations differ.
+
+Means are compared with Welch's t-test (unequal variances), spreads over seeds with the
+two-sided F-test of the variance ratio; a difference counts at p < :data:`ALPHA`.
+scipy is imported inside the tests, so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vqa.files import write_text_atomic
+
+SOFT_ESTIMATOR = "-"  # the estimator column of soft runs: soft selects nothing
+TEXT_COLUMNS = ("name", "mode", "estimator")
+INT_COLUMNS = ("k", "seed", "epochs", "questions")
+ALPHA = 0.05  # significance level of every comparison
+MEAN_TEST = "Welch's t-test"
+SPREAD_TEST = "F-test of the variance ratio"
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a ``results.csv``: text columns as str, counts as int, the rest as float
+    (an empty cell, e.g. a question type that one dataset lacks, reads as nan)."""
+    with Path(path).open(newline="", encoding="utf-8") as file:
+        return [
+            {
+                name: value
+                if name in TEXT_COLUMNS
+                else int(value)
+                if name in INT_COLUMNS
+                else float(value or "nan")
+                for name, value in row.items()
+            }
+            for row in csv.DictReader(file)
+        ]
+
+
+def append_result(path: Path, row: dict) -> None:
+    """Add ``row`` to the results CSV at ``path``, atomically (write beside, then rename).
+
+    The header is the union of every row's columns, so a run that measures a new question
+    type adds a column and leaves the older rows' cells empty.
+    """
+    rows = (read_results(path) if path.is_file() else []) + [row]
+    columns = list(dict.fromkeys(name for each in rows for name in each))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
+
+
+def measured(values: Iterable[float]) -> list[float]:
+    """``values`` without the nans (runs that did not measure the column)."""
+    return [value for value in values if not math.isnan(value)]
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of the non-nan values; nan where undefined."""
+    kept = measured(values)
+    mean = statistics.fmean(kept) if kept else math.nan
+    return mean, statistics.stdev(kept) if len(kept) > 1 else math.nan
+
+
+def std_error(values: Sequence[float]) -> tuple[float, float]:
+    """(sample standard deviation s, its standard error s / sqrt(2 (n - 1))) of the non-nan
+    ``values``: the seed spread of a configuration with its own uncertainty."""
+    kept = measured(values)
+    std = statistics.stdev(kept) if len(kept) > 1 else math.nan
+    return std, std / math.sqrt(2 * (len(kept) - 1)) if len(kept) > 1 else math.nan
+
+
+def config_label(entry: dict) -> str:
+    """The name of an aggregated configuration: ``soft`` or e.g. ``hybrid k=4 ste``."""
+    if entry["mode"] == "soft":
+        return "soft"
+    return f"{entry['mode']} k={entry['k']} {entry['estimator']}"
+
+
+def aggregate(rows: Iterable[dict]) -> list[dict]:
+    """Rows grouped per configuration (mode, k, estimator), in order of first appearance.
+
+    Returns:
+        One dict per configuration: ``mode``, ``k``, ``estimator``, ``seeds`` (how many runs),
+        ``names`` (the runs, lowest seed first), for every numeric column its (mean, std) over
+        the seeds, and ``values``: for every numeric column the per-seed values, lowest seed
+        first, for the tests.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["mode"], row["k"], row["estimator"]), []).append(row)
+    stats = []
+    for (mode, k, estimator), members in groups.items():
+        members = sorted(members, key=lambda row: row["seed"])
+        entry = {
+            "mode": mode,
+            "k": k,
+            "estimator": estimator,
+            "seeds": len(members),
+            "names": [row["name"] for row in members],
+            "values": {},
+        }
+        columns = dict.fromkeys(name for row in members for name in row)
+        for column in columns:
+            if column not in (*TEXT_COLUMNS, "k", "seed"):
+                values = tuple(row.get(column, math.nan) for row in members)
+                entry["values"][column] = values
+                entry[column] = mean_std(values)
+        stats.append(entry)
+    return stats
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The outcome of a two-sided test of ``subject`` against ``reference``.
+
+    Attributes:
+        direction: ``higher`` or ``lower`` (subject against reference, at p < ALPHA), ``tie``
+            (p >= ALPHA), ``not tested`` (fewer than 2 values on a side) or ``not measured``
+            (no value on a side).
+        p_value: the test's p-value; nan when it was not run.
+        test: the name of the test.
+    """
+
+    direction: str
+    p_value: float
+    test: str
+
+
+def untested(subject: Sequence[float], reference: Sequence[float], test: str) -> Difference | None:
+    """The Difference when a side has too few values to run ``test``, else None."""
+    if not subject or not reference:
+        return Difference("not measured", math.nan, test)
+    if len(subject) < 2 or len(reference) < 2:
+        return Difference("not tested", math.nan, test)
+    return None
+
+
+def decide(p_value: float, higher: bool, test: str) -> Difference:
+    """``higher``/``lower`` when ``p_value`` < ALPHA, else ``tie``."""
+    if p_value < ALPHA:
+        return Difference("higher" if higher else "lower", p_value, test)
+    return Difference("tie", p_value, test)
+
+
+def welch_test(subject: Sequence[float], reference: Sequence[float]) -> Difference:
+    """Do the means of two samples differ? Welch's two-sided t-test (unequal variances).
+
+    Nans are dropped first. Two constant samples (e.g. FLOP counts, which do not depend on the
+    seed) have no variance to test against: they differ exactly (p = 0) or not at all (p = 1).
+    """
+    from scipy.stats import ttest_ind
+
+    subject, reference = measured(subject), measured(reference)
+    if (skipped := untested(subject, reference, MEAN_TEST)) is not None:
+        return skipped
+    higher = statistics.fmean(subject) > statistics.fmean(reference)
+    if len(set(subject)) == 1 and len(set(reference)) == 1:
+        return decide(float(subject[0] == reference[0]), higher, MEAN_TEST)
+    with warnings.catch_warnings():
+        # A nearly constant side (the entropy log k of hard attention) makes scipy warn of
+        # precision loss in its variance, which is ~0 either way: the other side decides.
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        p_value = float(ttest_ind(subject, reference, equal_var=False).pvalue)
+    return decide(p_value, higher, MEAN_TEST)
+
+
+def variance_test(subject: Sequence[float], reference: Sequence[float]) -> Difference:
+    """Do two samples spread differently? The two-sided F-test of the variance ratio.
+
+    Nans are dropped first; two constant samples do not differ (p = 1).
+    """
+    from scipy.stats import f
+
+    subject, reference = measured(subject), measured(reference)
+    if (skipped := untested(subject, reference, SPREAD_TEST)) is not None:
+        return skipped
+    a, b = statistics.variance(subject), statistics.variance(reference)
+    if a == b:
+        return decide(1.0, False, SPREAD_TEST)
+    ratio = math.inf if b == 0 else a / b
+    degrees = (len(subject) - 1, len(reference) - 1)
+    p_value = min(1.0, 2 * min(f.cdf(ratio, *degrees), f.sf(ratio, *degrees)))
+    return decide(float(p_value), a > b, SPREAD_TEST)
+
+
+def one_sample_test(values: Sequence[float], value: float) -> Difference:
+    """Does the mean of ``values`` differ from ``value``? The two-sided one-sample t-test
+    (a constant sample differs exactly or not at all)."""
+    from scipy.stats import ttest_1samp
+
+    test = "one-sample t-test"
+    values = measured(values)
+    if (skipped := untested(values, [value, value], test)) is not None:
+        return skipped
+    higher = statistics.fmean(values) > value
+    if len(set(values)) == 1:
+        return decide(float(values[0] == value), higher, test)
+    return decide(float(ttest_1samp(values, value).pvalue), higher, test)
