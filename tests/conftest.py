@@ -1,8 +1,72 @@
-"""Test configuration: everything runs offline, on the CPU, with few threads."""
+"""Test configuration and shared fixtures: everything runs offline, on the CPU, with few threads.
+
+Fixtures:
+- ``tiny_fields``: ``HybridVQAConfig`` fields of the tiny preset's model (32 px, 16 regions).
+- ``free_port``: a function that returns a loopback TCP port nothing listens on.
+- ``train_tiny``: a function that runs ``vqa train`` with the tiny preset and returns its status.
+- ``tiny_run``: (run directory, dataset directory) of a tiny model trained once per session.
+"""
+
+from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture
+def tiny_fields() -> dict:
+    """The tiny preset's model with a 50-token vocabulary and three answers."""
+    from vqa.presets import get_preset
+
+    return {
+        **get_preset("tiny").model,
+        "text_vocab_size": 50,
+        "id2label": {0: "red", 1: "blue", 2: "green"},
+    }
+
+
+def find_free_port() -> int:
+    """A TCP port that nothing listens on now, on the loopback interface."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    return find_free_port
+
+
+def run_train_tiny(data: Path, run: Path, *options: str) -> int:
+    """``vqa train`` on ``data`` into ``run`` with the tiny preset; returns the exit status."""
+    from vqa.cli import main
+
+    command = ["train", "--data", str(data), "--output", str(run), "--preset", "tiny"]
+    return main([*command, "--no-progress", *options])
+
+
+@pytest.fixture(scope="session")
+def train_tiny() -> Callable[..., int]:
+    return run_train_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run directory, dataset directory) of a tiny model trained on 40 scenes of 32 px."""
+    from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    data, run = root / "data", root / "run"
+    config = SyntheticConfig(image_size=32)
+    write_synthetic_dataset(data, train=40, val=10, test=10, config=config, progress=False)
+    assert run_train_tiny(data, run) == 0
+    return run, data

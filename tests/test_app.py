@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from pathlib import Path
 
@@ -22,11 +21,9 @@ from vqa.app import (
     launch,
     model_info,
     regions_table,
-    training_data_dir,
 )
+from vqa.cache import training_data_dir
 from vqa.cli import build_parser, main
-from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
-from vqa.training import TrainingArguments, train
 
 QUESTION = "what colour is the large circle?"
 MAX_FILE_SIZE = "200kb"
@@ -35,32 +32,14 @@ MAX_FILE_SIZE = "200kb"
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(run directory, dataset directory) of a tiny trained model, made once per session."""
-    root = tmp_path_factory.getbasetemp() / "tiny-app-model"
-    data, run = root / "data", root / "run"
-    if not (run / "metrics.json").is_file():
-        config = SyntheticConfig(image_size=32)
-        write_synthetic_dataset(data, train=40, val=10, test=10, config=config, progress=False)
-        train(TrainingArguments(output=str(run), data=str(data), preset="tiny", progress=False))
-    return run, data
-
-
-def free_port() -> int:
-    """A TCP port that nothing listens on now, on the loopback interface."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture(scope="module")
+def run(tiny_run) -> Path:
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)[0]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)[1]
+def dataset(tiny_run) -> Path:
+    return tiny_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +53,7 @@ def scene(dataset) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(run, dataset):
+def client(run, dataset, free_port):
     app = build_app(run, examples_dir=dataset)
     url = launch(app, port=free_port(), max_file_size=MAX_FILE_SIZE, quiet=True)
     assert url.startswith("http://127.0.0.1:")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +15,7 @@ from vqa.data.formats import load_local_dataset
 from vqa.data.regions import target_regions
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from vqa.modeling import HybridVQAModel, pointing_loss
-from vqa.presets import get_preset
 from vqa.processing import HybridVQAProcessor, VQACollator
-
-TINY = {  # the tiny preset's model: 32 px images, 16 regions
-    **get_preset("tiny").model,
-    "text_vocab_size": 50,
-    "id2label": {0: "red", 1: "blue", 2: "green"},
-}
 
 
 def test_target_regions_are_the_regions_whose_centre_is_in_a_target_box():
@@ -77,9 +71,9 @@ def tiny_batch() -> dict:
 
 
 @pytest.mark.parametrize("mode", ["soft", "hard", "hybrid"])
-def test_the_pointing_loss_is_added_with_its_weight_and_trains_the_fusion_scores(mode):
+def test_the_pointing_loss_is_added_with_its_weight_and_trains_the_fusion_scores(mode, tiny_fields):
     torch.manual_seed(0)
-    config = HybridVQAConfig(**{**TINY, "pointing_loss_weight": 0.5, "fusion_mode": mode})
+    config = HybridVQAConfig(**{**tiny_fields, "pointing_loss_weight": 0.5, "fusion_mode": mode})
     model = HybridVQAModel(config).train()
     output = model(**tiny_batch())
     assert output.pointing_loss > 0
@@ -94,16 +88,16 @@ def test_the_pointing_loss_is_added_with_its_weight_and_trains_the_fusion_scores
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text.parameters())
 
 
-def test_a_batch_without_target_regions_has_no_pointing_loss():
-    model = HybridVQAModel(HybridVQAConfig(**{**TINY, "pointing_loss_weight": 1.0}))
+def test_a_batch_without_target_regions_has_no_pointing_loss(tiny_fields):
+    model = HybridVQAModel(HybridVQAConfig(**{**tiny_fields, "pointing_loss_weight": 1.0}))
     batch = tiny_batch()
     del batch["target_regions"]
     assert model(**batch).pointing_loss is None
 
 
-def test_a_negative_pointing_loss_weight_is_refused():
+def test_a_negative_pointing_loss_weight_is_refused(tiny_fields):
     with pytest.raises(ValueError, match="config field 'pointing_loss_weight' must be >= 0"):
-        HybridVQAConfig(**{**TINY, "pointing_loss_weight": -0.1})
+        HybridVQAConfig(**{**tiny_fields, "pointing_loss_weight": -0.1})
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +121,15 @@ def test_the_collator_marks_the_target_regions_of_each_question(scenes):
     assert "target_regions" not in VQACollator(processor)(batch)[0]
 
 
-def train_tiny(data, run, *options: str) -> dict:
-    command = ["train", "--data", str(data), "--output", str(run), "--preset", "tiny"]
-    assert main([*command, "--no-progress", *options]) == 0
+def trained_metrics(train_tiny, data: Path, run: Path, *options: str) -> dict:
+    assert train_tiny(data, run, *options) == 0
     return json.loads((run / "metrics.json").read_text())
 
 
-def test_training_with_the_pointing_loss_records_it_and_saves_its_weight(scenes, tmp_path):
-    metrics = train_tiny(scenes, tmp_path / "run", "--pointing-loss-weight", "2")
+def test_training_with_the_pointing_loss_records_it_and_saves_its_weight(
+    scenes, tmp_path, train_tiny
+):
+    metrics = trained_metrics(train_tiny, scenes, tmp_path / "run", "--pointing-loss-weight", "2")
     assert metrics["config"]["pointing_loss_weight"] == 2.0
     losses = metrics["history"][0]["step_pointing_losses"]
     assert len(losses) == len(metrics["history"][0]["step_losses"])
@@ -143,8 +138,8 @@ def test_training_with_the_pointing_loss_records_it_and_saves_its_weight(scenes,
     assert reloaded.config.pointing_loss_weight == 2.0
 
 
-def test_pointing_loss_weight_zero_trains_without_target_regions(scenes, tmp_path):
-    metrics = train_tiny(scenes, tmp_path / "run", "--pointing-loss-weight", "0")
+def test_pointing_loss_weight_zero_trains_without_target_regions(scenes, tmp_path, train_tiny):
+    metrics = trained_metrics(train_tiny, scenes, tmp_path / "run", "--pointing-loss-weight", "0")
     assert set(metrics["history"][0]["step_pointing_losses"]) == {0.0}
 
 

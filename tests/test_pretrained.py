@@ -29,7 +29,8 @@ from transformers import (
     ViTModel,
 )
 
-from vqa.cli import build_parser, finetune_options, main
+from vqa.arguments import TrainingArguments, from_namespace
+from vqa.cli import build_parser, main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.synthetic import write_synthetic_dataset
 from vqa.encoders import load_text_tokenizer, pretrained_fields, pretrained_image_settings
@@ -368,6 +369,18 @@ def test_missing_text_directory_is_named(tmp_path):
         pretrained_fields(text=str(tmp_path / "absent"))
 
 
+FINETUNE_FIELDS = (
+    "vision_pretrained",
+    "vision_model",
+    "text_pretrained",
+    "image_size",
+    "freeze_vision",
+    "freeze_text",
+    "train_last_blocks",
+    "encoder_lr",
+)
+
+
 def test_cli_options_reach_the_training_arguments():
     args = build_parser().parse_args(
         [
@@ -387,7 +400,8 @@ def test_cli_options_reach_the_training_arguments():
             "1e-5",
         ]
     )
-    assert finetune_options(args) == {
+    arguments = from_namespace(TrainingArguments, args)
+    assert {name: getattr(arguments, name) for name in FINETUNE_FIELDS} == {
         "vision_pretrained": "vit.npz",
         "vision_model": "vit_small_patch16_224",
         "text_pretrained": "minilm",

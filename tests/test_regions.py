@@ -5,27 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from vqa.cli import main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.data.regions import IGNORE, NO_OBJECT, RegionAttributes
 from vqa.modeling import HybridVQAModel
-from vqa.presets import get_preset
 from vqa.processing import REGION_ATTRIBUTES_FILE, HybridVQAProcessor, VQACollator
 
 SCENE_OBJECTS = [
     {"box": [0, 0, 16, 16], "colour": "red", "shape": "square"},
     {"box": [48, 32, 64, 64], "colour": "blue", "shape": "circle"},
 ]
-TINY = {  # the tiny preset's model: 32 px images, 16 regions
-    **get_preset("tiny").model,
-    "text_vocab_size": 50,
-    "id2label": {0: "red", 1: "blue", 2: "green"},
-}
 
 
 def test_attributes_are_every_string_field_but_the_box_with_no_object_first():
@@ -131,9 +126,15 @@ def test_an_object_without_a_box_names_the_file_and_line(tmp_path):
         load_local_dataset(data, ["train"])
 
 
-def tiny_model(**fields) -> HybridVQAModel:
-    torch.manual_seed(0)
-    return HybridVQAModel(HybridVQAConfig(**{**TINY, **fields})).train()
+@pytest.fixture
+def tiny_model(tiny_fields):
+    """Builds a tiny model in training mode, seeded, with ``fields`` overriding the preset's."""
+
+    def build(**fields) -> HybridVQAModel:
+        torch.manual_seed(0)
+        return HybridVQAModel(HybridVQAConfig(**{**tiny_fields, **fields})).train()
+
+    return build
 
 
 def tiny_batch(region_labels: torch.Tensor | None = None) -> dict:
@@ -148,7 +149,7 @@ def tiny_batch(region_labels: torch.Tensor | None = None) -> dict:
     return inputs
 
 
-def test_the_region_loss_is_added_with_its_weight_and_trains_the_vision_encoder():
+def test_the_region_loss_is_added_with_its_weight_and_trains_the_vision_encoder(tiny_model):
     model = tiny_model(region_attributes={"colour": 3, "shape": 4}, region_loss_weight=2.0)
     labels = torch.stack([torch.randint(0, 3, (2, 16)), torch.randint(0, 4, (2, 16))], dim=-1)
     output = model(**tiny_batch(labels))
@@ -160,7 +161,7 @@ def test_the_region_loss_is_added_with_its_weight_and_trains_the_vision_encoder(
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.vision.parameters())
 
 
-def test_all_ignored_region_labels_cost_nothing_but_still_reach_the_head():
+def test_all_ignored_region_labels_cost_nothing_but_still_reach_the_head(tiny_model):
     model = tiny_model(region_attributes={"colour": 3}, region_loss_weight=1.0)
     output = model(**tiny_batch(torch.full((2, 16, 1), IGNORE)))
     assert output.region_loss.item() == 0.0
@@ -168,7 +169,7 @@ def test_all_ignored_region_labels_cost_nothing_but_still_reach_the_head():
     assert model.region_head.weight.grad is not None
 
 
-def test_without_region_attributes_the_model_has_no_head_and_ignores_labels():
+def test_without_region_attributes_the_model_has_no_head_and_ignores_labels(tiny_model):
     model = tiny_model()
     assert model.region_head is None
     output = model(**tiny_batch(torch.zeros(2, 16, 1, dtype=torch.long)))
@@ -183,35 +184,93 @@ def test_without_region_attributes_the_model_has_no_head_and_ignores_labels():
         ({"region_loss_weight": -1.0}, "region_loss_weight"),
     ],
 )
-def test_bad_region_fields_name_the_field(fields, name):
+def test_bad_region_fields_name_the_field(fields, name, tiny_fields):
     with pytest.raises(ValueError, match=f"config field '{name}'"):
-        HybridVQAConfig(**{**TINY, **fields})
+        HybridVQAConfig(**{**tiny_fields, **fields})
 
 
-def train_tiny(data: Path, run: Path, *options: str) -> dict:
-    command = ["train", "--data", str(data), "--output", str(run), "--preset", "tiny"]
-    assert main([*command, "--no-progress", *options]) == 0
-    return json.loads((run / "config.json").read_text())
+@pytest.fixture
+def train_tiny_config(train_tiny):
+    """``vqa train`` with the tiny preset; returns the saved config.json."""
+
+    def train_and_read_config(data: Path, run: Path, *options: str) -> dict:
+        assert train_tiny(data, run, *options) == 0
+        return json.loads((run / "config.json").read_text())
+
+    return train_and_read_config
 
 
-def test_training_on_scenes_learns_region_attributes_and_saves_them(tmp_path):
-    config = train_tiny(write_scenes(tmp_path / "scenes", SCENE_OBJECTS), tmp_path / "run")
+def write_one_square_scenes(root: Path, count: int, seed: int) -> list[list[dict]]:
+    """``count`` 32 px images, each with one red or blue square filling one 8 px region.
+
+    Returns each image's objects; the rows ask one question whose answer is the colour.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows, object_lists = [], []
+    for index in range(count):
+        colour = ("red", "blue")[rng.integers(2)]
+        column, row = rng.integers(4, size=2)
+        box = [int(column) * 8, int(row) * 8, int(column) * 8 + 8, int(row) * 8 + 8]
+        image = Image.new("RGB", (32, 32), (200, 200, 200))
+        ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=colour)
+        image.save(root / "images" / f"{index}.png")
+        objects = [{"box": box, "colour": colour}]
+        object_lists.append(objects)
+        question = {"question": "what colour is the square?", "answer": colour}
+        rows.append({"image": f"images/{index}.png", **question, "objects": objects})
+    (root / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return object_lists
+
+
+def test_training_on_scenes_learns_region_attributes(tmp_path, train_tiny):
+    """Trained on one-square scenes, the region head names each square's colour and sees
+    nothing elsewhere, on scenes it has not seen: far above the 0.5 chance of the colour."""
+    write_one_square_scenes(tmp_path / "train", count=96, seed=0)
+    options = ("--epochs", "12", "--lr", "3e-3", "--pointing-loss-weight", "0")
+    assert train_tiny(tmp_path / "train", tmp_path / "run", *options) == 0
+    model = HybridVQAModel.from_pretrained(tmp_path / "run").eval()
+    processor = HybridVQAProcessor.from_pretrained(tmp_path / "run")
+    held_out = write_one_square_scenes(tmp_path / "held-out", count=32, seed=1)
+    images = []
+    for index in range(32):
+        with Image.open(tmp_path / "held-out" / "images" / f"{index}.png") as image:
+            images.append(image.convert("RGB"))
+    inputs = processor(images, ["what colour is the square?"] * 32)
+    with torch.no_grad():
+        logits = model(**inputs, return_region_logits=True).region_logits
+    # one attribute (colour), so the logits are its classes: no object, blue, red
+    predicted = logits.argmax(-1)  # (images, regions)
+    truth = torch.stack(
+        [
+            processor.region_attributes.labels(objects, (32, 32), grid=4)[:, 0]
+            for objects in held_out
+        ]
+    )
+    on_object = (predicted == truth)[truth != 0].tolist()
+    elsewhere = (predicted == truth)[truth == 0].tolist()
+    assert sum(on_object) / len(on_object) >= 0.8
+    assert sum(elsewhere) / len(elsewhere) >= 0.9
+
+
+def test_training_on_scenes_saves_the_region_attributes(tmp_path, train_tiny_config):
+    config = train_tiny_config(write_scenes(tmp_path / "scenes", SCENE_OBJECTS), tmp_path / "run")
     assert config["region_attributes"] == {"colour": 3, "shape": 3}
     assert (tmp_path / "run" / REGION_ATTRIBUTES_FILE).is_file()
     reloaded = HybridVQAModel.from_pretrained(tmp_path / "run")
     assert reloaded.region_head is not None
 
 
-def test_region_loss_weight_zero_builds_no_head(tmp_path):
+def test_region_loss_weight_zero_builds_no_head(tmp_path, train_tiny_config):
     data = write_scenes(tmp_path / "scenes", SCENE_OBJECTS)
-    config = train_tiny(data, tmp_path / "run", "--region-loss-weight", "0")
+    config = train_tiny_config(data, tmp_path / "run", "--region-loss-weight", "0")
     assert config["region_attributes"] is None
     assert not (tmp_path / "run" / REGION_ATTRIBUTES_FILE).exists()
 
 
-def test_data_without_object_attributes_trains_without_the_head(tmp_path):
+def test_data_without_object_attributes_trains_without_the_head(tmp_path, train_tiny_config):
     data = write_scenes(tmp_path / "scenes", [{"box": [0, 0, 8, 8]}])
-    assert train_tiny(data, tmp_path / "run")["region_attributes"] is None
+    assert train_tiny_config(data, tmp_path / "run")["region_attributes"] is None
 
 
 def test_a_field_with_more_values_than_an_attribute_has_is_left_out():
@@ -227,7 +286,7 @@ def test_a_processor_without_attributes_removes_a_stale_attributes_file(tmp_path
     assert HybridVQAProcessor.from_pretrained(tmp_path).region_attributes is None
 
 
-def test_the_region_loss_of_a_batch_split_in_two_averages_to_the_whole():
+def test_the_region_loss_of_a_batch_split_in_two_averages_to_the_whole(tiny_model):
     """Each question weighs its image's loss, as the answer loss does: DDP halves agree."""
     model = tiny_model(region_attributes={"colour": 3}, region_loss_weight=1.0).eval()
     features = torch.randn(3, 16, 32)
@@ -263,11 +322,11 @@ def test_decode_gives_each_region_its_most_likely_attributes():
     ]
 
 
-def test_predictions_say_what_each_selected_region_sees(tmp_path, capsys):
+def test_predictions_say_what_each_selected_region_sees(tmp_path, capsys, train_tiny):
     from vqa.inference import load_model, predict
 
     data = write_scenes(tmp_path / "scenes", SCENE_OBJECTS)
-    train_tiny(data, tmp_path / "run")
+    assert train_tiny(data, tmp_path / "run") == 0
     model, processor = load_model(tmp_path / "run")
     with Image.open(data / "images" / "0.png") as image:
         prediction = predict(model, processor, image, "what colour is it?", mode="hard", k=3)

@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
+import vqa.training
+from vqa.checkpoints import checkpoints, latest_checkpoint
 from vqa.cli import main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import load_local_dataset
@@ -25,7 +28,8 @@ from vqa.inference import load_model
 from vqa.modeling import HybridVQAModel
 from vqa.presets import get_preset
 from vqa.processing import HybridVQAProcessor
-from vqa.training import TrainingArguments, build_model, checkpoints, latest_checkpoint, train
+from vqa.run_setup import build_model
+from vqa.training import TrainingArguments, train
 
 # One thread per process: the subprocesses share two cores, and the same arithmetic
 # everywhere keeps the comparisons exact.
@@ -180,6 +184,49 @@ def test_non_finite_steps_in_a_row_stop_the_run_keeping_the_last_good_checkpoint
     )
     assert latest_checkpoint(run) == good
     weights = load_file(good / "model.safetensors")
+    assert all(tensor.isfinite().all() for tensor in weights.values())
+
+
+@pytest.fixture
+def fp16_scaler_on_cpu(monkeypatch) -> list:
+    """Training under fp16 with a real ``torch.amp.GradScaler``, on the CPU.
+
+    Accelerate keeps no gradient scaler on a CPU, so each Accelerator that ``train`` makes gets
+    one before ``prepare``, as Accelerate gives it one under fp16 on a GPU. Its first scale,
+    2**127, makes the first scaled losses overflow, as fp16's 65536 does on a GPU. Returns the
+    list of the Accelerators made.
+    """
+    made, real = [], vqa.training.make_accelerator
+
+    def make_accelerator(args: TrainingArguments):
+        accelerator = real(args)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+        accelerator.native_amp = True
+        made.append(accelerator)
+        return accelerator
+
+    monkeypatch.setattr(vqa.training, "make_accelerator", make_accelerator)
+    return made
+
+
+def test_fp16_lets_the_scaler_skip_overflows_and_non_finite_steps_and_goes_on(
+    dataset, tmp_path, poison, fp16_scaler_on_cpu
+):
+    poison({3})
+    arguments = TrainingArguments(
+        output=str(tmp_path / "run"),
+        data=str(dataset),
+        preset="tiny",
+        batch_size=8,
+        mixed_precision="fp16",
+        max_bad_steps=2,  # the scaler's own skips of overflowing steps do not count
+        progress=False,
+    )
+    (epoch,) = train(arguments)["history"]
+    (accelerator,) = fp16_scaler_on_cpu
+    assert accelerator.scaler.get_scale() < 2.0**126  # backed off after the overflows
+    assert epoch["skipped_steps"] == 1 and math.isnan(epoch["step_losses"][2])
+    weights = load_file(tmp_path / "run" / "model.safetensors")
     assert all(tensor.isfinite().all() for tensor in weights.values())
 
 

@@ -1,5 +1,6 @@
 """Tests for `hybrid_attention.selection`: top-k masks, estimators, REINFORCE helpers."""
 
+import itertools
 import math
 import re
 
@@ -172,8 +173,12 @@ def test_plackett_luce_log_prob_matches_hand_computed_probabilities():
     torch.testing.assert_close(log_prob, expected)
 
 
-def test_plackett_luce_probabilities_sum_to_one_over_orders():
-    assert math.isclose(sum(PL_TWO_OF_THREE.values()), 1.0)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_plackett_luce_probabilities_of_every_ordered_draw_sum_to_one(k):
+    scores = random_scores(5, dtype=torch.float64)
+    orders = torch.tensor(list(itertools.permutations(range(5), k)))
+    log_prob = plackett_luce_log_prob(scores.expand(len(orders), 5), orders)
+    torch.testing.assert_close(log_prob.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
 def test_reinforce_log_prob_is_the_plackett_luce_value_of_the_sample():

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from hybrid_attention import MODES
+from vqa.cache import training_data_dir
+from vqa.configuration import HybridVQAConfig
 from vqa.inference import Prediction, describe_sight, load_model, predict
 from vqa.processing import to_rgb
 
-MODES = ("soft", "hard", "hybrid")
 TOP_ANSWERS = 5
 MAX_IMAGE_SIDE = 1024  # larger images are shrunk (aspect kept) before inference and display
 MAX_IMAGE_PIXELS = 40_000_000  # refused before decoding: a small file can hide a huge image
@@ -314,6 +316,13 @@ def compare(
     return (*outputs, "\n".join(summary) + "".join(f"\n\n⚠ {note}" for note in notes))
 
 
+def text_encoder_name(config: HybridVQAConfig) -> str:
+    """The text encoder's architecture: a pretrained one's model type and source, or BERT."""
+    if config.text_config:
+        return f"{config.text_config.get('model_type', 'transformers')} ({config.text_pretrained})"
+    return "BERT (trained from scratch)"
+
+
 def model_info(app_model: AppModel) -> str:
     """Markdown: the checkpoint, its fusion and encoder settings, its recorded val accuracy."""
     config = app_model.model.config
@@ -332,8 +341,8 @@ def model_info(app_model: AppModel) -> str:
         ),
         (
             "text encoder",
-            f"BERT, width {config.text_hidden_size}, {config.text_layers} layers, "
-            f"up to {app_model.processor.max_question_length} tokens",
+            f"{text_encoder_name(config)}, width {config.text_hidden_size}, "
+            f"{config.text_layers} layers, up to {app_model.processor.max_question_length} tokens",
         ),
         ("answers", f"{len(app_model.processor.answers)} in the vocabulary"),
         ("val accuracy", recorded_accuracy(app_model.directory)),
@@ -383,24 +392,6 @@ def find_examples(dataset_dir: str | Path, images: int = 6, per_image: int = 2) 
             image.load()
         examples += [[image, row["question"]] for row in rows]
     return examples
-
-
-def training_data_dir(directory: str | Path) -> Path | None:
-    """The dataset a run was trained on, as its ``metrics.json`` records it, or None.
-
-    For the embedded scenes this is the cached dataset (made again if the cache was cleared).
-    """
-    from vqa.presets import get_preset
-    from vqa.training import resolve_data_dir
-
-    try:
-        arguments = json.loads((Path(directory) / "metrics.json").read_text())["arguments"]
-        data, preset = arguments["data"], get_preset(arguments["preset"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if data != "synthetic" and not Path(data).is_dir():
-        return None
-    return resolve_data_dir(data, preset, progress=True)
 
 
 def build_app(

@@ -1,11 +1,14 @@
-"""Where generated datasets and the default model are cached between runs."""
+"""Where data and models live: the cache of generated datasets and of the default model, and
+the dataset directory that a ``--data`` value or a trained run points at."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from vqa.data.synthetic import DATASET_VERSION, SyntheticConfig, write_synthetic_dataset
+from vqa.presets import Preset, get_preset
 
 
 def cache_dir() -> Path:
@@ -44,9 +47,31 @@ def synthetic_dataset(
     return directory
 
 
+def resolve_data_dir(data: str, preset: Preset, progress: bool = True) -> Path:
+    """A dataset location: ``data`` itself, or the cached embedded dataset for ``synthetic``."""
+    if data == "synthetic":
+        return synthetic_dataset(**preset.synthetic, progress=progress)
+    return Path(data)
+
+
+def training_data_dir(run_dir: str | Path) -> Path | None:
+    """The local dataset directory a run was trained on, as its ``metrics.json`` records it.
+
+    None when the run records none, or its data was not a local directory (a hub id, a file).
+    For the embedded scenes this is the cached dataset (made again if the cache was cleared).
+    """
+    try:
+        arguments = json.loads((Path(run_dir) / "metrics.json").read_text())["arguments"]
+        data, preset = arguments["data"], get_preset(arguments["preset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data != "synthetic" and not Path(data).is_dir():
+        return None
+    return resolve_data_dir(data, preset)
+
+
 # Bumped when the model's architecture changes, so `vqa demo` trains a new default model
-# instead of loading weights that no longer fit (2: layer-normalised fusion inputs; 3: the
-# region attribute head; 4: the pointing loss and sine-cosine region positions).
+# instead of loading weights that no longer fit.
 MODEL_VERSION = 4
 
 

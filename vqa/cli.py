@@ -12,11 +12,15 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from hybrid_attention import MODES
 from vqa import __version__
-from vqa.ablation import add_ablate_parser
-
-ESTIMATOR_CHOICES = ("ste", "gumbel", "reinforce", "none")
-MODE_CHOICES = ("soft", "hard", "hybrid")
+from vqa.arguments import (
+    DATA_HELP,
+    DATASET_FIELDS,
+    TrainingArguments,
+    add_arguments,
+    from_namespace,
+)
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
@@ -45,125 +49,15 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     vqa.set_defaults(run=run_data_vqav2)
 
 
-DATA_HELP = (
-    "'synthetic' (the embedded scenes), a local-format directory, the official VQA files "
-    "(a directory or a JSON spec), a save_to_disk or parquet directory, or a hub id"
-)
-
-
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of every command that reads a dataset: column names and bad images."""
-    parser.add_argument("--image-column", default="image", help="Hugging Face datasets only")
-    parser.add_argument("--question-column", default="question", help="Hugging Face datasets only")
-    parser.add_argument(
-        "--answer-column",
-        help="Hugging Face datasets only (default: answers, answer or multiple_choice_answer)",
-    )
-    parser.add_argument(
-        "--on-bad-image",
-        choices=("fail", "skip"),
-        default="fail",
-        help="an image that does not decode stops the command, or its rows are skipped",
-    )
-
-
-def dataset_options(args: argparse.Namespace) -> dict:
-    """The options of :func:`add_dataset_arguments` as keyword arguments."""
-    return {
-        "image_column": args.image_column,
-        "question_column": args.question_column,
-        "answer_column": args.answer_column,
-        "on_bad_image": args.on_bad_image,
-    }
+    add_arguments(parser, TrainingArguments, DATASET_FIELDS)
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model with Accelerate")
-    train.add_argument("--data", default="synthetic", help=DATA_HELP)
-    add_dataset_arguments(train)
-    train.add_argument("--max-answers", type=int, default=3129, help="answer vocabulary size")
-    train.add_argument("--output", required=True, help="run directory")
-    train.add_argument("--preset", default="default", help="tiny | default | full")
-    train.add_argument("--mode", choices=MODE_CHOICES)
-    train.add_argument("--k", type=int, help="regions kept in hard and hybrid modes")
-    train.add_argument("--estimator", choices=ESTIMATOR_CHOICES)
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int, help="per process")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
-    train.add_argument("--grad-accum", type=int, default=1)
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    train.add_argument(
-        "--save-every-steps", type=int, help="also checkpoint every N optimizer steps"
-    )
-    train.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
-    train.add_argument(
-        "--max-bad-steps",
-        type=int,
-        default=5,
-        help="stop after N steps in a row with a non-finite loss or gradient",
-    )
-    train.add_argument(
-        "--vision-stem", choices=("patch", "conv"), help="override the preset's ViT stem"
-    )
-    train.add_argument(
-        "--region-loss-weight",
-        type=float,
-        help="weight of the auxiliary loss that teaches each region the attributes of the "
-        "object under it, where the data's objects have attributes (0: off; default: preset's)",
-    )
-    train.add_argument(
-        "--pointing-loss-weight",
-        type=float,
-        help="weight of the auxiliary loss that teaches the fusion to look at the objects a "
-        "question is about, where rows have targets (0: off; default: preset's)",
-    )
-    add_finetune_arguments(train)
-    train.add_argument("--log-with", help="an Accelerate tracker, e.g. tensorboard")
-    train.add_argument("--no-progress", action="store_true")
+    add_arguments(train, TrainingArguments)
     train.set_defaults(run=run_train)
-
-
-def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    """Pretrained encoders, freezing and the encoders' learning rate (``vqa train``)."""
-    group = parser.add_argument_group("pretrained encoders")
-    group.add_argument(
-        "--vision-pretrained",
-        metavar="PATH",
-        help="timm .safetensors/.npz file (with --vision-model) or directory, or a transformers "
-        "ViT/CLIP/DINOv2/SigLIP directory",
-    )
-    group.add_argument(
-        "--vision-model", help="timm architecture of a weights file, e.g. vit_small_patch16_224"
-    )
-    group.add_argument(
-        "--text-pretrained",
-        metavar="DIR",
-        help="transformers text model directory with its tokenizer, or 'minilm' (extra [minilm])",
-    )
-    group.add_argument("--image-size", type=int, help="input size (default: the pretrained one)")
-    group.add_argument("--freeze-vision", action="store_true", help="keep the vision encoder fixed")
-    group.add_argument("--freeze-text", action="store_true", help="keep the text encoder fixed")
-    group.add_argument(
-        "--train-last-blocks", type=int, metavar="N", help="train only each encoder's last N blocks"
-    )
-    group.add_argument("--encoder-lr", type=float, metavar="LR", help="encoders' learning rate")
-
-
-def finetune_options(args: argparse.Namespace) -> dict:
-    """The options of :func:`add_finetune_arguments` as keyword arguments."""
-    names = (
-        "vision_pretrained",
-        "vision_model",
-        "text_pretrained",
-        "image_size",
-        "freeze_vision",
-        "freeze_text",
-        "train_last_blocks",
-        "encoder_lr",
-    )
-    return {name: getattr(args, name) for name in names}
 
 
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:
@@ -178,7 +72,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--results", help="also write the predictions here: [{question_id, answer}] (official)"
     )
-    evaluate.add_argument("--mode", choices=MODE_CHOICES, help="override the fusion mode")
+    evaluate.add_argument("--mode", choices=MODES, help="override the fusion mode")
     evaluate.add_argument("--k", type=int, help="override k")
     evaluate.add_argument("--batch-size", type=int, default=128)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -190,10 +84,88 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", required=True, help="run or model directory")
     predict.add_argument("--image", required=True, help="image file")
     predict.add_argument("--question", required=True)
-    predict.add_argument("--mode", choices=MODE_CHOICES, help="override the fusion mode")
+    predict.add_argument("--mode", choices=MODES, help="override the fusion mode")
     predict.add_argument("--k", type=int, help="override k")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(run=run_predict)
+
+
+def word_list(text: str) -> list[str]:
+    """``"soft, hard"`` -> ``["soft", "hard"]`` (argparse type)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def integer_list(text: str) -> list[int]:
+    """``"4,8"`` -> ``[4, 8]`` (argparse type)."""
+    try:
+        return [int(part) for part in word_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``vqa ablate`` on the ``vqa`` command's sub-parsers."""
+    ablate = commands.add_parser(
+        "ablate", help="train soft, hard and hybrid attention on one grid and compare them"
+    )
+    ablate.add_argument(
+        "--data", default="synthetic", help="dataset directory, or 'synthetic' (embedded scenes)"
+    )
+    ablate.add_argument(
+        "--modes", type=word_list, help="comma-separated, e.g. soft,hard,hybrid (default: preset)"
+    )
+    ablate.add_argument(
+        "--k", type=integer_list, help="regions kept by hard and hybrid, e.g. 4,8,16"
+    )
+    ablate.add_argument(
+        "--estimators", type=word_list, help="for hard and hybrid, e.g. ste,gumbel,reinforce"
+    )
+    ablate.add_argument("--seeds", type=integer_list, help="e.g. 0,1,2")
+    ablate.add_argument("--epochs", type=int, help="per run (default: the preset's)")
+    ablate.add_argument(
+        "--pointing-loss-weight",
+        type=float,
+        help="supervise where every run looks (default: the preset's, 0 in quick and full)",
+    )
+    ablate.add_argument(
+        "--preset", default="quick", help="quick (2-core CPU, 20 min) | full (GPU) | tiny"
+    )
+    ablate.add_argument("--out", required=True, help="output directory")
+    ablate.add_argument(
+        "--resume", action="store_true", help="skip the runs already in OUT/results.csv"
+    )
+    ablate.add_argument("--no-progress", action="store_true")
+    ablate.set_defaults(run=run_ablate)
+
+
+def run_ablate(args: argparse.Namespace) -> None:
+    """The ``vqa ablate`` command: run the ablation, then say where the results are."""
+    from vqa.ablation import (
+        REPORT_FILE,
+        RESULTS_FILE,
+        TABLE_FILE,
+        AblationArguments,
+        run_ablation,
+    )
+
+    out = run_ablation(
+        AblationArguments(
+            out=args.out,
+            data=args.data,
+            preset=args.preset,
+            modes=args.modes,
+            k=args.k,
+            estimators=args.estimators,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            pointing_loss_weight=args.pointing_loss_weight,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    )
+    print(f"{out / RESULTS_FILE}, {out / TABLE_FILE}, {out / REPORT_FILE} and plots in {out}")
 
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -276,36 +248,9 @@ def run_data_vqav2(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from vqa.training import TrainingArguments, train
+    from vqa.training import train
 
-    summary = train(
-        TrainingArguments(
-            output=args.output,
-            data=args.data,
-            **dataset_options(args),
-            max_answers=args.max_answers,
-            preset=args.preset,
-            mode=args.mode,
-            k=args.k,
-            estimator=args.estimator,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            mixed_precision=args.mixed_precision,
-            grad_accum=args.grad_accum,
-            resume=args.resume,
-            save_every_steps=args.save_every_steps,
-            keep_checkpoints=args.keep_checkpoints,
-            max_bad_steps=args.max_bad_steps,
-            vision_stem=args.vision_stem,
-            region_loss_weight=args.region_loss_weight,
-            pointing_loss_weight=args.pointing_loss_weight,
-            **finetune_options(args),
-            log_with=args.log_with,
-            progress=not args.no_progress,
-        )
-    )
+    summary = train(from_namespace(TrainingArguments, args))
     if any("val_accuracy" in record for record in summary["history"]):
         kept = f"best val accuracy {summary['best_accuracy']:.4f}"
     else:

@@ -1,0 +1,217 @@
+"""``TrainingArguments``: what ``vqa train`` accepts, defined once for Python and the command line.
+
+Each field carries its command-line help in its metadata, and :func:`add_arguments` builds the
+``--flag`` of every field from it (``mode`` -> ``--mode``, ``batch_size`` -> ``--batch-size``,
+``progress: bool = True`` -> ``--no-progress``). :func:`from_namespace` maps the parsed flags back
+to the dataclass. So a new option is one new field here, and nothing else.
+
+This module imports no torch, so that ``vqa --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from hybrid_attention import ESTIMATORS, MODES
+from vqa.presets import Preset
+
+DATA_HELP = (
+    "'synthetic' (the embedded scenes), a local-format directory, the official VQA files "
+    "(a directory or a JSON spec), a save_to_disk or parquet directory, or a hub id"
+)
+DATASET_FIELDS = ("image_column", "question_column", "answer_column", "on_bad_image")
+
+
+def option(default: Any, help: str, **argparse_options: Any) -> Any:
+    """A dataclass field with a default and the ``argparse`` options of its flag.
+
+    ``argparse_options`` go to ``add_argument`` as they are (``choices``, ``metavar``, ...),
+    except ``group``: the title of the help section the flag is listed in.
+    """
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
+@dataclass
+class TrainingArguments:
+    """Everything ``vqa train`` accepts; ``None`` means "what the preset says".
+
+    The help text of each field (its ``metadata``) is the documentation; ``vqa train --help``
+    prints it.
+    """
+
+    output: str = field(metadata={"help": "run directory", "required": True})
+    data: str = option("synthetic", DATA_HELP)
+    image_column: str = option("image", "Hugging Face datasets only", group="dataset columns")
+    question_column: str = option("question", "Hugging Face datasets only", group="dataset columns")
+    answer_column: str | None = option(
+        None,
+        "Hugging Face datasets only (default: answers, answer or multiple_choice_answer)",
+        group="dataset columns",
+    )
+    on_bad_image: str = option(
+        "fail",
+        "an image that does not decode stops the command, or its rows are skipped",
+        choices=("fail", "skip"),
+    )
+    max_answers: int = option(3129, "answer vocabulary size (the most frequent training answers)")
+    preset: str = option("default", "bundle of model, training and data sizes (vqa.presets)")
+    mode: str | None = option(None, "fusion mode (default: the preset's)", choices=MODES)
+    k: int | None = option(None, "regions kept in hard and hybrid modes")
+    estimator: str | None = option(None, "gradient estimator of the selection", choices=ESTIMATORS)
+    epochs: int | None = option(None, "training epochs (default: the preset's)")
+    batch_size: int | None = option(None, "questions per batch, per process")
+    lr: float | None = option(None, "learning rate of the new layers (default: the preset's)")
+    seed: int = option(0, "seeds initialisation, shuffling and sampling")
+    mixed_precision: str = option(
+        "no", "Accelerate's mixed precision", choices=("no", "bf16", "fp16")
+    )
+    grad_accum: int = option(1, "batches per optimizer step")
+    resume: bool = option(False, "continue the run in --output from its last checkpoint")
+    save_every_steps: int | None = option(
+        None, "also checkpoint every N optimizer steps", metavar="N"
+    )
+    keep_checkpoints: int = option(2, "newest checkpoints kept")
+    max_bad_steps: int = option(
+        5, "stop after N steps in a row with a non-finite loss or gradient", metavar="N"
+    )
+    vision_stem: str | None = option(
+        None, "override the preset's ViT stem ('patch' has no BatchNorm)", choices=("patch", "conv")
+    )
+    region_loss_weight: float | None = option(
+        None,
+        "weight of the auxiliary loss that teaches each region the attributes of the object "
+        "under it, where the data's objects have attributes (0: off; default: the preset's)",
+    )
+    pointing_loss_weight: float | None = option(
+        None,
+        "weight of the auxiliary loss that teaches the fusion to look at the objects a "
+        "question is about, where rows have targets (0: off; default: the preset's)",
+    )
+    vision_pretrained: str | None = option(
+        None,
+        "timm .safetensors/.npz file (with --vision-model) or directory, or a transformers "
+        "ViT/CLIP/DINOv2/SigLIP directory",
+        metavar="PATH",
+        group="pretrained encoders",
+    )
+    vision_model: str | None = option(
+        None,
+        "timm architecture of a weights file, e.g. vit_small_patch16_224",
+        group="pretrained encoders",
+    )
+    text_pretrained: str | None = option(
+        None,
+        "transformers text model directory with its tokenizer, or 'minilm' (extra [minilm])",
+        metavar="DIR",
+        group="pretrained encoders",
+    )
+    image_size: int | None = option(
+        None,
+        "input size (default: the pretrained one, else the preset's)",
+        group="pretrained encoders",
+    )
+    freeze_vision: bool = option(
+        False, "keep the vision encoder fixed", group="pretrained encoders"
+    )
+    freeze_text: bool = option(False, "keep the text encoder fixed", group="pretrained encoders")
+    train_last_blocks: int | None = option(
+        None,
+        "train only each encoder's last N blocks and final norm",
+        metavar="N",
+        group="pretrained encoders",
+    )
+    encoder_lr: float | None = option(
+        None,
+        "the encoders' learning rate (default: --lr)",
+        metavar="LR",
+        group="pretrained encoders",
+    )
+    warmup_ratio: float = option(0.05, "share of the steps with a linear learning-rate warmup")
+    weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    eval_batch_size: int = option(128, "questions per validation batch")
+    log_with: str | None = option(None, "an Accelerate tracker, e.g. tensorboard")
+    progress: bool = option(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        for name in ("keep_checkpoints", "max_bad_steps", "save_every_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("region_loss_weight", "pointing_loss_weight"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+    def resolved(self, preset: Preset) -> TrainingArguments:
+        """A copy whose unset epochs / batch size / lr come from ``preset``."""
+        values = asdict(self)
+        for name in ("epochs", "batch_size", "lr"):
+            if values[name] is None:
+                values[name] = preset.training[name]
+        return TrainingArguments(**values)
+
+
+def loss_weight(name: str, preset: Preset, args: object) -> float:
+    """An auxiliary loss weight (``region_loss_weight`` or ``pointing_loss_weight``): that field
+    of ``args`` (``TrainingArguments``, ``AblationArguments``) where set, else the preset's
+    (default 0)."""
+    value = getattr(args, name)
+    return float(preset.model.get(name, 0.0) if value is None else value)
+
+
+def flag_type(annotation: Any) -> type:
+    """The value type of a field annotation: ``int | None`` -> ``int``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return annotation
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, names: Sequence[str] | None = None
+) -> None:
+    """Add a ``--flag`` to ``parser`` for each field of the dataclass ``cls`` (or ``names``).
+
+    The flag's help, choices and other options come from the field's metadata; its default is
+    the field's, so a parsed namespace holds exactly what the dataclass would get.
+    """
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for item in dataclasses.fields(cls):
+        if names is not None and item.name not in names:
+            continue
+        options = dict(item.metadata)
+        title = options.pop("group", None)
+        target = (
+            parser if title is None else groups.setdefault(title, parser.add_argument_group(title))
+        )
+        flag = "--" + item.name.replace("_", "-")
+        value_type = flag_type(hints[item.name])
+        if value_type is bool and item.default:
+            target.add_argument(
+                "--no-" + item.name.replace("_", "-"),
+                dest=item.name,
+                action="store_false",
+                help=f"do not {options['help']}",
+            )
+        elif value_type is bool:
+            target.add_argument(flag, action="store_true", **options)
+        else:
+            if item.default is not dataclasses.MISSING:
+                options["default"] = item.default
+            target.add_argument(flag, type=value_type, **options)
+
+
+DataclassT = TypeVar("DataclassT")
+
+
+def from_namespace(cls: type[DataclassT], args: argparse.Namespace, **overrides: Any) -> DataclassT:
+    """The dataclass ``cls`` built from the flags that :func:`add_arguments` added."""
+    values = {item.name: getattr(args, item.name) for item in dataclasses.fields(cls)}
+    return cls(**{**values, **overrides})

@@ -1,0 +1,59 @@
+"""Training checkpoints: ``RUN/checkpoint/step-N/``, written atomically, newest kept.
+
+A checkpoint holds Accelerate's state (model, optimizer, scheduler, RNG of every process) and
+``trainer_state.json`` (epoch, batches seen in it, losses so far), which is all that an exact
+mid-epoch ``--resume`` needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from vqa.files import write_json
+
+STATE_FILE = "trainer_state.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """The complete checkpoints of ``run`` (``checkpoint/step-N``), oldest first.
+
+    A checkpoint is complete once renamed from its ``.tmp`` name, which happens after all of
+    its files, ``trainer_state.json`` last, are written.
+    """
+    complete = [
+        path
+        for path in (run / CHECKPOINT_DIR).glob("step-*")
+        if path.suffix != ".tmp" and (path / STATE_FILE).is_file()
+    ]
+    return sorted(complete, key=lambda path: int(path.name.removeprefix("step-")))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint of ``run``, or None."""
+    return next(reversed(checkpoints(run)), None)
+
+
+def save_checkpoint(accelerator: Accelerator, run: Path, state: dict, keep: int) -> None:
+    """Accelerate state + trainer state as ``checkpoint/step-N``; keep the newest ``keep``.
+
+    Written beside as ``step-N.tmp`` and renamed once complete, so a kill at any moment
+    leaves the previous checkpoints intact.
+    """
+    directory = run / CHECKPOINT_DIR
+    final = directory / f"step-{state['global_step']:08d}"
+    staging = directory / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        write_json(staging / STATE_FILE, state)
+        os.replace(staging, final)
+        for path in [*directory.glob("step-*.tmp"), *checkpoints(run)[:-keep]]:
+            shutil.rmtree(path, ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,250 @@
+"""Everything a training run needs before its first step: data, processor, model, optimizer.
+
+:func:`setup_run` turns ``TrainingArguments`` into a :class:`RunSetup`; ``vqa.training.train``
+then prepares it with Accelerate and loops. Fine-tuning choices (pretrained encoders, frozen
+blocks, the encoders' learning rate) are made here, through ``vqa.finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from torch.utils.data import DataLoader, Sampler
+from transformers import get_cosine_schedule_with_warmup
+
+from vqa.arguments import TrainingArguments, loss_weight
+from vqa.cache import resolve_data_dir
+from vqa.configuration import HybridVQAConfig
+from vqa.data.hub import ColumnMapping
+from vqa.data.sources import answerable_rows, load_vqa_dataset
+from vqa.encoders import load_text_tokenizer, pretrained_fields, pretrained_image_settings
+from vqa.finetune import configure_trainable, load_pretrained_encoders, parameter_groups
+from vqa.modeling import HybridVQAModel
+from vqa.presets import Preset
+from vqa.processing import ANSWERS_FILE, HybridVQAProcessor, VQACollator
+
+TRAINING_SPLITS = ("train", "val")
+
+
+@dataclass
+class RunSetup:
+    """The parts of a run, before ``accelerator.prepare``.
+
+    Attributes:
+        train_rows: the training questions that have an answer in the vocabulary.
+        val_rows: the validation split, or None when the data has none.
+        coverage: the vocabulary's coverage of the training answers (``metrics.json``).
+    """
+
+    processor: HybridVQAProcessor
+    model: HybridVQAModel
+    train_rows: Dataset
+    val_rows: Dataset | None
+    coverage: dict[str, float]
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+class ImageGroupedSampler(Sampler[int]):
+    """Shuffles images, and keeps the questions about one image next to each other.
+
+    Batches then hold several questions per image, which the model encodes once.
+    """
+
+    def __init__(self, image_paths: list[str], seed: int) -> None:
+        groups: dict[str, list[int]] = {}
+        for row, path in enumerate(image_paths):
+            groups.setdefault(path, []).append(row)
+        self.groups = list(groups.values())
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self.groups)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        for group in torch.randperm(len(self.groups), generator=generator).tolist():
+            yield from self.groups[group]
+
+
+def load_splits(
+    args: TrainingArguments, preset: Preset, accelerator: Accelerator
+) -> dict[str, Dataset]:
+    """The train split (required) and the val split (where there is one) of ``args.data``.
+
+    The main process prepares the data first (generating the embedded scenes or converting
+    files on first use); the other processes then read what it wrote.
+    """
+    with accelerator.main_process_first():
+        data_dir = resolve_data_dir(args.data, preset, args.progress)
+        columns = ColumnMapping(args.image_column, args.question_column, args.answer_column)
+        splits = load_vqa_dataset(data_dir, columns=columns, on_bad_image=args.on_bad_image)
+    if "train" not in splits:
+        raise ValueError(f"{data_dir} has no train split; it has {sorted(splits)}")
+    return {name: rows for name, rows in splits.items() if name in TRAINING_SPLITS}
+
+
+def region_objects(rows: Dataset, weight: float) -> list[list[dict]]:
+    """The training rows' objects, once per image, when the region loss is on (weight > 0)."""
+    if weight <= 0:
+        return []
+    per_image: dict[str, str] = {}
+    for path, objects in zip(rows["image_path"], rows["objects_json"], strict=True):
+        per_image.setdefault(path, objects)
+    return [json.loads(objects) for objects in per_image.values()]
+
+
+def processor_settings(preset: Preset, args: TrainingArguments) -> dict:
+    """Image size, normalisation and tokenizer of a new processor.
+
+    The pretrained encoders' where ``args`` names them; the image size is ``args.image_size``,
+    else the pretrained vision encoder's, else the preset's.
+    """
+    settings = {"image_size": preset.model.get("image_size", HybridVQAConfig.image_size)}
+    if args.vision_pretrained:
+        settings.update(pretrained_image_settings(args.vision_pretrained, args.vision_model))
+    if args.image_size:
+        settings["image_size"] = args.image_size
+    if args.text_pretrained:
+        settings["tokenizer"] = load_text_tokenizer(args.text_pretrained)
+    return settings
+
+
+def build_processor(
+    args: TrainingArguments, preset: Preset, train_rows: Dataset, accelerator: Accelerator
+) -> HybridVQAProcessor:
+    """The run's tokenizer, image transform and answer vocabulary, saved in the run directory.
+
+    The main process builds and saves it and every process loads that copy, so all of them
+    use the same token ids. A resumed run keeps its own, even when it was killed before its
+    first checkpoint.
+    """
+    run = Path(args.output)
+    with accelerator.main_process_first():
+        keep = args.resume and (run / ANSWERS_FILE).is_file()
+        if accelerator.is_main_process and not keep:
+            HybridVQAProcessor.train(
+                train_rows["question"],
+                train_rows["answers"],
+                max_answers=args.max_answers,
+                object_lists=region_objects(
+                    train_rows, loss_weight("region_loss_weight", preset, args)
+                ),
+                **processor_settings(preset, args),
+            ).save_pretrained(run)
+        return HybridVQAProcessor.from_pretrained(run)
+
+
+def build_model(
+    processor: HybridVQAProcessor, preset: Preset, args: TrainingArguments
+) -> HybridVQAModel:
+    """A fresh model sized by the preset, the processor and the fusion overrides."""
+    fields = dict(preset.model)
+    fields.update(
+        {
+            f"fusion_{name}": value
+            for name, value in (("mode", args.mode), ("k", args.k), ("estimator", args.estimator))
+            if value is not None
+        }
+    )
+    if args.vision_stem is not None:
+        fields["vision_stem"] = args.vision_stem
+    for name in ("region_loss_weight", "pointing_loss_weight"):
+        fields[name] = loss_weight(name, preset, args)
+    # The processor has region attributes when the run started with the loss on; a resumed
+    # run keeps the head it was saved with, even with the weight set to 0 now.
+    if processor.region_attributes is not None:
+        fields["region_attributes"] = processor.region_attributes.num_classes
+    fields.update(
+        image_size=processor.image_size,
+        text_vocab_size=len(processor.tokenizer),
+        max_question_length=processor.max_question_length,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        id2label=dict(enumerate(processor.answers.answers)),
+    )
+    fields.update(
+        pretrained_fields(
+            vision=args.vision_pretrained, vision_model=args.vision_model, text=args.text_pretrained
+        )
+    )
+    model = HybridVQAModel(HybridVQAConfig(**fields))
+    load_pretrained_encoders(model)
+    configure_trainable(
+        model,
+        freeze_vision=args.freeze_vision,
+        freeze_text=args.freeze_text,
+        train_last_blocks=args.train_last_blocks,
+    )
+    return model
+
+
+def region_grid(model: HybridVQAModel) -> int | None:
+    """Regions per side of the patch grid when the model learns region attributes, else None."""
+    return math.isqrt(model.config.num_regions) if model.region_head is not None else None
+
+
+def target_grid(model: HybridVQAModel) -> int | None:
+    """Regions per side of the patch grid when the model learns to point, else None."""
+    return math.isqrt(model.config.num_regions) if model.config.pointing_loss_weight else None
+
+
+def build_loader(
+    rows: Dataset, processor: HybridVQAProcessor, model: HybridVQAModel, args: TrainingArguments
+) -> DataLoader:
+    """Training batches of ``args.batch_size`` questions, grouped by image, shuffled per epoch."""
+    # Starting an epoch draws a seed from the loader's generator: give it its own, so a resumed
+    # epoch does not shift the global RNG stream that dropout and Gumbel noise use.
+    return DataLoader(
+        rows,
+        batch_size=args.batch_size,
+        sampler=ImageGroupedSampler(rows["image_path"], args.seed),
+        collate_fn=VQACollator(
+            processor, region_grid=region_grid(model), target_grid=target_grid(model)
+        ),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def build_optimizer(
+    model: HybridVQAModel, steps: int, args: TrainingArguments
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the model's parameter groups and a cosine schedule with warmup over ``steps``."""
+    groups = parameter_groups(
+        model, lr=args.lr, encoder_lr=args.encoder_lr, weight_decay=args.weight_decay
+    )
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
+    return optimizer, scheduler
+
+
+def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator) -> RunSetup:
+    """Data, processor, model, loader, optimizer and schedule of a run (``args`` resolved)."""
+    splits = load_splits(args, preset, accelerator)
+    processor = build_processor(args, preset, splits["train"], accelerator)
+    train_rows, coverage = answerable_rows(splits["train"], processor.answers)
+    accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
+    model = build_model(processor, preset, args)
+    loader = build_loader(train_rows, processor, model, args)
+    steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
+    optimizer, scheduler = build_optimizer(model, steps, args)
+    return RunSetup(
+        processor=processor,
+        model=model,
+        train_rows=train_rows,
+        val_rows=splits.get("val"),
+        coverage=coverage,
+        loader=loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
