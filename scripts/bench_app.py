@@ -9,7 +9,7 @@ test), and the summary has the server's resident memory (RSS) after the warm-up 
 
     python scripts/bench_app.py                              # the default model (vqa demo)
     python scripts/bench_app.py --model RUN --clients 16 --requests 20
-    python scripts/bench_app.py --model RUN --clients 32 --duration 60
+    python scripts/bench_app.py --model RUN --clients 32 --duration 60 --out RESULT.json
 
 Output: ``{"clients", "requests", "p50_ms", "p95_ms", "p99_ms", "throughput_rps", "errors",
 "server_rss_mb_start", "server_rss_mb_end", "server_rss_growth_percent", "machine", ...}``.
@@ -23,7 +23,6 @@ import io
 import itertools
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -38,6 +37,9 @@ from urllib.parse import urlparse
 
 import httpx
 from PIL import Image, ImageDraw
+
+from vqa.files import write_json
+from vqa.machine import machine
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 QUESTION = "what colour is the large circle?"
@@ -57,6 +59,7 @@ def parse_args() -> argparse.Namespace:
         "--duration", type=float, help="ask back to back for this many seconds (not --requests)"
     )
     parser.add_argument("--startup-limit", type=float, default=180.0, help="seconds to start")
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
     return parser.parse_args()
 
 
@@ -238,22 +241,6 @@ def bench(url: str, args: argparse.Namespace, server: int | None = None) -> dict
     }
 
 
-def machine() -> dict:
-    """What the numbers were measured on, with the load from other processes before the run."""
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average": [round(value, 2) for value in os.getloadavg()],
-    }
-
-
 def main() -> None:
     args = parse_args()
     measured_on = machine()
@@ -274,6 +261,8 @@ def main() -> None:
             result = bench(url, args, server)
         result["model"] = str(model)
     result["machine"] = measured_on
+    if args.out:
+        write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -9,21 +9,24 @@ The settings of one N take turns within each repeat, so load that drifts hits th
 
     python scripts/bench_attention.py   # N 64..4096, k 8 and 32, D 256, batch 32, 4 heads, Lq 1
     python scripts/bench_attention.py --n 256 1024 --k 8 --device cuda --repeats 20
+    python scripts/bench_attention.py --out docs/results/bench-attention/cpu.json
+    python scripts/bench_attention.py --table docs/results/bench-attention/cpu.json  # README
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from hybrid_attention import ESTIMATORS, HybridAttention
+from vqa.files import write_json
+from vqa.machine import describe, machine, synchronize
 
 Setting = tuple[str, int | None]  # (mode, k); k is None for soft
 
@@ -46,44 +49,39 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is kept")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--out", type=Path, help="also write the JSON result here")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a result")
     return parser.parse_args()
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: torch.device) -> dict:
-    cuda = device.type == "cuda"
-    return {
-        "cpu": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
-        "threads": torch.get_num_threads(),
-        # Other work on a shared machine slows the runs: worth knowing when reading the times.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+def markdown_table(result: dict) -> str:
+    """The README's table: per N, soft's median ms and the ratio to soft of hard and hybrid."""
+    rows: dict[int, dict] = {}
+    for row in result["results"]:
+        rows.setdefault(row["n"], {})[row["mode"], row["k"]] = row
+    settings = sorted({key for by_setting in rows.values() for key in by_setting if key[1]})
+    header = ["N", "soft train ms"] + [f"{mode} k={k}" for mode, k in settings]
+    header += ["soft infer ms"] + [f"{mode} k={k}" for mode, k in settings]
+    lines = ["| " + " | ".join(header) + " |", "|---:" * len(header) + "|"]
+    for n, by_setting in sorted(rows.items()):
+        cells = [str(n)]
+        for phase in ("train", "infer"):
+            cells.append(f"{by_setting['soft', None][f'{phase}_ms']:.0f}")
+            cells += [
+                f"{by_setting[key][f'{phase}_ratio_to_soft']:.2f}x" if key in by_setting else ""
+                for key in settings
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\nMeasured on {describe(result['machine'])}.")
+    return "\n".join(lines)
 
 
 def time_ms(run: Callable[[], None], device: torch.device) -> float:
     """Wall time of one call of ``run`` in milliseconds, waiting for the device around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return 1e3 * (time.perf_counter() - start)
 
 
@@ -152,17 +150,23 @@ def benchmark_n(
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     device = torch.device(args.device)
     torch.manual_seed(0)
     attn = HybridAttention(args.dim, num_heads=args.num_heads, estimator=args.estimator)
     attn = attn.to(device)
-    info = machine_info(device)
+    info = machine(device)
     results = [row for n in args.n for row in benchmark_n(attn, n, args, device)]
     settings = {
         key: getattr(args, key)
         for key in ("dim", "batch_size", "num_heads", "queries", "estimator", "repeats", "warmup")
     }
-    print(json.dumps({"machine": info, "settings": settings, "results": results}, indent=2))
+    result = {"machine": info, "settings": settings, "results": results}
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

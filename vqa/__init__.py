@@ -1,3 +1,3 @@
-"""Visual question answering with hard, soft and hybrid attention (see DESIGN.md)."""
+"""Visual question answering with hard, soft and hybrid attention (see the README)."""
 
 __version__ = "0.1.0"

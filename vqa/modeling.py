@@ -1,8 +1,8 @@
-"""HybridVQAModel: ViT regions + BERT question -> HybridAttention -> reasoner -> answer logits.
+"""HybridVQAModel: ViT regions + encoded question -> HybridAttention -> reasoner -> logits.
 
 ```
-image    -> ViT -> regions (B, N, D)  ------------------- LayerNorm --┐
-question -> BERT -> tokens (B, L, D), CLS query (B, 1, D) -> LayerNorm -> HybridAttention
+image    -> ViT -> regions (B, N, D)  ------------------------------ LayerNorm --┐
+question -> text encoder -> tokens (B, L, D), CLS query (B, 1, D) -> LayerNorm -> HybridAttention
    -> reasoner over [question tokens; attended vector; selected regions + weight mark]
    -> MLP head on the first token -> logits (B, num_labels)
 ```
@@ -97,9 +97,8 @@ def region_position_init(config: HybridVQAConfig) -> Tensor:
     """(1, N, fusion_dim) 2D sine-cosine embedding of each region's row and column (timm's).
 
     Added to the regions that the fusion scores and the reasoner read, so "left of" and
-    "above" are a linear read-out from the first step. A near-zero random init left the
-    positions to the ViT's own embedding: the relation questions then stayed near 0.45
-    after 130k questions, against 0.87 after 53k with this one (scratch runs).
+    "above" are a linear read-out from the first step, rather than something the ViT's own
+    position embedding must carry through every block (docs/experiments.md).
     """
     grid = math.isqrt(config.num_regions)
     embedding = build_sincos2d_pos_embed([grid, grid], dim=config.fusion_dim, temperature=100.0)
@@ -109,10 +108,9 @@ def region_position_init(config: HybridVQAConfig) -> Tensor:
 def _init_fusion(attention: HybridAttention) -> None:
     """Glorot-initialise the fusion projections, which see layer-normalised inputs.
 
-    With BERT's std 0.02 on both the query and the key projection, every score starts near 0
-    and the gradient of each projection is proportional to the other one: the selection sat
-    on that saddle for tens of thousands of questions (measured with perfect region features).
-    Glorot scales give scores of order 1 from the first step.
+    With a std-0.02 init on both the query and the key projection, every score starts near 0
+    and the gradient of each projection is proportional to the other one: a saddle that the
+    selection is slow to leave. Glorot scales give scores of order 1 from the first step.
     """
     for projection in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
         nn.init.xavier_uniform_(projection.weight)

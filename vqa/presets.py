@@ -53,9 +53,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         description="the vqa ablate grid in at most 20 minutes on a 2-core CPU",
-        # The default model on less data: each run needs tens of thousands of questions before
-        # the answers use the image (32 px scenes with a smaller model stayed at the blind
-        # level), so the grid is small: 10 runs of about 80 s.
+        # The default model on less data, so that each of the 10 runs takes about 80 s.
         model={"dropout": 0.0, "region_loss_weight": 1.0, "reasoner_layers": 3},
         training={"epochs": 4, "batch_size": 48, "lr": 3e-4},
         synthetic={"train": 3000, "val": 200, "test": 300, "image_size": 64},
@@ -68,12 +66,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "default": Preset(
         description="the embedded default: about 10 minutes on a 2-core CPU",
-        # No dropout: the model is far from overfitting the scenes in this budget, and dropout
-        # took 14 % of a training step's CPU time. The region attribute loss teaches the ViT
-        # what the objects look like, the pointing loss teaches the fusion where to look, and
-        # the regions' sine-cosine positions (in every model) make relations readable. Scratch
-        # runs (see the README): 0.90 after 144k questions with all three, 0.63 without the
-        # pointing loss and the positions, 0.37 without any.
+        # No dropout: the model does not overfit the scenes within this budget, and dropout
+        # costs CPU time. The region attribute loss teaches the ViT what the objects look like
+        # and the pointing loss teaches the fusion where to look (docs/experiments.md).
         model={
             "dropout": 0.0,
             "region_loss_weight": 1.0,
@@ -81,9 +76,8 @@ PRESETS: dict[str, Preset] = {
             "reasoner_layers": 3,
         },
         training={"epochs": 5, "batch_size": 48, "lr": 3e-4},
-        # 6 questions asked per scene (4.5 kept on average: small scenes cannot have them all):
-        # in scratch runs the comparisons were learned sooner than with 3 per scene on twice
-        # the scenes (0.70 against 0.58 after 130-150k questions).
+        # 6 questions asked per scene (4.5 kept on average: small scenes cannot have them all);
+        # more questions per scene teach comparisons sooner than more scenes do.
         synthetic={
             "train": 10000,
             "val": 500,

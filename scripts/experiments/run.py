@@ -1,0 +1,140 @@
+"""Run training experiments, one JSON config per experiment; write one JSON result per config.
+
+    python scripts/experiments/run.py scripts/experiments/configs/*.json \
+        --out docs/results/experiments --questions 135000
+    python scripts/experiments/run.py --table docs/results/experiments   # the README table
+
+A config names a preset and overrides of its training arguments and embedded data::
+
+    {"description": "...", "preset": "default",
+     "training": {"pointing_loss_weight": 0}, "synthetic": {"questions_per_image": 3}}
+
+Every experiment trains on the embedded scenes for the same number of training questions
+(``--questions``, rounded up to whole epochs), so the results compare sample efficiency; the
+seconds are reported beside it, with the machine's measured matmul rate. Validation accuracy is
+taken after every epoch. ``--threads`` sets torch's threads per run, so that two runs can share
+a 2-core machine as the README's table was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vqa.cache import synthetic_dataset
+from vqa.files import write_json
+from vqa.machine import machine
+from vqa.presets import get_preset
+from vqa.training import TrainingArguments, train
+
+FAMILIES = ("colour", "shape", "exist", "count", "relate", "compare")
+
+
+def load_config(path: Path) -> dict:
+    """A config file, with its name (the file's stem) and the keys it may leave out."""
+    config = json.loads(path.read_text())
+    unknown = set(config) - {"description", "preset", "training", "synthetic"}
+    if unknown:
+        raise SystemExit(f"{path}: unknown keys {sorted(unknown)}")
+    return {"name": path.stem, "training": {}, "synthetic": {}, **config}
+
+
+def data_dir(config: dict) -> Path:
+    """The embedded scenes of the config's preset with its overrides (generated once, cached)."""
+    sizes = {**get_preset(config["preset"]).synthetic, **config["synthetic"]}
+    return synthetic_dataset(**sizes, progress=False)
+
+
+def run_experiment(config: dict, questions: int, seed: int, run_dir: Path) -> dict:
+    """Train one config for about ``questions`` training questions; summarise every epoch."""
+    data = data_dir(config)
+    with (data / "train.jsonl").open() as lines:
+        per_epoch = sum(1 for _ in lines)
+    epochs = math.ceil(questions / per_epoch)
+    arguments = TrainingArguments(
+        output=str(run_dir),
+        data=str(data),
+        preset=config["preset"],
+        epochs=epochs,
+        seed=seed,
+        progress=False,
+        **config["training"],
+    )
+    summary = train(arguments)
+    curve, seen, seconds = [], 0, 0.0
+    for record in summary["history"]:
+        seen += record["train_questions"]
+        seconds += record["train_seconds"]
+        curve.append(
+            {
+                "epoch": record["epoch"],
+                "questions": seen,
+                "train_seconds": round(seconds, 1),
+                "val_accuracy": record.get("val_accuracy"),
+                "val_accuracy_by_type": record.get("val_accuracy_by_type"),
+                "val_pointing_accuracy": record.get("val_pointing_accuracy"),
+            }
+        )
+    return {
+        "name": config["name"],
+        "description": config["description"],
+        "preset": config["preset"],
+        "training": config["training"],
+        "synthetic": config["synthetic"],
+        "seed": seed,
+        "train_questions_per_epoch": per_epoch,
+        "curve": curve,
+        "final": curve[-1],
+    }
+
+
+def markdown_table(results_dir: Path) -> str:
+    """The table of the README: the last epoch of every result in ``results_dir``."""
+    header = ["experiment", "questions", "accuracy", *FAMILIES, "pointing", "train s", "GFLOP/s"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for path in sorted(results_dir.glob("*.json")):
+        result = json.loads(path.read_text())
+        final, by_type = result["final"], result["final"]["val_accuracy_by_type"] or {}
+        cells = [
+            f"{result['description']} (`{path.name}`)",
+            f"{final['questions']:,}",
+            f"{final['val_accuracy']:.3f}",
+            *(f"{by_type[family]:.2f}" if family in by_type else "" for family in FAMILIES),
+            f"{final['val_pointing_accuracy']:.2f}",
+            f"{final['train_seconds']:.0f}",
+            f"{result['machine']['matmul_gflops']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="*", type=Path, help="config JSON files")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/experiments"))
+    parser.add_argument("--questions", type=int, default=135_000, help="training questions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--table", type=Path, metavar="DIR", help="print the table of DIR")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = [load_config(path) for path in args.configs]  # all checked before any training
+    for config in configs:
+        with tempfile.TemporaryDirectory() as scratch:
+            result = run_experiment(config, args.questions, args.seed, Path(scratch))
+        result["machine"] = machine()
+        write_json(args.out / f"{config['name']}.json", result)
+        print(json.dumps(result["final"]))
+
+
+if __name__ == "__main__":
+    main()
