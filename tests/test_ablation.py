@@ -488,7 +488,9 @@ def test_training_curves_draw_the_mean_over_seeds_per_configuration(tmp_path):
         tmp_path / RESULTS_FILE,
         {("soft", 16, "-"): {"accuracy": [0.5, 0.5]}, ("hard", 4, "ste"): {"accuracy": [0.4]}},
     )
-    figure = plot_training_curves(aggregate(read_results(results)), tmp_path / RUNS_DIR, "p.png")
+    figure = plot_training_curves(
+        aggregate(read_results(results)), tmp_path / RUNS_DIR, tmp_path / "curves.png"
+    )
     drawn = {
         ax.get_title(): {line.get_label(): list(line.get_ydata()) for line in ax.lines}
         for ax in figure.axes
