@@ -61,6 +61,8 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
         "mode": mode,
         "k": summary["config"]["fusion_k"],
         "estimator": summary["config"]["fusion_estimator"],
+        "device": summary["device"],
+        "mixed_precision": summary["mixed_precision"],
         "epochs": len(history),
         "best_epoch": best["epoch"],
         "val_accuracy": best.get("val_accuracy"),
@@ -101,7 +103,7 @@ def main() -> None:
     parser.add_argument("--modes", default="soft,hard,hybrid")
     parser.add_argument("--epochs", type=int, help="default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"))
     parser.add_argument("--runs", help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="the JSON result (default: docs/results/...)")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a result")

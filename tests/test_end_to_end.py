@@ -10,11 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from vqa.cli import main
 from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.inference import load_model, predict
+from vqa.training import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,8 @@ def test_training_writes_model_processor_metrics_and_checkpoint(run):
     metrics = json.loads((run / "metrics.json").read_text())
     (epoch,) = metrics["history"]
     assert {"train_loss", "val_accuracy", "train_seconds", "val_pointing_accuracy"} <= set(epoch)
+    # auto precision on a CPU: fp32, said in metrics.json
+    assert (metrics["device"], metrics["mixed_precision"], metrics["tf32"]) == ("cpu", "no", False)
     assert not list(run.glob("*.bin")) and not list(run.glob("*.pt"))
 
 
@@ -152,6 +156,18 @@ def test_unknown_split_lists_the_splits_there_are(dataset):
         load_local_dataset(dataset, ["dev"])
 
 
+def test_auto_precision_is_the_launchers_else_bf16_on_a_gpu_that_has_it(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto") == "no"  # fp16 would need loss scaling: not a default
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert resolve_precision("auto") == "fp16"
+    assert resolve_precision("no") == "no"  # an explicit choice wins over the launcher's
+
+
 def test_bf16_mixed_precision_with_reinforce_trains_on_cpu(dataset, tmp_path, train_tiny):
     run = tmp_path / "bf16"
     options = ["--mixed-precision", "bf16", "--mode", "hard", "--estimator", "reinforce"]
@@ -214,7 +230,7 @@ def test_a_run_without_val_split_keeps_the_lowest_loss_model(dataset, tmp_path, 
     [
         (["train", "--output", "run", "--bogus"], "vqa: error: unrecognized arguments: --bogus"),
         (["train", "--output", "run", "--mode", "sharp"], "vqa train: error: argument --mode"),
-        (["predict", "--model", "run"], "vqa predict: error: the following arguments are"),
+        (["predict", "--image", "x.png"], "vqa predict: error: the following arguments are"),
     ],
 )
 def test_bad_arguments_are_one_line_on_stderr_with_status_2(argv, message, capsys):

@@ -305,19 +305,43 @@ def test_parameter_groups_give_encoders_their_rate_and_no_decay_to_biases(timm_f
         group["name"]: group
         for group in parameter_groups(model, lr=1e-3, encoder_lr=1e-5, weight_decay=0.1)
     }
-    assert [groups[name]["lr"] for name in sorted(groups)] == [1e-5, 1e-5, 1e-3, 1e-3]
+    assert sorted(groups) == ["fusion/decay", "fusion/no_decay", "vision/decay", "vision/no_decay"]
+    assert [groups[name]["lr"] for name in sorted(groups)] == [1e-3, 1e-3, 1e-5, 1e-5]
     assert (
         groups["fusion/decay"]["weight_decay"] == 0.1
-        and groups["encoders/no_decay"]["weight_decay"] == 0.0
+        and groups["vision/no_decay"]["weight_decay"] == 0.0
     )
-    assert all(p.ndim == 1 for p in groups["encoders/no_decay"]["params"])
     grouped = {id(p) for group in groups.values() for p in group["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert grouped == trainable
     vision_ids = {id(p) for p in model.vision.parameters()}
-    assert vision_ids <= {
-        id(p) for name in ("encoders/decay", "encoders/no_decay") for p in groups[name]["params"]
+    assert vision_ids == {
+        id(p) for name in ("vision/decay", "vision/no_decay") for p in groups[name]["params"]
     }
+
+
+def test_positions_special_tokens_norms_and_biases_get_no_weight_decay(timm_file):
+    architecture = {"architecture": TIMM_ARCHITECTURE, **TIMM_ARGS}
+    model = new_model(**pretrained_fields(vision=str(timm_file[0]), vision_model=architecture))
+    groups = {group["name"]: group for group in parameter_groups(model, lr=1e-3, weight_decay=0.1)}
+    no_decay = {
+        id(p) for name, group in groups.items() if "no_decay" in name for p in group["params"]
+    }
+    names = dict(model.named_parameters())
+    for name in ("vision.vit.pos_embed", "vision.vit.cls_token", "region_position"):
+        assert name in names and id(names[name]) in no_decay, name
+    for name, parameter in names.items():
+        if name.endswith("bias") or "norm" in name:
+            assert id(parameter) in no_decay, name
+    assert id(names["vision.vit.blocks.0.attn.qkv.weight"]) not in no_decay
+
+
+def test_a_pretrained_encoder_defaults_to_a_tenth_of_the_learning_rate(timm_file):
+    architecture = {"architecture": TIMM_ARCHITECTURE, **TIMM_ARGS}
+    model = new_model(**pretrained_fields(vision=str(timm_file[0]), vision_model=architecture))
+    rates = {group["name"]: group["lr"] for group in parameter_groups(model, lr=1e-3)}
+    assert rates["vision/decay"] == pytest.approx(1e-4)  # pretrained
+    assert rates["text/decay"] == rates["fusion/decay"] == 1e-3  # trained from scratch
 
 
 @pytest.mark.parametrize("vision", ["timm", "clip"])

@@ -69,7 +69,10 @@ class TrainingArguments:
     lr: float | None = option(None, "learning rate of the new layers (default: the preset's)")
     seed: int = option(0, "seeds initialisation, shuffling and sampling")
     mixed_precision: str = option(
-        "no", "Accelerate's mixed precision", choices=("no", "bf16", "fp16")
+        "auto",
+        "auto: the launcher's --mixed_precision if given, else bf16 on a GPU that supports it "
+        "and no (fp32) otherwise",
+        choices=("auto", "no", "bf16", "fp16"),
     )
     grad_accum: int = option(1, "batches per optimizer step")
     resume: bool = option(False, "continue the run in --output from its last checkpoint")
@@ -77,6 +80,9 @@ class TrainingArguments:
         None, "also checkpoint every N optimizer steps", metavar="N"
     )
     keep_checkpoints: int = option(2, "newest checkpoints kept")
+    log_every_steps: int = option(
+        10, "average the losses over the processes and record them every N steps", metavar="N"
+    )
     max_bad_steps: int = option(
         5, "stop after N steps in a row with a non-finite loss or gradient", metavar="N"
     )
@@ -140,7 +146,7 @@ class TrainingArguments:
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
-        for name in ("keep_checkpoints", "max_bad_steps", "save_every_steps"):
+        for name in ("keep_checkpoints", "max_bad_steps", "save_every_steps", "log_every_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

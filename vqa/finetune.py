@@ -4,7 +4,7 @@
 model = HybridVQAModel(HybridVQAConfig(**pretrained_fields(vision=..., text=...), ...))
 load_pretrained_encoders(model)                     # only for a freshly built model
 configure_trainable(model, freeze_text=True, train_last_blocks=2)
-optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-3, encoder_lr=1e-5))
+optimizer = torch.optim.AdamW(parameter_groups(model, lr=1e-3))  # encoders at 1e-4
 ```
 """
 
@@ -17,6 +17,19 @@ from vqa.modeling import HybridVQAModel
 
 ENCODERS = ("vision", "text")  # the model's encoder attributes; everything else is fusion
 BLOCK_LISTS = ("blocks", "layer", "layers")  # names of the block stack in timm / transformers
+# Parameter names (substrings) that get no weight decay: positions, special tokens and norms.
+NO_DECAY_NAMES = (
+    "pos_embed",
+    "position",
+    "cls_token",
+    "reg_token",
+    "register",
+    "dist_token",
+    "mask_token",
+    "norm",
+    "LayerNorm",
+)
+PRETRAINED_LR_SCALE = 0.1  # a pretrained encoder's default rate, relative to the new layers'
 
 
 def load_pretrained_encoders(model: HybridVQAModel) -> None:
@@ -91,23 +104,43 @@ def configure_trainable(
     return counts
 
 
-def parameter_groups(
-    model: nn.Module, *, lr: float, encoder_lr: float | None = None, weight_decay: float = 0.0
-) -> list[dict]:
-    """AdamW parameter groups: fusion and head at ``lr``, encoders at ``encoder_lr``.
+def decays(name: str, parameter: nn.Parameter) -> bool:
+    """Whether weight decay applies: not to biases, norms, other 1-D weights, nor to position
+    embeddings and special tokens (``pos_embed``, ``cls_token``, ...), as timm and transformers
+    exclude them."""
+    return parameter.ndim >= 2 and not any(part in name for part in NO_DECAY_NAMES)
 
-    ``encoder_lr`` None means ``lr``. Biases, norms and other 1-D weights get no weight decay;
-    frozen parameters are left out. Each group has a ``name`` (``fusion/decay``, ...); fusion
+
+def parameter_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    encoder_lr: float | None = None,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """AdamW parameter groups: fusion and head at ``lr``, each encoder at its own rate.
+
+    An encoder's rate is ``encoder_lr`` where given; else ``lr`` for an encoder trained from
+    scratch and ``lr * PRETRAINED_LR_SCALE`` for a pretrained one, whose weights should move
+    less than the new layers'. Weight decay skips what :func:`decays` says; frozen parameters
+    are left out. Each group has a ``name`` (``fusion/decay``, ``vision/no_decay``, ...); fusion
     groups come first, so ``param_groups[0]`` has the main learning rate.
     """
-    rates = {"fusion": lr, "encoders": lr if encoder_lr is None else encoder_lr}
+    config = getattr(model, "config", None)
+    rates = {"fusion": lr}
+    for part in ENCODERS:
+        pretrained = bool(getattr(config, f"{part}_pretrained", None))
+        default = lr * PRETRAINED_LR_SCALE if pretrained else lr
+        rates[part] = default if encoder_lr is None else encoder_lr
     grouped: dict[tuple[str, bool], list[nn.Parameter]] = {
         (part, decay): [] for part in rates for decay in (True, False)
     }
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            part = "encoders" if name.split(".", 1)[0] in ENCODERS else "fusion"
-            grouped[part, parameter.ndim >= 2].append(parameter)
+            part = name.split(".", 1)[0]
+            grouped[part if part in ENCODERS else "fusion", decays(name, parameter)].append(
+                parameter
+            )
     return [
         {
             "name": f"{part}/{'decay' if decay else 'no_decay'}",

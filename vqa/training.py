@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -99,14 +100,35 @@ def skip_bad_step(state: dict, max_bad_steps: int, run: Path) -> None:
         )
 
 
+def resolve_precision(requested: str) -> str:
+    """The mixed precision a run uses: ``requested``, unless it is ``auto``.
+
+    ``auto`` takes the launcher's choice (``accelerate launch --mixed_precision``, which sets
+    ``ACCELERATE_MIXED_PRECISION``) where there is one, else bf16 on a GPU that supports it
+    (Ampere and newer) and fp32 (``no``) elsewhere: fp16 needs loss scaling and CPUs gain
+    nothing from bf16 autocast.
+    """
+    if requested != "auto":
+        return requested
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return os.environ["ACCELERATE_MIXED_PRECISION"]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
 def make_accelerator(args: TrainingArguments) -> Accelerator:
-    """An Accelerator with the run's precision, accumulation and tracker."""
+    """An Accelerator with the run's precision (``args.mixed_precision`` resolved), gradient
+    accumulation and tracker. On a GPU, fp32 matrix multiplies may use TF32 tensor cores."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     # Accelerate keeps its settings in a process-wide singleton; let each call of `train` in
     # one process (tests, ablations) choose its own mixed precision. The distributed state
     # (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_precision(args.mixed_precision),
         gradient_accumulation_steps=args.grad_accum,
         log_with=args.log_with,
         project_dir=args.output,
@@ -126,17 +148,34 @@ def initial_state() -> dict:
     }
 
 
-def step_losses(accelerator: Accelerator, output: object) -> list[float]:
-    """Total, answer, region and pointing loss of a batch, averaged over the processes.
+def batch_losses(output: object) -> torch.Tensor:
+    """(4,) total, answer, region and pointing loss of a batch on this process, detached.
 
-    Every process then sees the same values, and a NaN from any of them. The answer loss is
-    without REINFORCE's term; a loss the model does not have is 0.
+    The answer loss is without REINFORCE's term; a loss the model does not have is 0.
     """
     parts = [output.loss, output.answer_loss.mean()] + [
         output.loss * 0 if part is None else part
         for part in (output.region_loss, output.pointing_loss)
     ]
-    return accelerator.reduce(torch.stack(parts).detach().float(), "mean").tolist()
+    return torch.stack(parts).detach().float()
+
+
+def record_losses(accelerator: Accelerator, pending: list[torch.Tensor], progress: dict) -> None:
+    """Average the ``pending`` batch losses over the processes into ``progress``; clear them.
+
+    Called every ``log_every_steps`` optimizer steps and before a checkpoint or the end of an
+    epoch, at the same points in every process: one collective for many batches, and no wait
+    for the device after every batch.
+    """
+    if not pending:
+        return
+    values = accelerator.reduce(torch.stack(pending), "mean").tolist()
+    pending.clear()
+    for loss, answer_loss, region_loss, pointing_loss in values:
+        progress["losses"].append(loss)
+        progress["answer_losses"].append(answer_loss)
+        progress["region_losses"].append(region_loss)
+        progress["pointing_losses"].append(pointing_loss)
 
 
 def train_epoch(
@@ -165,25 +204,23 @@ def train_epoch(
         total=len(loader),
         disable=not (args.progress and accelerator.is_local_main_process),
     )
+    pending: list[torch.Tensor] = []
     for inputs, _ in bar:
         if accelerator.sync_gradients:  # an optimizer step begins
-            buffers, finite_loss = buffer_copies(model), True
+            buffers = buffer_copies(model)
+            non_finite = torch.zeros((), device=accelerator.device)
         with accelerator.accumulate(model):
             output = model(**inputs)
             accelerator.backward(output.loss)
-            loss, answer_loss, region_loss, pointing_loss = step_losses(accelerator, output)
-            finite_loss = finite_loss and math.isfinite(loss)
+            pending.append(batch_losses(output))
+            non_finite += (~torch.isfinite(pending[-1][0])).float()
             if accelerator.sync_gradients:
+                # a NaN loss in any process makes the step bad in every process
+                finite_loss = accelerator.reduce(non_finite, "sum").item() == 0
                 applied = apply_update(
                     accelerator, model, optimizer, scheduler, args.max_grad_norm, finite_loss
                 )
         progress["batches"] += 1
-        progress["losses"].append(loss)
-        progress["answer_losses"].append(answer_loss)
-        progress["region_losses"].append(region_loss)
-        progress["pointing_losses"].append(pointing_loss)
-        if not bar.disable:
-            bar.set_postfix(loss=f"{loss:.3f}")
         if not accelerator.sync_gradients:
             continue
         state["global_step"] += 1
@@ -192,11 +229,17 @@ def train_epoch(
         else:
             model.load_state_dict(buffers, strict=False)  # undo the bad forward's statistics
             skip_bad_step(state, args.max_bad_steps, run)
+        if state["global_step"] % args.log_every_steps == 0:
+            record_losses(accelerator, pending, progress)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{progress['losses'][-1]:.3f}")
         every = args.save_every_steps
         if every and state["global_step"] % every == 0 and progress["batches"] < len(loader):
+            record_losses(accelerator, pending, progress)
             progress["seconds"] += time.perf_counter() - start
             start = time.perf_counter()
             save_checkpoint(accelerator, run, state, args.keep_checkpoints)
+    record_losses(accelerator, pending, progress)
     return progress["seconds"] + time.perf_counter() - start
 
 
@@ -235,8 +278,13 @@ def save_epoch(
     state["epoch"], state["progress"] = record["epoch"], epoch_progress()
     if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
         state["best_accuracy"], state["best_epoch"] = accuracy, record["epoch"]
+        # the whole weights, gathered from every process under FSDP and DeepSpeed ZeRO-3
+        state_dict = accelerator.get_state_dict(model)
         accelerator.unwrap_model(model).save_pretrained(
-            args.output, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+            args.output,
+            is_main_process=accelerator.is_main_process,
+            save_function=accelerator.save,
+            state_dict=state_dict,
         )
     save_checkpoint(accelerator, Path(args.output), state, args.keep_checkpoints)
 
@@ -264,10 +312,21 @@ def train(args: TrainingArguments) -> dict:
         # a checkpoint from before a loss series was recorded starts that series mid-epoch
         state["progress"] = {**epoch_progress(), **state["progress"]}
         accelerator.print(f"Resuming from {checkpoint}.")
-    accelerator.print(f"Training in {accelerator.num_processes} process(es).")
+    precision = {
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "tf32": accelerator.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
+    }
+    accelerator.print(
+        f"Training in {accelerator.num_processes} process(es) on {precision['device']}, "
+        f"mixed precision {precision['mixed_precision']}"
+        + (", TF32 matmuls" if precision["tf32"] else "")
+        + "."
+    )
     summary = {
         "arguments": asdict(args),
         "processes": accelerator.num_processes,
+        **precision,
         "answer_coverage": setup.coverage,
         "config": accelerator.unwrap_model(model).config.to_dict(),
     }
