@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vqa.files import write_json
 from vqa.machine import describe, machine
-from vqa.training import TrainingArguments, train
+from vqa.training import TrainingArguments, learning_curve, train
 
 FAMILIES = ("colour", "shape", "exist", "count", "relate", "compare")
 
@@ -45,18 +45,6 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
     best = max(history, key=lambda record: record.get("val_accuracy", -1.0))
     train_seconds = sum(record["train_seconds"] for record in history)
     questions = sum(record["train_questions"] for record in history)
-    curve, seen, seconds = [], 0, 0.0
-    for record in history:
-        seen += record["train_questions"]
-        seconds += record["train_seconds"]
-        curve.append(
-            {
-                "epoch": record["epoch"],
-                "questions": seen,
-                "train_seconds": round(seconds, 1),
-                "val_accuracy": record.get("val_accuracy"),
-            }
-        )
     return {
         "mode": mode,
         "k": summary["config"]["fusion_k"],
@@ -72,7 +60,7 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall, 1),
         "questions_per_second": round(questions / train_seconds, 1),
-        "curve": curve,
+        "curve": learning_curve(history),
     }
 
 

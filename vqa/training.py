@@ -261,6 +261,27 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
     }
 
 
+def learning_curve(history: list[dict]) -> list[dict]:
+    """Validation scores after each epoch of ``history`` (``metrics.json``), against the
+    training questions seen and the training seconds spent so far: sample efficiency and
+    speed side by side."""
+    curve, questions, seconds = [], 0, 0.0
+    for record in history:
+        questions += record["train_questions"]
+        seconds += record["train_seconds"]
+        curve.append(
+            {
+                "epoch": record["epoch"],
+                "questions": questions,
+                "train_seconds": round(seconds, 1),
+                "val_accuracy": record.get("val_accuracy"),
+                "val_accuracy_by_type": record.get("val_accuracy_by_type"),
+                "val_pointing_accuracy": record.get("val_pointing_accuracy"),
+            }
+        )
+    return curve
+
+
 def save_epoch(
     accelerator: Accelerator,
     model: torch.nn.Module,

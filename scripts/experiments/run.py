@@ -30,7 +30,7 @@ from vqa.cache import synthetic_dataset
 from vqa.files import write_json
 from vqa.machine import machine
 from vqa.presets import get_preset
-from vqa.training import TrainingArguments, train
+from vqa.training import TrainingArguments, learning_curve, train
 
 FAMILIES = ("colour", "shape", "exist", "count", "relate", "compare")
 
@@ -66,20 +66,7 @@ def run_experiment(config: dict, questions: int, seed: int, run_dir: Path) -> di
         **config["training"],
     )
     summary = train(arguments)
-    curve, seen, seconds = [], 0, 0.0
-    for record in summary["history"]:
-        seen += record["train_questions"]
-        seconds += record["train_seconds"]
-        curve.append(
-            {
-                "epoch": record["epoch"],
-                "questions": seen,
-                "train_seconds": round(seconds, 1),
-                "val_accuracy": record.get("val_accuracy"),
-                "val_accuracy_by_type": record.get("val_accuracy_by_type"),
-                "val_pointing_accuracy": record.get("val_pointing_accuracy"),
-            }
-        )
+    curve = learning_curve(summary["history"])
     return {
         "name": config["name"],
         "description": config["description"],
