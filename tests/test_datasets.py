@@ -1,4 +1,5 @@
-"""Every dataset format trains and evaluates; official evaluation; errors that name the place.
+"""Every dataset format trains and evaluates; official evaluation; errors that name the place;
+the official files at scale (converted once, only the splits asked for, images checked lazily).
 
 Fixtures are written by the tests: the local JSONL format, the official VQA v2 files with tiny
 COCO-named images, and Hugging Face datasets (``save_to_disk`` and parquet) in the schemas of
@@ -17,16 +18,23 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
+from torch.utils.data import DataLoader
 
+from vqa import processing
 from vqa.cli import main
-from vqa.data import formats
+from vqa.data import vqav2
 from vqa.data.answers import AnswerVocab
 from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.data.hub import ColumnMapping
-from vqa.data.sources import answerable_rows, load_vqa_dataset, source_format
+from vqa.data.sources import (
+    answerable_rows,
+    dataset_splits,
+    load_vqa_dataset,
+    source_format,
+)
 from vqa.data.vqav2 import VQAFiles, convert_vqa
 from vqa.metrics import vqa_accuracy
-from vqa.processing import HybridVQAProcessor
+from vqa.processing import HybridVQAProcessor, VQACollator
 from vqa.training import TrainingArguments, train
 
 COLOURS = {
@@ -173,6 +181,14 @@ def evaluate_run(run: Path, data: Path | str, capsys, *options: str) -> dict:
     capsys.readouterr()
     assert main(["eval", "--model", str(run), "--data", str(data), "--json", *options]) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture(autouse=True)
+def vqa_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Where this test's official VQA files are converted: a cache of its own."""
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("HYBRID_VQA_CACHE", str(root))
+    return root / "vqa-files"
 
 
 # Each format trains one step and evaluates.
@@ -325,6 +341,116 @@ def test_hub_image_paths_are_relative_to_the_dataset_directory(tmp_path):
     assert row["answers"] == ["red"]
 
 
+# Scale: official files converted once into Arrow, only the splits asked for, images lazily.
+
+
+def test_official_files_are_converted_once_then_memory_mapped(tmp_path, vqa_cache, monkeypatch):
+    write_vqa_split(tmp_path, "val2014", images=2)
+    first = load_vqa_dataset(tmp_path)["val"].to_list()
+    (entry,) = vqa_cache.iterdir()
+    assert entry.name.startswith("v2_OpenEnded_mscoco_val2014_questions-")
+    monkeypatch.setattr(vqav2, "vqa_rows", lambda *args: pytest.fail("parsed the files again"))
+    second = load_vqa_dataset(tmp_path)["val"]
+    assert second.cache_files[0]["filename"].startswith(str(entry))
+    assert second.to_list() == first
+
+
+@pytest.mark.parametrize("answer", ["purple", "pink"])  # a new size; the same size, a new mtime
+def test_a_changed_official_file_is_converted_again(tmp_path, vqa_cache, answer):
+    files = write_vqa_split(tmp_path, "val2014", images=1)
+    assert load_vqa_dataset(tmp_path)["val"][0]["answers"][0] == "blue"
+    mtime = files.annotations.stat().st_mtime_ns + 10**9
+    document = json.loads(files.annotations.read_text())
+    document["annotations"][0]["answers"][0]["answer"] = answer
+    files.annotations.write_text(json.dumps(document))
+    os.utime(files.annotations, ns=(mtime, mtime))
+    assert load_vqa_dataset(tmp_path)["val"][0]["answers"][0] == answer
+    assert len(list(vqa_cache.iterdir())) == 2
+
+
+def test_a_half_written_cache_entry_is_ignored(tmp_path, vqa_cache):
+    write_vqa_split(tmp_path, "val2014", images=1)
+    expected = load_vqa_dataset(tmp_path)["val"].to_list()
+    (entry,) = vqa_cache.iterdir()
+    staging = entry.with_name(f".{entry.name}.partial-killed")  # as a killed conversion leaves it
+    entry.rename(staging)
+    for arrow in staging.glob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:100])
+    assert load_vqa_dataset(tmp_path)["val"].to_list() == expected
+    assert sorted(path.name for path in vqa_cache.iterdir()) == [staging.name, entry.name]
+
+
+def test_an_interrupted_conversion_leaves_no_cache_entry(tmp_path, vqa_cache, monkeypatch):
+    write_vqa_split(tmp_path, "val2014", images=1)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vqav2.os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_vqa_dataset(tmp_path)
+    assert list(vqa_cache.iterdir()) == []
+
+
+def test_a_conversion_that_loses_a_race_keeps_the_winners_entry(tmp_path, vqa_cache):
+    files = write_vqa_split(tmp_path, "val2014", images=1)
+    expected = load_vqa_dataset(tmp_path)["val"].to_list()
+    (entry,) = vqa_cache.iterdir()
+    vqav2.write_cache(files, entry, vqav2.cache_source(files))  # a second process, finishing last
+    assert list(vqa_cache.iterdir()) == [entry]
+    assert load_vqa_dataset(tmp_path)["val"].to_list() == expected
+
+
+def test_a_failed_conversion_leaves_no_cache_entry(tmp_path, vqa_cache):
+    files = write_vqa_split(tmp_path, "val2014", images=2)
+    next(files.images.iterdir()).unlink()
+    with pytest.raises(DatasetFormatError, match=r"image .*COCO_val2014_0+\d\.jpg not found"):
+        load_vqa_dataset(tmp_path)
+    assert list(vqa_cache.iterdir()) == []
+
+
+def test_official_files_are_read_in_chunks_whatever_their_key_order(tmp_path, monkeypatch):
+    files = write_vqa_split(tmp_path, "val2014", images=2)
+    expected = load_vqa_dataset(tmp_path, cache_dir=tmp_path / "cache-a")["val"].to_list()
+    for path, key in ((files.questions, "questions"), (files.annotations, "annotations")):
+        document = json.loads(path.read_text())
+        path.write_text(json.dumps({key: document.pop(key), **document}, indent=1))  # list first
+    monkeypatch.setattr(vqav2, "CHUNK_CHARS", 5)
+    assert load_vqa_dataset(tmp_path, cache_dir=tmp_path / "cache-b")["val"].to_list() == expected
+
+
+def test_only_the_requested_vqa_splits_are_read(tmp_path, vqa_cache):
+    write_vqa_split(tmp_path, "train2014", images=2)
+    files = write_vqa_split(tmp_path, "test-dev2015", images=1, annotated=False)
+    files.questions.write_text("{broken")
+    next(files.images.iterdir()).unlink()
+    assert dataset_splits(tmp_path) == ["test-dev", "train"]
+    assert len(load_vqa_dataset(tmp_path, ["train"])["train"]) == 6
+    assert [path.name[:29] for path in vqa_cache.iterdir()] == ["v2_OpenEnded_mscoco_train2014"]
+
+
+def test_only_the_requested_local_splits_are_read(tmp_path):
+    data = write_jsonl_dataset(tmp_path / "jsonl", {"train": 1, "val": 1, "test": 1})
+    (data / "test.jsonl").write_text("{broken\n")
+    assert dataset_splits(data) == ["train", "val", "test"]
+    assert sorted(load_vqa_dataset(data, ["train", "val"])) == ["train", "val"]
+
+
+def test_only_the_requested_hub_splits_are_read(tmp_path):
+    files = tmp_path / "pq" / "data"
+    files.mkdir(parents=True)
+    for split, images in (("train", 2), ("validation", 1)):
+        hub_split(images).to_parquet(str(files / f"{split}-00000-of-00001.parquet"))
+    (files / "test-00000-of-00001.parquet").write_bytes(b"not parquet")
+    DatasetDict({"train": hub_split(2), "test": hub_split(1)}).save_to_disk(tmp_path / "saved")
+    for arrow in (tmp_path / "saved" / "test").glob("*.arrow"):
+        arrow.write_bytes(b"not arrow")
+    assert dataset_splits(tmp_path / "pq") == ["train", "val", "test"]
+    rows = load_vqa_dataset(tmp_path / "pq", ["train", "val"])
+    assert {split: len(rows[split]) for split in rows} == {"train": 6, "val": 3}
+    assert len(load_vqa_dataset(tmp_path / "saved", ["train"])["train"]) == 6
+
+
 # Answer vocabulary: top N, coverage, rows with no answer in it.
 
 
@@ -463,33 +589,76 @@ def test_jsonl_row_without_a_question_names_the_file_and_line(tmp_path):
         load_vqa_dataset(data)
 
 
-def test_an_image_that_does_not_decode_fails_naming_the_row(tmp_path):
+def bad_image_rows(tmp_path: Path) -> tuple[list[dict], HybridVQAProcessor]:
+    """Six rows about two images, the second of which (question_id 10..12) does not decode."""
     data = write_jsonl_dataset(tmp_path / "jsonl", {"train": 2})
     (data / "images" / "train-1.png").write_bytes(image_bytes("red")[:60])  # truncated
+    rows = load_vqa_dataset(data)["train"]  # reading does not decode: no error yet
+    processor = HybridVQAProcessor.train(rows["question"], rows["answers"], image_size=32)
+    return list(rows), processor
+
+
+def test_an_image_that_does_not_decode_fails_in_its_batch_naming_the_question_and_path(tmp_path):
+    rows, processor = bad_image_rows(tmp_path)
     with pytest.raises(
         DatasetFormatError,
-        match=r"train row 3 \(question_id 10\), image .*train-1\.png does not decode.*--on-bad",
+        match=r"question_id 10: image .*train-1\.png does not decode.*--on-bad-image skip",
     ):
-        load_vqa_dataset(data)
+        VQACollator(processor)(rows)
 
 
-def test_an_image_that_does_not_decode_is_skipped_and_counted_on_request(tmp_path, caplog):
-    data = write_jsonl_dataset(tmp_path / "jsonl", {"train": 2})
-    (data / "images" / "train-1.png").write_bytes(b"not an image")
-    with caplog.at_level(logging.WARNING, logger="vqa.data.formats"):
-        rows = load_vqa_dataset(data, on_bad_image="skip")["train"]
-    assert len(rows) == 3
-    assert "train: skipped 3 of 6 rows whose image does not decode" in caplog.text
+def test_an_image_that_does_not_decode_is_skipped_counted_and_logged_on_request(tmp_path, caplog):
+    rows, processor = bad_image_rows(tmp_path)
+    collator = VQACollator(processor, on_bad_image="skip")
+    with caplog.at_level(logging.WARNING, logger="vqa.processing"):
+        inputs, meta = collator(rows)
+        collator(rows[3:] + rows[:1])  # the bad image again, in the next batch: not decoded again
+    assert [row["question_id"] for row in meta] == [0, 1, 2]
+    assert inputs["pixel_values"].shape[0] == 1 and inputs["input_ids"].shape[0] == 3
+    assert collator.skipped_rows == 6
+    assert list(collator.bad_images) == [rows[3]["image_path"]]
+    assert caplog.text.count("skipping the questions about image") == 1
+    assert "train-1.png: it does not decode (OSError: image file is truncated)" in caplog.text
+
+
+def test_questions_skipped_in_loader_workers_are_counted_in_the_main_process(tmp_path):
+    rows, processor = bad_image_rows(tmp_path)
+    collator = VQACollator(processor, on_bad_image="skip")
+    mixed = [rows[index] for index in (0, 3, 1, 4, 2, 5)]  # one good, one bad image per batch
+    loader = DataLoader(mixed, batch_size=2, num_workers=1, collate_fn=collator)
+    assert sum(len(meta) for _, meta in loader) == 3
+    assert collator.skipped_rows == 3
+
+
+def test_a_batch_of_only_bad_images_says_so(tmp_path):
+    rows, processor = bad_image_rows(tmp_path)
+    with pytest.raises(DatasetFormatError, match=r"every question of a batch of 3 is about an"):
+        VQACollator(processor, on_bad_image="skip")(rows[3:])
+
+
+def test_an_image_broken_after_conversion_fails_in_its_batch(tmp_path):
+    files = write_vqa_split(tmp_path, "val2014", images=2)
+    load_vqa_dataset(tmp_path)
+    (files.images / "COCO_val2014_000000000002.jpg").write_bytes(b"no longer a JPEG")
+    rows = load_vqa_dataset(tmp_path)["val"]  # from the cache: no image is looked at
+    processor = HybridVQAProcessor.train(rows["question"], rows["answers"], image_size=32)
+    with pytest.raises(
+        DatasetFormatError, match=r"question_id 2000: image .*000000000002\.jpg does not decode"
+    ):
+        VQACollator(processor)(list(rows))
 
 
 def test_each_image_is_decoded_once_however_many_questions_share_it(tmp_path, monkeypatch):
     data = write_jsonl_dataset(tmp_path / "jsonl", {"train": 2})
     rows = load_local_dataset(data)["train"]
+    processor = HybridVQAProcessor.train(rows["question"], rows["answers"], image_size=32)
     decoded = []
-    monkeypatch.setattr(formats, "image_error", lambda image: decoded.append(image) or None)
-    keep = formats.keep_decodable("train", "fail")
-    assert all(keep(row, index) for index, row in enumerate(rows))
+    monkeypatch.setattr(
+        processing, "open_image", lambda image: decoded.append(image) or PILImage.new("RGB", (8, 8))
+    )
+    inputs, _ = VQACollator(processor)(list(rows))
     assert len(rows) == 6 and len(decoded) == 2
+    assert inputs["image_index"].tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_an_empty_jsonl_split_says_so(tmp_path):

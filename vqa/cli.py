@@ -75,17 +75,33 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--mode", choices=MODES, help="override the fusion mode")
     evaluate.add_argument("--k", type=int, help="override k")
     evaluate.add_argument("--batch-size", type=int, default=128)
+    add_arguments(evaluate, TrainingArguments, ["num_workers"])
+    evaluate.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=run_eval)
 
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
-    predict = commands.add_parser("predict", help="answer a question about an image")
+    predict = commands.add_parser(
+        "predict", help="answer a question about an image, or a file of questions"
+    )
     predict.add_argument("--model", required=True, help="run or model directory")
-    predict.add_argument("--image", required=True, help="image file")
-    predict.add_argument("--question", required=True)
+    predict.add_argument("--image", help="image file (with --question)")
+    predict.add_argument("--question", help="the question about --image")
+    predict.add_argument(
+        "--data", help="JSONL file of questions in the local format (with --out, not --image)"
+    )
+    predict.add_argument("--out", help="write one JSON line per question of --data here")
+    predict.add_argument(
+        "--batch-size", type=int, default=32, help="questions per model call with --data"
+    )
     predict.add_argument("--mode", choices=MODES, help="override the fusion mode")
     predict.add_argument("--k", type=int, help="override k")
+    predict.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
+    )
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(run=run_predict)
 
@@ -179,6 +195,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--share", action="store_true", help="also open a public gradio.live link (off by default)"
     )
+    serve.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
+    )
     serve.set_defaults(run=run_serve)
 
 
@@ -264,26 +283,28 @@ def run_eval(args: argparse.Namespace) -> None:
     from vqa.evaluation import evaluate, write_results
     from vqa.inference import load_model
 
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, args.device)
     model.set_fusion(mode=args.mode, k=args.k)
     rows = load_vqa_dataset(
         args.data,
         [args.split],
         columns=ColumnMapping(args.image_column, args.question_column, args.answer_column),
         streaming=args.streaming,
-        on_bad_image=args.on_bad_image,
     )[args.split]
     scores = evaluate(
         model,
         processor,
         rows,
         batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        on_bad_image=args.on_bad_image,
         progress=not args.json,
         predictions=args.results is not None,
     )
     if args.results:
         write_results(scores.pop("predictions"), args.results)
-    scores.update({"mode": model.fusion.mode, "k": model.fusion.k, "split": args.split})
+    device = str(model.device)
+    scores.update(mode=model.fusion.mode, k=model.fusion.k, split=args.split, device=device)
     if args.json:
         print(json.dumps(scores))
         return
@@ -295,7 +316,7 @@ def run_eval(args: argparse.Namespace) -> None:
             print(f"    {name:<16} {value:.4f}")
     print(f"  pointing accuracy  {scores['pointing_accuracy']:.4f}")
     print(f"  regions used       {scores['regions_used']:.1f}")
-    print(f"  ms per question    {scores['ms_per_question']:.2f}")
+    print(f"  ms per question    {scores['ms_per_question']:.2f}  ({scores['device']})")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -303,9 +324,26 @@ def run_predict(args: argparse.Namespace) -> None:
 
     from PIL import Image
 
-    from vqa.inference import describe_sight, load_model, predict
+    from vqa.inference import (
+        describe_sight,
+        load_model,
+        predict,
+        read_questions,
+        write_predictions,
+    )
 
-    model, processor = load_model(args.model)
+    one, many = (args.image, args.question), (args.data, args.out)
+    if any(one) and any(many):
+        raise ValueError("--image/--question and --data/--out are mutually exclusive")
+    if not (all(one) or all(many)):
+        raise ValueError("give --image and --question (one question) or --data and --out (a file)")
+    questions = read_questions(args.data) if args.data else []  # checked before the model loads
+    model, processor = load_model(args.model, args.device)
+    if questions:
+        options = {"batch_size": args.batch_size, "mode": args.mode, "k": args.k}
+        write_predictions(model, processor, questions, args.out, **options)
+        print(f"{len(questions)} predictions written to {args.out}")
+        return
     with Image.open(args.image) as image:
         result = predict(model, processor, image, args.question, mode=args.mode, k=args.k)
     if args.json:
@@ -324,7 +362,14 @@ def run_predict(args: argparse.Namespace) -> None:
 def run_serve(args: argparse.Namespace) -> None:
     from vqa.app import serve
 
-    serve(args.model, host=args.host, port=args.port, examples_dir=args.examples, share=args.share)
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        examples_dir=args.examples,
+        share=args.share,
+        device=args.device,
+    )
 
 
 def run_demo(args: argparse.Namespace) -> None:

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vqa.files import write_text_atomic
+from vqa.loading import loader_options
+from vqa.machine import synchronize
 from vqa.metrics import (
     accuracy_by_type,
     answer_accuracy,
@@ -61,16 +63,6 @@ def nanmean(values: torch.Tensor) -> float:
     return float(kept.mean()) if len(kept) else math.nan
 
 
-class EvaluationCollator(VQACollator):
-    """A VQACollator whose metadata also carries each row's question id and answer type."""
-
-    def __call__(self, rows: list[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
-        inputs, meta = super().__call__(rows)
-        for entry, row in zip(meta, rows, strict=True):
-            entry.update(question_id=row["question_id"], answer_type=row["answer_type"])
-        return inputs, meta
-
-
 def row_labels(output: HybridVQAOutput, meta: list[dict], processor: HybridVQAProcessor) -> list:
     """Per question of one batch: (question_id, question_type, answer_type, predicted answer)."""
     predictions = output.logits.argmax(-1).tolist()
@@ -96,14 +88,21 @@ def evaluate(
     *,
     accelerator: Accelerator | None = None,
     batch_size: int = 64,
+    num_workers: int | None = None,
+    on_bad_image: str = "fail",
     progress: bool = True,
     predictions: bool = False,
 ) -> dict:
     """Score ``model`` on every row of ``dataset`` (common-format rows, see vqa.data.formats).
 
-    Under Accelerate each process scores its share and ``gather_for_metrics`` counts every
-    row exactly once. A streamed dataset (``IterableDataset``) is read once, in order.
+    It runs on the model's device, or with ``accelerator`` on that accelerator's device. Under
+    Accelerate each process scores its share and ``gather_for_metrics`` counts every row
+    exactly once. A streamed dataset (``IterableDataset``) is read once, in order.
     Questions without answers (e.g. VQAv2 test-dev) are predicted but not scored.
+
+    ``num_workers`` processes load the batches (None: ``vqa.loading.default_workers``). An
+    image that does not decode fails the evaluation, or with ``on_bad_image="skip"`` its
+    questions are left out and counted in ``skipped_questions``.
 
     Returns:
         {"questions", "scored_questions", "accuracy", "accuracy_by_type",
@@ -112,20 +111,35 @@ def evaluate(
         [{"question_id", "answer"}] in dataset order. Accuracy is nan when no question has
         answers; pointing accuracy is nan without targets.
     """
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    loader = accelerator.prepare(
-        DataLoader(dataset, batch_size=batch_size, collate_fn=EvaluationCollator(processor))
+    if accelerator is None:
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    else:
+        model.to(accelerator.device)
+    device = model.device
+    collator = VQACollator(processor, on_bad_image=on_bad_image)
+    loader = accelerator.prepare_data_loader(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=collator,
+            # a stream is read in order by one process
+            **loader_options(0 if isinstance(dataset, IterableDataset) else num_workers, device),
+        ),
+        device_placement=False,  # the batches go to the model's device below
     )
     was_training = model.training
-    model.to(accelerator.device).eval()
+    model.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     labels: list[tuple] = []
     seconds = 0.0
     bar = tqdm(loader, desc="Evaluating", disable=not (progress and accelerator.is_main_process))
     for inputs, meta in bar:
         inputs.pop("labels")
+        inputs = {name: value.to(device, non_blocking=True) for name, value in inputs.items()}
+        synchronize(device)  # the inputs are there: time the model alone
         start = time.perf_counter()
         output = model(**inputs)
+        synchronize(device)  # CUDA returns once the work is queued, not done
         seconds += time.perf_counter() - start
         scores = score_batch(output, meta, processor, model.config.patch_size)
         for name, values in accelerator.gather_for_metrics(
@@ -153,6 +167,11 @@ def evaluate(
         "regions_used": float(scores["regions_used"].mean()),
         "attention_entropy": float(scores["entropy"].mean()),
         "ms_per_question": 1000 * seconds / len(labels) * accelerator.num_processes,
+        "skipped_questions": int(
+            accelerator.reduce(
+                torch.tensor(collator.skipped_rows, device=accelerator.device), "sum"
+            )
+        ),
     }
     if predictions:
         result["predictions"] = [{"question_id": q, "answer": a} for q, _, _, a in labels]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import multiprocessing
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -33,11 +35,16 @@ from transformers import (
 )
 
 from vqa.data.answers import AnswerVocab, soft_scores
+from vqa.data.formats import BAD_IMAGE_CHOICES, DatasetFormatError
 from vqa.data.regions import RegionAttributes, target_regions
+
+logger = logging.getLogger(__name__)
 
 ANSWERS_FILE = "answers.json"
 REGION_ATTRIBUTES_FILE = "region_attributes.json"
 ALPHABET = string.ascii_lowercase + string.digits + string.punctuation  # always in the vocab
+# What PIL raises for a missing, truncated or corrupt image file, or one too large to be safe.
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
     "unk_token": "[UNK]",
@@ -241,12 +248,20 @@ class VQACollator:
     """Common-format rows -> (model inputs, per-row metadata).
 
     Each distinct image in a batch is decoded and transformed once; ``image_index`` (B,)
-    tells the model which image each question is about. The metadata (answers, question
-    type, target boxes scaled to the model's input pixels) is what evaluation scores against.
-    With ``region_grid`` (regions per side) and a processor that has region attributes, the
-    inputs also hold ``region_labels`` (U, grid * grid, A): what lies under each region. With
-    ``target_grid``, they hold ``target_regions`` (B, grid * grid): the regions of the objects
-    each question is about (none for a row without ``target_boxes``).
+    tells the model which image each question is about. The metadata (answers, question id,
+    question and answer type, target boxes scaled to the model's input pixels) is what
+    evaluation scores against. With ``region_grid`` (regions per side) and a processor that
+    has region attributes, the inputs also hold ``region_labels`` (U, grid * grid, A): what lies
+    under each region. With ``target_grid``, they hold ``target_regions`` (B, grid * grid): the
+    regions of the objects each question is about (none for a row without ``target_boxes``).
+
+    Images are checked here, when a batch first needs them, not when the dataset is read. An
+    image that is missing or does not decode raises DatasetFormatError naming its question id
+    and path; with ``on_bad_image="skip"`` the batch leaves out the questions about it instead,
+    each such image is logged once (per DataLoader worker), ``skipped_rows`` counts the
+    questions left out in every batch so far, in whichever process, and ``bad_images`` maps
+    each such image's path to its error (in this process). A batch whose questions are all
+    about such images cannot be formed: that raises DatasetFormatError too.
     """
 
     def __init__(
@@ -254,18 +269,68 @@ class VQACollator:
         processor: HybridVQAProcessor,
         region_grid: int | None = None,
         target_grid: int | None = None,
+        on_bad_image: str = "fail",
     ) -> None:
+        if on_bad_image not in BAD_IMAGE_CHOICES:
+            raise ValueError(
+                f"on_bad_image must be one of {BAD_IMAGE_CHOICES}, got {on_bad_image!r}"
+            )
         self.processor = processor
         self.region_grid = region_grid if processor.region_attributes is not None else None
         self.target_grid = target_grid
+        self.on_bad_image = on_bad_image
+        self.bad_images: dict[str, str] = {}
+        # Shared with DataLoader worker processes, which call copies of this collator.
+        self._skipped = multiprocessing.Value("q", 0)
 
-    def __call__(self, rows: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    @property
+    def skipped_rows(self) -> int:
+        """The questions left out so far for a bad image, by this collator in any worker."""
+        return self._skipped.value
+
+    def decode(self, rows: Sequence[dict]) -> tuple[list[dict], dict[str, int], list[Image.Image]]:
+        """The rows whose image decodes, the slot of each distinct image, and those images."""
         slots: dict[str, int] = {}
         images: list[Image.Image] = []
+        kept, skipped = [], 0
         for row in rows:
-            if row["image_path"] not in slots:
-                slots[row["image_path"]] = len(images)
-                images.append(open_image(row["image"]))
+            path = row["image_path"]
+            if path not in slots and path not in self.bad_images:
+                try:
+                    images.append(open_image(row["image"]))
+                    slots[path] = len(images) - 1
+                except BAD_IMAGE_ERRORS as error:
+                    self.reject(row, f"{type(error).__name__}: {error}")
+            if path in slots:
+                kept.append(row)
+            else:
+                skipped += 1
+        if skipped:
+            with self._skipped.get_lock():
+                self._skipped.value += skipped
+        return kept, slots, images
+
+    def reject(self, row: dict, error: str) -> None:
+        """Fail on the bad image of ``row``, or remember it as one to skip."""
+        path = row["image_path"]
+        if self.on_bad_image == "fail":
+            raise DatasetFormatError(
+                f"question_id {row['question_id']}: image {path} does not decode ({error}); "
+                "pass --on-bad-image skip to leave out the questions about such images"
+            )
+        logger.warning(
+            "skipping the questions about image %s: it does not decode (%s)", path, error
+        )
+        self.bad_images[path] = error
+
+    def __call__(self, batch: Sequence[dict]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        rows, slots, images = self.decode(batch)
+        if batch and not rows:  # nothing left to train or score on: stop, saying why
+            raise DatasetFormatError(
+                f"every question of a batch of {len(batch)} is about an image that does not "
+                f"decode ({len(self.bad_images)} such images so far, e.g. "
+                f"{next(iter(self.bad_images))}): is the image directory complete?"
+            )
         inputs = dict(self.processor.questions([row["question"] for row in rows]))
         inputs["pixel_values"] = self.processor.images(images)
         inputs["image_index"] = torch.tensor([slots[row["image_path"]] for row in rows])
@@ -290,7 +355,9 @@ class VQACollator:
             meta.append(
                 {
                     "answers": row["answers"],
+                    "question_id": row["question_id"],
                     "question_type": row["question_type"],
+                    "answer_type": row["answer_type"],
                     "target_boxes": boxes,
                 }
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
@@ -23,14 +24,17 @@ from vqa.arguments import TrainingArguments, loss_weight
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
 from vqa.data.hub import ColumnMapping
-from vqa.data.sources import answerable_rows, load_vqa_dataset
+from vqa.data.sources import answerable_rows, dataset_splits, load_vqa_dataset
 from vqa.encoders import load_text_tokenizer, pretrained_fields, pretrained_image_settings
 from vqa.finetune import configure_trainable, load_pretrained_encoders, parameter_groups
+from vqa.loading import loader_options
 from vqa.modeling import HybridVQAModel
 from vqa.presets import Preset
 from vqa.processing import ANSWERS_FILE, HybridVQAProcessor, VQACollator
 
 TRAINING_SPLITS = ("train", "val")
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -81,18 +85,22 @@ class ImageGroupedSampler(Sampler[int]):
 def load_splits(
     args: TrainingArguments, preset: Preset, accelerator: Accelerator
 ) -> dict[str, Dataset]:
-    """The train split (required) and the val split (where there is one) of ``args.data``.
+    """The train split (required) and the val split (where there is one) of ``args.data``;
+    no other split is read.
 
     The main process prepares the data first (generating the embedded scenes or converting
-    files on first use); the other processes then read what it wrote.
+    files on first use); the other processes then read what it wrote. Images are decoded
+    later, batch by batch (``VQACollator``, which fails on or skips a bad one).
     """
     with accelerator.main_process_first():
         data_dir = resolve_data_dir(args.data, preset, args.progress)
+        present = dataset_splits(data_dir)
+        wanted = [name for name in TRAINING_SPLITS if name in present]
         columns = ColumnMapping(args.image_column, args.question_column, args.answer_column)
-        splits = load_vqa_dataset(data_dir, columns=columns, on_bad_image=args.on_bad_image)
-    if "train" not in splits:
-        raise ValueError(f"{data_dir} has no train split; it has {sorted(splits)}")
-    return {name: rows for name, rows in splits.items() if name in TRAINING_SPLITS}
+        splits = load_vqa_dataset(data_dir, wanted, columns=columns) if "train" in present else {}
+    if "train" not in present:  # raised outside main_process_first, where no process waits
+        raise ValueError(f"{data_dir} has no train split; it has {present}")
+    return dict(splits)
 
 
 def region_objects(rows: Dataset, weight: float) -> list[list[dict]]:
@@ -179,6 +187,12 @@ def build_model(
         )
     )
     model = HybridVQAModel(HybridVQAConfig(**fields))
+    config = model.config
+    if config.fusion_mode != "soft" and config.fusion_k >= config.num_regions:
+        logger.warning(
+            f"k = {config.fusion_k} keeps all {config.num_regions} regions: {config.fusion_mode} "
+            "attention then selects nothing (choose a smaller --k or a larger --image-size)"
+        )
     load_pretrained_encoders(model)
     configure_trainable(
         model,
@@ -200,9 +214,14 @@ def target_grid(model: HybridVQAModel) -> int | None:
 
 
 def build_loader(
-    rows: Dataset, processor: HybridVQAProcessor, model: HybridVQAModel, args: TrainingArguments
+    rows: Dataset,
+    processor: HybridVQAProcessor,
+    model: HybridVQAModel,
+    args: TrainingArguments,
+    device: torch.device,
 ) -> DataLoader:
-    """Training batches of ``args.batch_size`` questions, grouped by image, shuffled per epoch."""
+    """Training batches of ``args.batch_size`` questions, grouped by image, shuffled per epoch,
+    loaded by worker processes into memory pinned for ``device`` where that helps."""
     # Starting an epoch draws a seed from the loader's generator: give it its own, so a resumed
     # epoch does not shift the global RNG stream that dropout and Gumbel noise use.
     return DataLoader(
@@ -210,9 +229,13 @@ def build_loader(
         batch_size=args.batch_size,
         sampler=ImageGroupedSampler(rows["image_path"], args.seed),
         collate_fn=VQACollator(
-            processor, region_grid=region_grid(model), target_grid=target_grid(model)
+            processor,
+            region_grid=region_grid(model),
+            target_grid=target_grid(model),
+            on_bad_image=args.on_bad_image,
         ),
         generator=torch.Generator().manual_seed(args.seed),
+        **loader_options(args.num_workers, device),
     )
 
 
@@ -235,7 +258,7 @@ def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator)
     train_rows, coverage = answerable_rows(splits["train"], processor.answers)
     accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
     model = build_model(processor, preset, args)
-    loader = build_loader(train_rows, processor, model, args)
+    loader = build_loader(train_rows, processor, model, args, accelerator.device)
     steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
     optimizer, scheduler = build_optimizer(model, steps, args)
     return RunSetup(

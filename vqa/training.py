@@ -21,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,6 +47,7 @@ def epoch_progress() -> dict:
         "pointing_losses": [],
         "seconds": 0.0,
         "skipped_steps": 0,
+        "skipped_bad_image_questions": 0,
     }
 
 
@@ -129,6 +130,8 @@ def make_accelerator(args: TrainingArguments) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         mixed_precision=resolve_precision(args.mixed_precision),
+        # batches in pinned memory go to the GPU while it works on the previous one
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
         gradient_accumulation_steps=args.grad_accum,
         log_with=args.log_with,
         project_dir=args.output,
@@ -205,6 +208,7 @@ def train_epoch(
         disable=not (args.progress and accelerator.is_local_main_process),
     )
     pending: list[torch.Tensor] = []
+    collator, skipped_before = loader.collate_fn, loader.collate_fn.skipped_rows
     for inputs, _ in bar:
         if accelerator.sync_gradients:  # an optimizer step begins
             buffers = buffer_copies(model)
@@ -240,6 +244,8 @@ def train_epoch(
             start = time.perf_counter()
             save_checkpoint(accelerator, run, state, args.keep_checkpoints)
     record_losses(accelerator, pending, progress)
+    skipped = torch.tensor(collator.skipped_rows - skipped_before, device=accelerator.device)
+    progress["skipped_bad_image_questions"] += int(accelerator.reduce(skipped, "sum"))
     return progress["seconds"] + time.perf_counter() - start
 
 
@@ -255,6 +261,7 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
         "step_region_losses": progress["region_losses"],
         "step_pointing_losses": progress["pointing_losses"],
         "skipped_steps": progress["skipped_steps"],
+        "skipped_bad_image_questions": progress["skipped_bad_image_questions"],
         "train_seconds": seconds,
         "train_questions": questions,
         "lr": lr,
@@ -362,6 +369,8 @@ def train(args: TrainingArguments) -> dict:
                 setup.val_rows,
                 accelerator=accelerator,
                 batch_size=args.eval_batch_size,
+                num_workers=args.num_workers,
+                on_bad_image=args.on_bad_image,
                 progress=args.progress,
             )
             record.update({f"val_{name}": value for name, value in scores.items()})
@@ -370,6 +379,12 @@ def train(args: TrainingArguments) -> dict:
             f"epoch {record['epoch']}: loss {record['train_loss']:.4f}"
             + (f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
             + f" ({seconds:.0f} s)"
+            + (
+                f"; {record['skipped_bad_image_questions']} questions about images that do not "
+                "decode left out"
+                if record["skipped_bad_image_questions"]
+                else ""
+            )
         )
         save_epoch(accelerator, model, record, state, args)
         if accelerator.is_main_process:

@@ -13,6 +13,7 @@ given with :class:`ColumnMapping` (``--image-column``, ``--question-column``,
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,14 @@ from datasets import (
     IterableDataset,
     IterableDatasetDict,
     load_dataset,
+    load_dataset_builder,
     load_from_disk,
 )
 
 from vqa.data.formats import COMMON_FEATURES, DatasetFormatError
 
 ANSWER_COLUMNS = ("answers", "answer", "multiple_choice_answer")
+READ_ERRORS = (FileNotFoundError, ConnectionError, ValueError, OSError)
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 
 
@@ -41,23 +44,78 @@ class ColumnMapping:
     answer: str | None = None
 
 
-def read_raw(source: str, streaming: bool) -> DatasetDict | IterableDatasetDict:
-    """The dataset as stored: ``load_from_disk`` output, a data directory, or a hub id."""
+def saved_to_disk(path: Path) -> bool:
+    """Whether ``path`` was written by ``save_to_disk`` (a DatasetDict or one Dataset)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def stored_splits(source: str) -> dict[str, Path | list[str]]:
+    """{stored split name: where its rows are}, read from metadata only, not from any rows.
+
+    A ``save_to_disk`` directory gives each split's directory; a data-file directory or a hub
+    id gives each split's data files, as ``load_dataset`` would find them.
+    """
     path = Path(source)
-    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        stored = load_from_disk(str(path))
-        if isinstance(stored, Dataset):
-            stored = DatasetDict({stored.split or "train": stored})
-        if streaming:
-            return IterableDatasetDict({k: v.to_iterable_dataset() for k, v in stored.items()})
-        return stored
+    if (path / "dataset_dict.json").is_file():
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        return {name: path / name for name in names}
+    if (path / "state.json").is_file():
+        return {json.loads((path / "state.json").read_text()).get("_split") or "train": path}
     try:
-        return load_dataset(source, streaming=streaming)
-    except (FileNotFoundError, ConnectionError, ValueError, OSError) as error:
-        what = "as a dataset directory" if path.exists() else "as a hub id (no such local path)"
-        raise DatasetFormatError(
-            f"{source}: cannot be read {what}: {type(error).__name__}: {error}"
-        ) from error
+        return dict(load_dataset_builder(source).config.data_files or {})
+    except READ_ERRORS as error:
+        raise unreadable(source, error) from error
+
+
+def unreadable(source: str, error: Exception) -> DatasetFormatError:
+    """The error for a ``source`` that ``datasets`` cannot read, saying what it was taken for."""
+    what = "as a dataset directory" if Path(source).exists() else "as a hub id (no such local path)"
+    return DatasetFormatError(f"{source}: cannot be read {what}: {type(error).__name__}: {error}")
+
+
+def requested(names: list[str], splits: list[str] | None, source: str) -> dict[str, str]:
+    """{split: stored name} of the requested ``splits`` (default: all) among the stored ``names``.
+
+    Raises:
+        ValueError: a requested split is not there (the message lists those that are).
+    """
+    present = {SPLIT_ALIASES.get(name, name): name for name in names}
+    splits = splits or list(present)
+    missing = [split for split in splits if split not in present]
+    if missing:
+        raise ValueError(f"split(s) {missing} not in {source}; it has {list(present)}")
+    return {split: present[split] for split in splits}
+
+
+def hub_splits(source: str) -> list[str]:
+    """The splits of a Hugging Face dataset under this toolkit's names, reading no rows."""
+    return list(requested(list(stored_splits(source)), None, source))
+
+
+def read_raw(
+    source: str, splits: list[str] | None, streaming: bool
+) -> DatasetDict | IterableDatasetDict:
+    """The requested splits as stored, under this toolkit's names (``validation`` -> ``val``).
+
+    Other splits' files are not read: from a ``save_to_disk`` directory only the requested
+    splits are loaded, and data files (a local directory, a hub id) are downloaded and prepared
+    only for the requested splits, so training on train and val leaves test alone.
+    """
+    stored = stored_splits(source)
+    wanted = requested(list(stored), splits, source)
+    if saved_to_disk(Path(source)):
+        rows = {split: load_from_disk(str(stored[name])) for split, name in wanted.items()}
+        if streaming:
+            return IterableDatasetDict({k: v.to_iterable_dataset() for k, v in rows.items()})
+        return DatasetDict(rows)
+    options = {}
+    if len(wanted) < len(stored):
+        options["data_files"] = {name: stored[name] for name in wanted.values()}
+    try:
+        raw = load_dataset(source, streaming=streaming, **options)
+    except READ_ERRORS as error:
+        raise unreadable(source, error) from error
+    return type(raw)({split: raw[name] for split, name in wanted.items()})
 
 
 def answer_list(cell: object) -> list[str] | None:
@@ -180,16 +238,11 @@ def load_hub_dataset(
         DatasetFormatError: the source cannot be read, a column is missing, or a row has no
             image, question or answer (naming the split and row).
     """
-    raw = read_raw(source, streaming)
-    raw = type(raw)({SPLIT_ALIASES.get(name, name): rows for name, rows in raw.items()})
-    splits = splits or list(raw)
-    missing = [split for split in splits if split not in raw]
-    if missing:
-        raise ValueError(f"split(s) {missing} not in {source}; it has {list(raw)}")
+    raw = read_raw(source, splits, streaming)
     base = Path(source) if Path(source).is_dir() else None
     return type(raw)(
         {
-            split: common_split(raw[split], columns or ColumnMapping(), f"{source} [{split}]", base)
-            for split in splits
+            split: common_split(rows, columns or ColumnMapping(), f"{source} [{split}]", base)
+            for split, rows in raw.items()
         }
     )

@@ -7,7 +7,7 @@
 3. a Hugging Face dataset: a ``save_to_disk`` or data-file directory, or a hub id (see
    :mod:`vqa.data.hub`).
 ``synthetic`` (the embedded scenes) is resolved to its cached directory by the caller
-(``vqa.training.resolve_data_dir``), which keeps this package free of the cache.
+(``vqa.cache.resolve_data_dir``), which keeps this package free of the cache.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from vqa.data.answers import AnswerVocab
 from vqa.data.formats import (
     DatasetFormatError,
     available_splits,
-    check_images,
     check_not_empty,
     load_local_dataset,
 )
-from vqa.data.hub import ColumnMapping, load_hub_dataset
+from vqa.data.hub import ColumnMapping, hub_splits, load_hub_dataset
 from vqa.data.vqav2 import load_vqa_files, vqa_sources
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
@@ -46,24 +45,37 @@ def source_format(source: str | Path) -> str:
     return "hub"
 
 
+def dataset_splits(source: str | Path) -> list[str]:
+    """The splits that ``source`` has, from file names and metadata, reading no rows."""
+    kind = source_format(source)
+    if kind == "local":
+        return available_splits(source)
+    if kind == "vqa":
+        return sorted(vqa_sources(Path(source)))
+    return hub_splits(str(source))
+
+
 def load_vqa_dataset(
     source: str | Path,
     splits: list[str] | None = None,
     *,
     columns: ColumnMapping | None = None,
     streaming: bool = False,
-    on_bad_image: str = "fail",
+    cache_dir: str | Path | None = None,
 ) -> DatasetDict | IterableDatasetDict:
     """Read any supported dataset as common rows (see :mod:`vqa.data.formats`).
 
+    Only the requested splits' files are read. Images are not decoded here: ``VQACollator``
+    decodes them batch by batch, and there fails on (or skips) one that does not decode.
+
     Args:
         source: see the module docstring.
-        splits: which splits to read (default: all there are).
+        splits: which splits to read (default: all there are; see :func:`dataset_splits`).
         columns: column names of a Hugging Face dataset (ignored by the other readers).
         streaming: stream a Hugging Face dataset (an ``IterableDatasetDict``) instead of
             preparing it on disk; the other readers ignore it.
-        on_bad_image: ``fail`` on an image that does not decode, or ``skip`` its rows (the
-            number skipped is logged).
+        cache_dir: where the official VQA files are converted into Arrow once (default:
+            ``vqa.data.vqav2.default_cache_dir()``); the other readers ignore it.
 
     Raises:
         ValueError: a requested split is not there (the message lists those that are).
@@ -74,11 +86,11 @@ def load_vqa_dataset(
     if kind == "local":
         data = load_local_dataset(source, splits)
     elif kind == "vqa":
-        data = load_vqa_files(source, splits)
+        data = load_vqa_files(source, splits, cache_dir=cache_dir)
     else:
         data = load_hub_dataset(str(source), splits=splits, columns=columns, streaming=streaming)
     check_not_empty(data, str(source))
-    return check_images(data, on_bad_image)
+    return data
 
 
 def answerable_rows(rows: Dataset, vocab: AnswerVocab) -> tuple[Dataset, dict[str, float]]:

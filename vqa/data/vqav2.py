@@ -15,25 +15,52 @@ the human answers, or ``[]`` without annotations.
   split is the subtype without its year (``val``);
 - a JSON spec file: ``{"train": {"questions": Q, "annotations": A, "images": DIR}, ...}``,
   paths relative to the spec file.
+
+At VQAv2's size (443,757 training questions; an annotations file of about 330 MB) reading the
+files takes a while, so :func:`load_vqa_files` converts each split once into an Arrow file in a
+cache directory (``$HYBRID_VQA_CACHE/vqa-files``, see :func:`default_cache_dir`) and
+memory-maps it from there afterwards, until one of the files changes. The files are read in
+chunks, one entry at a time (:class:`JSONReader`), so the whole text and its parsed tree never
+sit in memory together. Images are only looked up by name here, never opened.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from datasets import Dataset, DatasetDict
+from datasets.arrow_writer import ArrowWriter
+from datasets.utils.tqdm import tqdm
 
 from vqa.data.formats import COMMON_FEATURES, DatasetFormatError
+
+logger = logging.getLogger(__name__)
 
 QUESTIONS_NAME = re.compile(
     r"^(?P<version>v2_)?OpenEnded_mscoco_(?P<subtype>[\w-]+)_questions\.json$"
 )
+CACHE_ENV = "HYBRID_VQA_CACHE"
+CACHE_VERSION = 1  # bump when the rows a split converts to change: older caches are then unused
+ROWS_FILE = "rows.arrow"  # in each cached split: its common rows
+SOURCE_FILE = "source.json"  # and what they were converted from
+BATCH_ROWS = 10_000  # rows converted into Arrow at a time, and rows per record batch
+CHUNK_CHARS = 1 << 20  # characters read from a JSON file at a time
+MAX_ENTRY_CHARS = 16 << 20  # a JSON value still incomplete after this many characters is malformed
+JSON_KINDS = {"[": "list", '"': "str", "t": "bool", "f": "bool", "n": "None"}
+NUMBER_TAIL = set("0123456789.eE+-") | {""}  # what may continue a number, or the text's end
+WHITESPACE = re.compile(r"[ \t\n\r]*")
+DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -46,7 +73,7 @@ class VQAFiles:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; DatasetFormatError naming the file, line and column if not."""
+    """A (small) JSON object from ``path``; DatasetFormatError naming the file, line and column."""
     try:
         with path.open(encoding="utf-8") as file:
             value = json.load(file)
@@ -60,31 +87,171 @@ def read_json(path: Path) -> dict:
     return value
 
 
-def entries(document: dict, key: str, path: Path, fields: tuple[str, ...]) -> list[dict]:
-    """``document[key]``: a list of objects that all have ``fields``; errors name the entry."""
-    items = document.get(key)
-    if not isinstance(items, list):
-        raise DatasetFormatError(f"{path}: no {key!r} list (not an official VQA {key} file?)")
-    for index, item in enumerate(items):
+class JSONReader:
+    """JSON text read from ``file`` in chunks and decoded one value at a time.
+
+    Only the text not yet decoded is kept; errors name the file, line and column like
+    ``json.load``'s.
+    """
+
+    def __init__(self, file: TextIO, path: Path) -> None:
+        self.file, self.path = file, path
+        self.text, self.pos, self.eof = "", 0, False
+        self.lines_before, self.column_before = 0, 0  # where the kept text starts in the file
+
+    def fill(self) -> bool:
+        """Drop the text decoded so far and append the next chunk; False at the end of the file."""
+        if self.eof:
+            return False
+        done = self.text[: self.pos]
+        if "\n" in done:
+            self.lines_before += done.count("\n")
+            self.column_before = len(done) - done.rfind("\n") - 1
+        else:
+            self.column_before += len(done)
+        chunk = self.file.read(CHUNK_CHARS)
+        self.text, self.pos, self.eof = self.text[self.pos :] + chunk, 0, not chunk
+        return bool(chunk)
+
+    def peek(self) -> str:
+        """The next character that is not white space, not consumed; '' at the end."""
+        while True:
+            self.pos = WHITESPACE.match(self.text, self.pos).end()
+            if self.pos < len(self.text) or not self.fill():
+                return self.text[self.pos : self.pos + 1]
+
+    def take(self, expected: str, message: str) -> str:
+        """Consume the next character, one of ``expected``; else raise ``message`` there."""
+        character = self.peek()
+        if not character or character not in expected:
+            raise self.error(message)
+        self.pos += 1
+        return character
+
+    def value(self) -> object:
+        """Decode and consume the next value."""
+        self.peek()
+        while True:
+            try:
+                value, end = DECODER.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as error:
+                if self.eof or len(self.text) - self.pos > MAX_ENTRY_CHARS:
+                    raise self.error(error.msg, error.pos) from None
+                self.fill()
+                continue
+            # A number cut by the end of a chunk ("12" of "12.5") decodes too: trust a number
+            # only once a character that cannot continue it follows.
+            cut = isinstance(value, (int, float)) and self.text[end : end + 1] in NUMBER_TAIL
+            if self.eof or not cut:
+                self.pos = end
+                return value
+            self.fill()
+
+    def error(self, message: str, position: int | None = None) -> DatasetFormatError:
+        """A DatasetFormatError for ``message`` at ``position`` (default: the current one)."""
+        position = self.pos if position is None else position
+        before = self.text[:position]
+        line = self.lines_before + before.count("\n") + 1
+        if "\n" in before:
+            column = position - before.rfind("\n")
+        else:
+            column = self.column_before + position + 1
+        return DatasetFormatError(f"{self.path}:{line}:{column}: malformed JSON ({message})")
+
+
+def stream_entries(path: Path, key: str, header: dict) -> Iterator[object]:
+    """The entries of the list ``key`` of the JSON object in ``path``, one at a time.
+
+    The object's other values (``data_subtype``, ``info``, ...) are stored in ``header`` as they
+    are read, before or after the list.
+
+    Raises:
+        DatasetFormatError: no such file, malformed JSON (file:line:column), not an object, or
+            no list ``key``.
+    """
+    try:
+        file = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetFormatError(f"{path}: no such file") from None
+    with file:
+        reader = JSONReader(file, path)
+        first = reader.peek()
+        if first != "{":
+            kind = JSON_KINDS.get(first, "number" if first in "-0123456789" and first else None)
+            if kind is None:
+                raise reader.error("Expecting value")
+            raise DatasetFormatError(f"{path}: expected a JSON object, got {kind}")
+        reader.pos += 1
+        found = False
+        if reader.peek() == "}":
+            reader.pos += 1
+        else:
+            while True:
+                name = reader.value()
+                if not isinstance(name, str):
+                    raise reader.error("Expecting property name enclosed in double quotes")
+                reader.take(":", "Expecting ':' delimiter")
+                if name != key:
+                    header[name] = reader.value()
+                elif reader.peek() == "[":
+                    found = True
+                    reader.pos += 1
+                    if reader.peek() == "]":
+                        reader.pos += 1
+                    else:
+                        yield reader.value()
+                        while reader.take(",]", "Expecting ',' delimiter") == ",":
+                            yield reader.value()
+                else:
+                    break
+                if reader.take(",}", "Expecting ',' delimiter") == "}":
+                    break
+        if not found:
+            raise DatasetFormatError(f"{path}: no {key!r} list (not an official VQA {key} file?)")
+        if reader.peek():
+            raise reader.error("Extra data")
+
+
+def checked_entries(path: Path, key: str, fields: tuple[str, ...], header: dict) -> Iterator[dict]:
+    """:func:`stream_entries`, each an object that has ``fields``; errors name the entry."""
+    for index, item in enumerate(stream_entries(path, key, header)):
         missing = [field for field in fields if not isinstance(item, dict) or field not in item]
         if missing:
             raise DatasetFormatError(f"{path}: {key}[{index}] has no {', '.join(missing)}")
-    return items
+        yield item
 
 
-def image_file(images: Path, subtype: str, image_id: int) -> Path | None:
-    """The image of ``image_id`` under ``images``, by COCO naming; None if there is none."""
+def image_names(images: Path) -> set[str]:
+    """The file names in the image directory (empty if there is none), listed once per split."""
+    try:
+        return set(os.listdir(images))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def image_file(images: Path, names: set[str], subtype: str, image_id: int) -> Path | None:
+    """The image of ``image_id`` among ``names`` in ``images``, by COCO naming; None if absent."""
     # test-dev2015 is a subset of test2015 and its images carry the test2015 name.
     subtypes = [subtype, "test2015"] if subtype.startswith("test-dev") else [subtype]
-    names = [f"COCO_{name}_{image_id:012d}.jpg" for name in subtypes] + [f"{image_id:012d}.jpg"]
-    return next((images / name for name in names if (images / name).is_file()), None)
+    candidates = [f"COCO_{name}_{image_id:012d}.jpg" for name in subtypes]
+    candidates.append(f"{image_id:012d}.jpg")
+    return next((images / name for name in candidates if name in names), None)
 
 
-def answers_by_question(path: Path) -> dict[int, dict]:
-    """The annotations file as {question_id: annotation}, each answer list checked."""
-    annotations = entries(read_json(path), "annotations", path, ("question_id", "answers"))
+def answers_by_question(path: Path) -> dict[int, tuple[str, str, tuple[str, ...]]]:
+    """The annotations file as {question_id: (question_type, answer_type, answers)}, checked.
+
+    The same few strings recur millions of times (VQAv2 train: 4.4 million answers, mostly
+    "yes", "no" and small numbers), so each distinct string is kept once.
+    """
+    strings: dict[str, str] = {}
+
+    def shared(text: str) -> str:
+        return strings.setdefault(text, text)
+
     by_id = {}
-    for index, annotation in enumerate(annotations):
+    fields = ("question_id", "answers")
+    for index, annotation in enumerate(checked_entries(path, "annotations", fields, {})):
         answers = annotation["answers"]
         if not isinstance(answers, list) or not all(
             isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers
@@ -93,57 +260,66 @@ def answers_by_question(path: Path) -> dict[int, dict]:
                 f"{path}: annotations[{index}] (question_id {annotation['question_id']}): "
                 "'answers' must be a list of {\"answer\": str, ...} objects"
             )
-        by_id[annotation["question_id"]] = annotation
+        by_id[annotation["question_id"]] = (
+            shared(annotation.get("question_type") or "all"),
+            shared(annotation.get("answer_type") or "all"),
+            tuple(shared(answer["answer"]) for answer in answers),
+        )
     return by_id
 
 
-def vqa_rows(files: VQAFiles) -> tuple[str, list[dict]]:
-    """The questions' data subtype and their rows: local-format fields, ``image`` absolute.
+def data_subtype(files: VQAFiles) -> str:
+    """The questions file's ``data_subtype`` (read up to it), else the image directory's name."""
+    header: dict = {}
+    for _ in stream_entries(files.questions, "questions", header):
+        if "data_subtype" in header:
+            break  # the official files have it before the questions: nothing more is read
+    return str(header.get("data_subtype") or files.images.name)
+
+
+def vqa_rows(files: VQAFiles, subtype: str) -> Iterator[dict]:
+    """The rows of one split, one question at a time: local-format fields, ``image`` absolute.
 
     Raises:
         DatasetFormatError: malformed JSON (file:line:column), an entry without a field, a
             question without an annotation, or a missing image (question id and path).
     """
-    document = read_json(files.questions)
-    questions = entries(
-        document, "questions", files.questions, ("image_id", "question", "question_id")
-    )
-    subtype = str(document.get("data_subtype") or files.images.name)
     annotations = answers_by_question(files.annotations) if files.annotations else {}
-    rows = []
-    for question in questions:
-        qid = question["question_id"]
+    names = image_names(files.images)
+    paths: dict[int, str] = {}  # image_id -> path, one string for the questions about an image
+    fields = ("image_id", "question", "question_id")
+    for question in checked_entries(files.questions, "questions", fields, {}):
+        qid, image_id = question["question_id"], int(question["image_id"])
         if files.annotations and qid not in annotations:
             raise DatasetFormatError(f"{files.annotations}: no annotation for question_id {qid}")
-        image = image_file(files.images, subtype, int(question["image_id"]))
-        if image is None:
-            expected = files.images / f"COCO_{subtype}_{int(question['image_id']):012d}.jpg"
-            raise DatasetFormatError(
-                f"{files.questions}: question_id {qid}: image {expected} not found"
-            )
-        annotation = annotations.get(qid, {})
-        rows.append(
-            {
-                "image": str(image),
-                "question": question["question"],
-                "answers": [answer["answer"] for answer in annotation.get("answers", [])],
-                "question_type": annotation.get("question_type") or "all",
-                "answer_type": annotation.get("answer_type") or "all",
-                "question_id": int(qid),
-            }
-        )
-    return subtype, rows
+        if image_id not in paths:
+            image = image_file(files.images, names, subtype, image_id)
+            if image is None:
+                expected = files.images / f"COCO_{subtype}_{image_id:012d}.jpg"
+                raise DatasetFormatError(
+                    f"{files.questions}: question_id {qid}: image {expected} not found"
+                )
+            paths[image_id] = str(image)
+        question_type, answer_type, answers = annotations.get(qid, ("all", "all", ()))
+        yield {
+            "image": paths[image_id],
+            "question": question["question"],
+            "answers": list(answers),
+            "question_type": question_type,
+            "answer_type": answer_type,
+            "question_id": int(qid),
+        }
 
 
-def common_rows(rows: list[dict]) -> Dataset:
-    """Rows from :func:`vqa_rows` as a Dataset of common rows (no target boxes)."""
+def common_columns(rows: list[dict]) -> dict[str, list]:
+    """Rows from :func:`vqa_rows` as columns of common rows (no target boxes)."""
     fields = ("question", "answers", "question_type", "answer_type", "question_id")
     columns = {name: [row[name] for row in rows] for name in fields}
     columns["image_path"] = [row["image"] for row in rows]
     columns["image"] = [{"path": row["image"], "bytes": None} for row in rows]
     columns["targets"] = columns["target_boxes"] = [[] for _ in rows]
     columns["objects_json"] = ["[]" for _ in rows]
-    return Dataset.from_dict(columns, features=COMMON_FEATURES)
+    return columns
 
 
 def split_of(subtype: str) -> str:
@@ -203,8 +379,116 @@ def vqa_sources(source: Path) -> dict[str, VQAFiles]:
     return {}
 
 
-def load_vqa_files(source: str | Path, splits: list[str] | None = None) -> DatasetDict:
+def default_cache_dir() -> Path:
+    """Where converted splits go: ``vqa-files/`` in the toolkit's cache.
+
+    That is ``$HYBRID_VQA_CACHE``, else ``$XDG_CACHE_HOME/hybrid-vqa``, else
+    ``~/.cache/hybrid-vqa`` (the rule of ``vqa.cache.cache_dir``): a local, writable disk,
+    where the official files often sit on shared, read-only storage.
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]) / "vqa-files"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "hybrid-vqa" / "vqa-files"
+
+
+def file_identity(path: Path | None) -> list | None:
+    """[absolute path, size, mtime in ns] of ``path``; None where there is no such path.
+
+    A change to any of them makes a new cache entry. For the image directory the mtime
+    changes when images are added, removed or renamed, which may change the paths found.
+    """
+    try:
+        stat = path.stat() if path is not None else None
+    except FileNotFoundError:
+        stat = None
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None
+
+
+def cache_source(files: VQAFiles) -> dict:
+    """What a cached split is converted from; its hash names the cache entry."""
+    return {
+        "version": CACHE_VERSION,
+        "questions": file_identity(files.questions),
+        "annotations": file_identity(files.annotations),
+        "images": file_identity(files.images),
+    }
+
+
+def write_rows(files: VQAFiles, path: Path) -> None:
+    """Write the common rows of one split into the Arrow file ``path``, a batch at a time.
+
+    Images stay paths: ``save_to_disk`` would copy every image file into the Arrow file.
+    """
+    rows = vqa_rows(files, data_subtype(files))
+    progress = tqdm(desc=f"Converting {files.questions.name}", unit=" questions")
+    # Record batches of BATCH_ROWS rather than the 100 rows datasets picks for image columns:
+    # opening a file of many small batches reads every batch's header, most of the file.
+    writer = ArrowWriter(features=COMMON_FEATURES, path=str(path), writer_batch_size=BATCH_ROWS)
+    with progress, writer:
+        while batch := list(itertools.islice(rows, BATCH_ROWS)):
+            writer.write_batch(common_columns(batch))
+            progress.update(len(batch))
+        writer.finalize()
+
+
+def write_cache(files: VQAFiles, directory: Path, source: dict) -> None:
+    """Convert one split into ``directory``, atomically.
+
+    The split is written into a staging directory beside it and renamed into place once
+    complete, so ``directory`` either does not exist or holds a whole conversion: a crash
+    leaves only a staging directory (``.<name>.partial-*``), which readers ignore. When two
+    processes convert at once the first rename wins and the other's copy is dropped.
+    """
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    except PermissionError as error:
+        raise PermissionError(
+            f"cannot convert the VQA files into {directory.parent} ({error}): set {CACHE_ENV} "
+            "to a writable directory"
+        ) from error
+    try:
+        write_rows(files, staging / ROWS_FILE)
+        (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+        try:
+            os.rename(staging, directory)
+        except OSError:
+            if not directory.is_dir():
+                raise
+            logger.info("%s was converted by another process meanwhile: using it", directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def cached_split(files: VQAFiles, cache_dir: Path) -> Dataset:
+    """The common rows of one split, converted into ``cache_dir`` on first use, memory-mapped.
+
+    The cache entry is named by the questions file and a hash of :func:`cache_source`: the
+    files' absolute paths, sizes and modification times and :data:`CACHE_VERSION`, so a
+    changed file is converted again and an unchanged one is not read at all.
+    """
+    source = cache_source(files)
+    digest = hashlib.sha256(json.dumps(source).encode()).hexdigest()[:16]
+    directory = cache_dir / f"{files.questions.stem}-{digest}"
+    if not directory.is_dir():
+        logger.info("Converting %s into %s; later loads reuse it", files.questions, directory)
+        write_cache(files, directory, source)
+    return Dataset.from_file(str(directory / ROWS_FILE))
+
+
+def load_vqa_files(
+    source: str | Path, splits: list[str] | None = None, *, cache_dir: str | Path | None = None
+) -> DatasetDict:
     """Read the official VQA files that ``source`` names (see the module docstring).
+
+    Only the requested splits' files are read. Each is converted on first use into an Arrow
+    file under ``cache_dir`` and memory-mapped from there (see :func:`cached_split`).
+
+    Args:
+        source: a directory with the files under their official names, or a JSON spec file.
+        splits: which splits to read (default: all there are).
+        cache_dir: where converted splits are kept (default: :func:`default_cache_dir`).
 
     Raises:
         FileNotFoundError: ``source`` names no VQA files.
@@ -219,7 +503,8 @@ def load_vqa_files(source: str | Path, splits: list[str] | None = None) -> Datas
     missing = [split for split in splits if split not in files]
     if missing:
         raise ValueError(f"split(s) {missing} not in {source}; it has {sorted(files)}")
-    return DatasetDict({split: common_rows(vqa_rows(files[split])[1]) for split in splits})
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return DatasetDict({split: cached_split(files[split], cache_dir) for split in splits})
 
 
 def local_row(row: dict, images_link: str) -> dict:
@@ -244,9 +529,7 @@ def convert_vqa(
     Returns:
         {"split", "questions", "images", "out"}.
     """
-    subtype, rows = vqa_rows(files)
-    if not rows:
-        raise DatasetFormatError(f"{files.questions}: the dataset is empty (no questions)")
+    subtype = data_subtype(files)
     split = split or split_of(subtype)
     out = Path(out)
     targets = [out / f"{split}.jsonl", out / "images" / split]
@@ -255,13 +538,17 @@ def convert_vqa(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        count = 0
+        with (staging / f"{split}.jsonl").open("w", encoding="utf-8") as jsonl:
+            for row in vqa_rows(files, subtype):
+                jsonl.write(json.dumps(local_row(row, f"images/{split}")) + "\n")
+                count += 1
+        if not count:
+            raise DatasetFormatError(f"{files.questions}: the dataset is empty (no questions)")
         (staging / "images").mkdir()
         # Relative to out/images, which sits at the same depth as staging/images.
         link = os.path.relpath(files.images.resolve(), out.parent.resolve() / out.name / "images")
         (staging / "images" / split).symlink_to(link, target_is_directory=True)
-        with (staging / f"{split}.jsonl").open("w", encoding="utf-8") as jsonl:
-            for row in rows:
-                jsonl.write(json.dumps(local_row(row, f"images/{split}")) + "\n")
         if not out.exists():
             os.replace(staging, out)
         else:
@@ -270,4 +557,4 @@ def convert_vqa(
             os.replace(staging / f"{split}.jsonl", out / f"{split}.jsonl")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"split": split, "questions": len(rows), "images": str(files.images), "out": str(out)}
+    return {"split": split, "questions": count, "images": str(files.images), "out": str(out)}
