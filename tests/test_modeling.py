@@ -126,8 +126,9 @@ def test_set_fusion_changes_mode_and_k_on_the_same_weights(processor):
     assert hybrid.selected_indices.shape[-1] == 4 and soft.selected_indices is None
     assert hard.selected_indices.shape[-1] == 2
     assert model.config.fusion_mode == "hard" and model.config.fusion_k == 2
-    with pytest.raises(ValueError, match="k=17 is greater than the number of regions"):
-        model.set_fusion(k=17)
+    for k in (0, 17):
+        with pytest.raises(ValueError, match=rf"k={k} is outside 1..16 \(the number of regions\)"):
+            model.set_fusion(k=k)
 
 
 def test_fusion_scores_differ_between_regions_from_the_first_step(processor):

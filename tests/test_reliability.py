@@ -367,7 +367,7 @@ CLI_ERRORS = [
         "eval --model {model} --data {dataset} --split test",
         "vqa eval: error: split(s) ['test'] not in {dataset}; it has ['train', 'val']",
     ),
-    ("eval --model {model} --data {dataset} --k 99", "vqa eval: error: k=99 is greater than"),
+    ("eval --model {model} --data {dataset} --k 99", "vqa eval: error: k=99 is outside 1..16"),
     (
         "predict --model {model} --image {root}/image.png --question what",
         "vqa predict: error: cannot identify image file",

@@ -58,7 +58,8 @@ Brighter regions got more weight; dimmed ones got little or none.
 
 
 class AppModel:
-    """A model directory loaded once and shared by every request.
+    """A model directory loaded once, on ``device`` (default: the best available, see
+    :func:`vqa.inference.resolve_device`), and shared by every request.
 
     ``predict`` switches the model's fusion mode and k for the duration of one call, so two
     requests with different settings must not run the model at the same time: a lock makes
@@ -66,9 +67,9 @@ class AppModel:
     everything else (decoding the upload, drawing and encoding the picture, HTTP).
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, device: str | torch.device | None = None) -> None:
         self.directory = Path(directory).resolve()
-        self.model, self.processor = load_model(self.directory)
+        self.model, self.processor = load_model(self.directory, device)
         self._lock = threading.Lock()
 
     @property
@@ -400,6 +401,7 @@ def build_app(
     examples_dir: str | Path | None = None,
     max_image_side: int = MAX_IMAGE_SIDE,
     concurrency_limit: int = CONCURRENCY_LIMIT,
+    device: str | torch.device | None = None,
 ) -> gr.Blocks:
     """The app for one model directory, with its queue set up; launch it with :func:`launch`.
 
@@ -409,8 +411,10 @@ def build_app(
             dataset the run was trained on, when it is on disk.
         max_image_side: larger images are shrunk to this many pixels on their longer side.
         concurrency_limit: requests handled at once; more wait in the queue.
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:N``); default: the best
+            available.
     """
-    app_model = AppModel(model_dir)
+    app_model = AppModel(model_dir, device)
     examples_dir = examples_dir or training_data_dir(app_model.directory)
     examples = find_examples(examples_dir, images=4) if examples_dir else []
 
@@ -547,12 +551,14 @@ def serve(
     port: int = 7860,
     examples_dir: str | Path | None = None,
     share: bool = False,
+    device: str | torch.device | None = None,
 ) -> None:
-    """Build the app for ``model_dir`` and serve it until interrupted (``vqa serve``)."""
+    """Build the app for ``model_dir`` and serve it until interrupted (``vqa serve``); the
+    model runs on ``device`` (default: the best available)."""
     # One request at a time holds the model (see AppModel): give it half the cores and leave
     # the rest to the web server, rather than have torch's threads spin against it.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    app = build_app(model_dir, examples_dir=examples_dir)
+    app = build_app(model_dir, examples_dir=examples_dir, device=device)
     url = launch(app, host=host, port=port, share=share, quiet=True)
     print(f"Serving {Path(model_dir)} at {url} (Ctrl+C to stop)", flush=True)
     app.block_thread()

@@ -1,19 +1,26 @@
-"""Load a trained model directory and answer questions about images."""
+"""Load a trained model directory and answer questions about images: one, or a file of them."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
+from vqa.data.formats import DatasetFormatError, check_row
+from vqa.machine import synchronize
 from vqa.metrics import patch_boxes, rank_regions
 from vqa.modeling import HybridVQAModel
-from vqa.processing import HybridVQAProcessor
+from vqa.processing import BAD_IMAGE_ERRORS, HybridVQAProcessor, open_image
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -30,7 +37,7 @@ class Prediction:
         grid: (rows, columns) of the region grid.
         mode, k: the fusion settings used.
         truncated: whether the question was cut to the tokenizer's limit.
-        milliseconds: time of the model call.
+        milliseconds: time of the model call (in a batch, this question's share of it).
     """
 
     answers: list[tuple[str, float]]
@@ -43,8 +50,38 @@ class Prediction:
     milliseconds: float = 0.0
 
 
-def load_model(directory: str | Path) -> tuple[HybridVQAModel, HybridVQAProcessor]:
-    """Model and processor from a run directory (safetensors and JSON only), in eval mode."""
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` (``cpu``, ``cuda``, ``cuda:N``) checked to be there; None: the best available.
+
+    The best available is ``cuda`` when torch sees a CUDA GPU, else ``cpu``. Raises ValueError,
+    with a one-line message, for another name or a GPU that this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(device)
+    if not DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name} is not available: torch sees no CUDA GPU here")
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {name} is not available: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    return device
+
+
+def load_model(
+    directory: str | Path, device: str | torch.device | None = None
+) -> tuple[HybridVQAModel, HybridVQAProcessor]:
+    """Model and processor from a run directory (safetensors and JSON only), in eval mode.
+
+    The model is moved to ``device`` (see :func:`resolve_device`; default: the best available).
+    """
+    device = resolve_device(device)
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} is not a model directory (no config.json)")
@@ -56,10 +93,9 @@ def load_model(directory: str | Path) -> tuple[HybridVQAModel, HybridVQAProcesso
         )
     model = HybridVQAModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
     processor = HybridVQAProcessor.from_pretrained(directory)
-    return model.eval(), processor
+    return model.to(device).eval(), processor
 
 
-@torch.no_grad()
 def predict(
     model: HybridVQAModel,
     processor: HybridVQAProcessor,
@@ -74,46 +110,199 @@ def predict(
 
     The model's own fusion settings are restored afterwards.
     """
-    question = question.strip()
-    if not question:
+    return predict_batch(model, processor, [image], [question], mode=mode, k=k, top=top)[0]
+
+
+@torch.no_grad()
+def predict_batch(
+    model: HybridVQAModel,
+    processor: HybridVQAProcessor,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    image_index: Sequence[int] | None = None,
+    *,
+    mode: str | None = None,
+    k: int | None = None,
+    top: int = 5,
+) -> list[Prediction]:
+    """Answer ``questions[b]`` about ``images[image_index[b]]`` in one model call.
+
+    Each image is encoded once, however many questions are about it; ``image_index`` defaults
+    to one image per question. ``mode`` / ``k`` override the fusion for this call; the model's
+    own settings are restored afterwards. Returns one :class:`Prediction` per question.
+    """
+    questions = [question.strip() for question in questions]
+    if not all(questions):
         raise ValueError("the question is empty")
+    image_index = list(range(len(questions)) if image_index is None else image_index)
+    device = model.device
+    inputs = processor.questions(questions)
+    inputs["pixel_values"] = processor.images(images)  # (U, 3, S, S)
+    inputs["image_index"] = torch.tensor(image_index)  # (B,)
+    inputs = inputs.to(device, non_blocking=True)
     saved = (model.fusion.mode, model.fusion.k)
     model.set_fusion(mode=mode, k=k)
     sees = model.region_head is not None and processor.region_attributes is not None
     try:
-        inputs = processor([image], [question])
+        synchronize(device)  # the inputs are there: time the model alone
         start = time.perf_counter()
-        output = model(**inputs.to(model.device), return_region_logits=sees)
+        output = model(**inputs, return_region_logits=sees)
+        synchronize(device)  # CUDA returns once the work is queued, not done
         milliseconds = 1000 * (time.perf_counter() - start)
         used_mode, used_k = model.fusion.mode, model.fusion.k
     finally:
         model.set_fusion(mode=saved[0], k=saved[1])
-    probabilities = output.logits[0].float().softmax(-1)
-    best = probabilities.topk(min(top, len(probabilities)))
-    answers = [
-        (processor.answers.decode(i), float(p))
-        for p, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
-    ]
-    weights = output.attention_weights[0].float().mean(0).cpu()  # (N,)
-    scores = output.attention_scores[0].float().mean(0).cpu()  # (N,)
-    regions = describe_regions(
-        weights, scores, image.size, processor.image_size, model.config.patch_size, used_k
-    )
-    if output.region_logits is not None:
-        attributes = processor.region_attributes.decode(output.region_logits[0].float().cpu())
-        for region in regions:
-            region["sees"] = attributes[region["region"]]
+    probabilities = output.logits.float().softmax(-1).cpu()  # (B, A)
+    best = probabilities.topk(min(top, probabilities.shape[-1]))
+    weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
+    scores = output.attention_scores.float().mean(1).cpu()  # (B, N)
+    sights = None  # per image: what the region head reads in each region
+    if output.region_logits is not None:  # (U, N, classes)
+        region_logits = output.region_logits.float().cpu()
+        sights = [processor.region_attributes.decode(logits) for logits in region_logits]
     side = processor.image_size // model.config.patch_size
-    return Prediction(
-        answers=answers,
-        regions=regions,
-        weights=weights.tolist(),
-        grid=(side, side),
-        mode=used_mode,
-        k=used_k,
-        truncated=processor.is_truncated(question),
-        milliseconds=milliseconds,
-    )
+    predictions = []
+    for row, (question, slot) in enumerate(zip(questions, image_index, strict=True)):
+        regions = describe_regions(
+            weights[row],
+            scores[row],
+            images[slot].size,
+            processor.image_size,
+            model.config.patch_size,
+            used_k,
+        )
+        if sights is not None:
+            for region in regions:
+                region["sees"] = sights[slot][region["region"]]
+        answers = zip(best.values[row].tolist(), best.indices[row].tolist(), strict=True)
+        predictions.append(
+            Prediction(
+                answers=[(processor.answers.decode(i), p) for p, i in answers],
+                regions=regions,
+                weights=weights[row].tolist(),
+                grid=(side, side),
+                mode=used_mode,
+                k=used_k,
+                truncated=processor.is_truncated(question),
+                milliseconds=milliseconds / len(questions),
+            )
+        )
+    return predictions
+
+
+def read_questions(path: str | Path) -> list[dict]:
+    """The rows of a local-format JSONL file of questions, checked; answers are optional.
+
+    Returns one dict per row: ``where`` (``file:line``), ``image`` (as written), ``image_path``
+    (resolved against the file's directory), ``question`` and ``question_id`` (None when the
+    row has none).
+
+    Raises:
+        DatasetFormatError: a malformed line, a missing field or image (file:line), no rows.
+    """
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as lines:
+        for number, text in enumerate(lines, start=1):
+            if not text.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise DatasetFormatError(f"{where}: malformed JSON ({error.msg})") from None
+            # A question to answer needs no ground truth: check it as one without answers.
+            check_row({"answers": [], **row} if isinstance(row, dict) else row, path, number)
+            image_path = path.parent / row["image"]
+            if not image_path.is_file():
+                raise DatasetFormatError(
+                    f"{where}: image {row['image']!r} not found in {path.parent}"
+                )
+            rows.append(
+                {
+                    "where": where,
+                    "image": row["image"],
+                    "image_path": image_path,
+                    "question": row["question"],
+                    "question_id": row.get("question_id"),
+                }
+            )
+    if not rows:
+        raise DatasetFormatError(f"{path}: the file has no questions")
+    return rows
+
+
+def open_images(rows: Sequence[dict]) -> tuple[list[Image.Image], list[int]]:
+    """The distinct images of ``rows`` (from :func:`read_questions`), each opened once, and
+    which of them each row is about; an image that does not decode names its file and line."""
+    slots: dict[Path, int] = {}
+    images: list[Image.Image] = []
+    for row in rows:
+        if row["image_path"] in slots:
+            continue
+        try:
+            images.append(open_image({"path": str(row["image_path"]), "bytes": None}))
+        except BAD_IMAGE_ERRORS as error:
+            raise DatasetFormatError(
+                f"{row['where']}: image {row['image']!r} does not decode "
+                f"({type(error).__name__}: {error})"
+            ) from None
+        slots[row["image_path"]] = len(images) - 1
+    return images, [slots[row["image_path"]] for row in rows]
+
+
+def write_predictions(
+    model: HybridVQAModel,
+    processor: HybridVQAProcessor,
+    questions: Sequence[dict],
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    mode: str | None = None,
+    k: int | None = None,
+    top: int = 5,
+    progress: bool = True,
+) -> None:
+    """Answer ``questions`` (from :func:`read_questions`) and write them to ``out``.
+
+    ``out`` gets one JSON line per question, in order: ``question_id`` (when the row has one),
+    ``image`` and ``question`` as the row gives them, then the fields of :class:`Prediction`,
+    as ``vqa predict --json`` prints them. ``batch_size`` consecutive questions make one model
+    call, each distinct image among them encoded once (so files that keep an image's questions
+    together run fastest). ``out`` is written as ``out.partial`` and renamed when complete: a
+    failure leaves no output.
+    """
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be at least 1, got {batch_size}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with (
+            partial.open("w", encoding="utf-8") as lines,
+            tqdm(
+                total=len(questions), desc="Predicting", unit="question", disable=not progress
+            ) as bar,
+        ):
+            for start in range(0, len(questions), batch_size):
+                batch = questions[start : start + batch_size]
+                images, image_index = open_images(batch)
+                texts = [row["question"] for row in batch]
+                predictions = predict_batch(
+                    model, processor, images, texts, image_index, mode=mode, k=k, top=top
+                )
+                for row, prediction in zip(batch, predictions, strict=True):
+                    lines.write(json.dumps(prediction_record(row, prediction)) + "\n")
+                bar.update(len(batch))
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)  # left only by a failure
+
+
+def prediction_record(row: dict, prediction: Prediction) -> dict:
+    """One line of :func:`write_predictions`: the row's question and its prediction."""
+    question_id = {} if row["question_id"] is None else {"question_id": row["question_id"]}
+    return {**question_id, "image": row["image"], "question": row["question"], **asdict(prediction)}
 
 
 def describe_sight(attributes: dict[str, str]) -> str:

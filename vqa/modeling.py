@@ -170,9 +170,9 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         self, *, mode: str | None = None, k: int | None = None, estimator: str | None = None
     ) -> None:
         """Change the fusion mode, k or estimator of a (trained) model, in place."""
-        if k is not None and k > self.config.num_regions:
+        if k is not None and not 1 <= k <= self.config.num_regions:
             raise ValueError(
-                f"k={k} is greater than the number of regions ({self.config.num_regions})"
+                f"k={k} is outside 1..{self.config.num_regions} (the number of regions)"
             )
         for name, value in (("mode", mode), ("k", k), ("estimator", estimator)):
             if value is not None:

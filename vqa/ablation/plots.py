@@ -233,7 +233,7 @@ def plot_attention_gallery(
     answered = []  # per column: (entry, predictions, (B, side, side) weights)
     for entry in best.values():
         model, processor = load_model(Path(runs_dir) / entry["names"][0])
-        inputs = collate(processor, rows, indices)
+        inputs = collate(processor, rows, indices, model.device)
         inputs.pop("labels")
         with torch.no_grad():
             output = model(**inputs)
