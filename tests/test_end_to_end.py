@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from vqa.cli import main
 from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.inference import load_model, predict
+from vqa.loading import loader_options
 from vqa.training import resolve_precision
 
 
@@ -239,3 +241,25 @@ def test_bad_arguments_are_one_line_on_stderr_with_status_2(argv, message, capsy
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(message)
+
+
+def test_worker_processes_load_the_same_batches_as_the_main_process(dataset, tmp_path, train_tiny):
+    for workers in ("0", "2"):
+        assert train_tiny(dataset, tmp_path / workers, "--num-workers", workers) == 0
+    first, second = (load_file(tmp_path / w / "model.safetensors") for w in ("0", "2"))
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_loader_options_pin_memory_for_cuda_and_keep_workers_between_epochs():
+    assert loader_options(2, "cuda") == {
+        "num_workers": 2,
+        "persistent_workers": True,
+        "pin_memory": True,
+    }
+    assert loader_options(0, "cpu") == {
+        "num_workers": 0,
+        "persistent_workers": False,
+        "pin_memory": False,
+    }
+    with pytest.raises(ValueError, match="num_workers must be >= 0, got -1"):
+        loader_options(-1, "cpu")

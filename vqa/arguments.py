@@ -142,6 +142,11 @@ class TrainingArguments:
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     eval_batch_size: int = option(128, "questions per validation batch")
+    num_workers: int | None = option(
+        None,
+        "data loading processes (default: half the cores, at most 8; none on 2 cores)",
+        metavar="N",
+    )
     log_with: str | None = option(None, "an Accelerate tracker, e.g. tensorboard")
     progress: bool = option(True, "show progress bars")
 
