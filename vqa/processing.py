@@ -66,9 +66,10 @@ def train_tokenizer(questions: Iterable[str], vocab_size: int = 4000) -> PreTrai
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
-    for question in questions:
+    for question, repeats in Counter(questions).items():  # each distinct question split once
         words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(question))
-        counts.update(word for word, _ in words)
+        for word, _ in words:
+            counts[word] += repeats
     characters = sorted({character for word in counts for character in word} | set(ALPHABET))
     vocab = list(SPECIAL_TOKENS.values())  # [PAD] gets id 0
     vocab += characters + [f"##{character}" for character in characters]

@@ -8,14 +8,16 @@ quirks included, so accuracies computed here match the official server's.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from vqa.files import write_json
 
 # `VQAEval.punct`. The period is not in it: `_PERIOD_STRIP` handles periods.
 _PUNCTUATION = (
@@ -101,6 +103,7 @@ def _words_to_canonical(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
 
 
+@functools.lru_cache(maxsize=2**18)  # VQAv2 repeats its few hundred thousand answers 4.4M times
 def normalize_answer(answer: str) -> str:
     """Normalise an answer exactly as the official VQA evaluation normalises a prediction.
 
@@ -244,19 +247,8 @@ class AnswerVocab:
         )
 
     def to_json_file(self, path: str | os.PathLike[str]) -> None:
-        """Write the answers as a JSON list in id order, atomically (temp file + os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique name beside the target: os.replace is atomic only within one filesystem.
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as temp_file:
-                json.dump(self._answers, temp_file, ensure_ascii=False, indent=0)
-                temp_file.write("\n")
-            os.replace(temp_name, path)
-        except BaseException:
-            os.unlink(temp_name)
-            raise
+        """Write the answers as a JSON list in id order, atomically."""
+        write_json(Path(path), self._answers)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> AnswerVocab:
