@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, creating its directory if needed.
+@contextlib.contextmanager
+def atomic_writer(path: str | Path) -> Iterator[TextIO]:
+    """A text file to write ``path`` through: it replaces ``path`` only once the block ends
+    without an error; after an error nothing is left behind.
 
-    The text goes to a uniquely named file beside ``path`` (``os.replace`` is atomic only within
-    one file system, and two processes may write the same target), which then replaces it.
+    The file is uniquely named beside ``path`` (``os.replace`` is atomic only within one file
+    system, and two processes may write the same target); ``path``'s directory is created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+            yield file
         os.replace(partial, path)
     except BaseException:
         os.unlink(partial)
         raise
 
 
-def write_json(path: Path, value: object) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path) as file:
+        file.write(text)
+
+
+def write_json(path: str | Path, value: object) -> None:
     """Write ``value`` as indented JSON to ``path`` atomically (numbers like numpy's as floats)."""
     write_text_atomic(path, json.dumps(value, indent=2, default=float, ensure_ascii=False) + "\n")

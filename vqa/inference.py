@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vqa.data.formats import DatasetFormatError, check_row
+from vqa.files import atomic_writer
 from vqa.machine import synchronize
 from vqa.metrics import patch_boxes, rank_regions
 from vqa.modeling import HybridVQAModel
@@ -269,34 +270,24 @@ def write_predictions(
     ``image`` and ``question`` as the row gives them, then the fields of :class:`Prediction`,
     as ``vqa predict --json`` prints them. ``batch_size`` consecutive questions make one model
     call, each distinct image among them encoded once (so files that keep an image's questions
-    together run fastest). ``out`` is written as ``out.partial`` and renamed when complete: a
-    failure leaves no output.
+    together run fastest). ``out`` is written atomically: a failure leaves no output.
     """
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    try:
-        with (
-            partial.open("w", encoding="utf-8") as lines,
-            tqdm(
-                total=len(questions), desc="Predicting", unit="question", disable=not progress
-            ) as bar,
-        ):
-            for start in range(0, len(questions), batch_size):
-                batch = questions[start : start + batch_size]
-                images, image_index = open_images(batch)
-                texts = [row["question"] for row in batch]
-                predictions = predict_batch(
-                    model, processor, images, texts, image_index, mode=mode, k=k, top=top
-                )
-                for row, prediction in zip(batch, predictions, strict=True):
-                    lines.write(json.dumps(prediction_record(row, prediction)) + "\n")
-                bar.update(len(batch))
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)  # left only by a failure
+    with (
+        atomic_writer(out) as lines,
+        tqdm(total=len(questions), desc="Predicting", unit="question", disable=not progress) as bar,
+    ):
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start : start + batch_size]
+            images, image_index = open_images(batch)
+            texts = [row["question"] for row in batch]
+            predictions = predict_batch(
+                model, processor, images, texts, image_index, mode=mode, k=k, top=top
+            )
+            for row, prediction in zip(batch, predictions, strict=True):
+                lines.write(json.dumps(prediction_record(row, prediction)) + "\n")
+            bar.update(len(batch))
 
 
 def prediction_record(row: dict, prediction: Prediction) -> dict:
