@@ -1,15 +1,5 @@
-"""The Gradio app: ask questions about images and see which regions the model looked at.
-
-``build_app(model_dir)`` returns a ``gr.Blocks`` and ``serve(model_dir)`` launches it. The
-pieces are plain functions over one shared :class:`AppModel` (``answer``, ``compare``,
-``attention_overlay``, ``regions_table``, ``model_info``), so the tests call them directly as
-well as through a running server.
-
-Bad input never reaches the model: a missing image or question, a file that is not an image,
-an image too large to decode, or a mode or k the model does not have becomes a ``gr.Error``
-with a message that says what to do; a question cut to the tokenizer's limit and a shrunk
-image still get an answer, with a ``gr.Warning`` / ``gr.Info`` and a note beside it.
-"""
+"""The Gradio app itself: the shared model, the handlers of "Ask" and "Compare modes", and the
+page (``build_app``), its launch and ``serve``."""
 
 from __future__ import annotations
 
@@ -17,33 +7,30 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image
 
 from hybrid_attention import MODES
+from vqa.app.inputs import MAX_IMAGE_SIDE, check_inputs, check_mode, open_upload
+from vqa.app.views import (
+    TOP_ANSWERS,
+    answer_confidences,
+    attention_overlay,
+    model_info,
+    regions_table,
+)
 from vqa.cache import training_data_dir
-from vqa.configuration import HybridVQAConfig
-from vqa.inference import Prediction, describe_sight, load_model, predict
+from vqa.inference import Prediction, load_model, predict
 from vqa.processing import to_rgb
 
-TOP_ANSWERS = 5
-MAX_IMAGE_SIDE = 1024  # larger images are shrunk (aspect kept) before inference and display
-MAX_IMAGE_PIXELS = 40_000_000  # refused before decoding: a small file can hide a huge image
 MAX_FILE_SIZE = "10mb"  # uploads above this are refused by the server
-MAX_QUESTION_CHARS = 1000  # longer text is cut before tokenizing (the model reads far fewer)
-DISPLAY_SIDE = 384  # attention pictures are drawn this large on their shorter side ...
-MAX_DISPLAY_SIDE = 640  # ... and at most this large on their longer one
 CONCURRENCY_LIMIT = 4  # requests handled at once; the rest wait in the queue
 QUEUE_SIZE = 64  # waiting requests beyond this are turned away with "queue full"
-BOX_COLOUR = (255, 140, 0)
 CSS = "#image img { width: 100%; height: 100%; object-fit: contain; }"  # enlarge small images
-
 EXPLANATION = """
 Ask a question about an image; the model answers and shows which image regions (ViT patches)
 its fusion layer attended to. **Mode** and **k** change the fusion at inference time, on the
@@ -92,162 +79,6 @@ class AppModel:
             return predict(
                 self.model, self.processor, image, question, mode=mode, k=k, top=TOP_ANSWERS
             )
-
-
-def refuse(message: str) -> gr.Error:
-    """A ``gr.Error`` for bad input: shown to the user, not logged with a traceback."""
-    return gr.Error(message, print_exception=False)
-
-
-@contextmanager
-def open_upload(payload: dict | None) -> Iterator[Image.Image | None]:
-    """The image in an uploaded file (gradio's ``FileData`` as a dict), opened lazily.
-
-    The app's events skip gradio's own preprocessing, which would fail on a file that is not
-    an image with a bare "Error"; gradio still checks that the file is one of its uploads.
-    """
-    if payload is None:
-        yield None
-        return
-    path = payload.get("path") if isinstance(payload, dict) else None
-    if not path:
-        raise refuse("Send the image as an uploaded file.")
-    name = Path(payload.get("orig_name") or path).name
-    try:
-        image = Image.open(path)
-    except FileNotFoundError as error:
-        raise refuse(f"{name} is no longer on the server: please upload it again.") from error
-    except Image.DecompressionBombError as error:
-        raise refuse(f"{name} has too many pixels to decode safely.") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise refuse(
-            f"{name} is not an image that can be read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)."
-        ) from error
-    with image:
-        yield image
-
-
-def prepare_image(
-    image: Image.Image, max_side: int = MAX_IMAGE_SIDE
-) -> tuple[Image.Image, str | None]:
-    """Any PIL image -> (8-bit RGB image at most ``max_side`` on its longer side, note or None).
-
-    Greyscale, RGBA, palette and 16-bit images are converted; the note says when the image was
-    shrunk. Raises ``gr.Error`` for images too large to decode or damaged files.
-    """
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise refuse(
-            f"The image is {width}×{height} pixels, more than the "
-            f"{MAX_IMAGE_PIXELS // 1_000_000} million this app decodes. Please send a smaller one."
-        )
-    try:
-        image.draft("RGB", (max_side, max_side))  # JPEG only: decode at a reduced scale
-        image = to_rgb(ImageOps.exif_transpose(image))
-    except OSError as error:
-        raise refuse(f"The image file is damaged or incomplete ({error}).") from error
-    if max(image.size) <= max_side:
-        return image, None
-    image = image.copy()
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return image, f"The image ({width}×{height}) was scaled down to {image.width}×{image.height}."
-
-
-def check_question(question: str | None, max_chars: int = MAX_QUESTION_CHARS) -> str:
-    """The stripped question, cut to ``max_chars``; ``gr.Error`` when it is empty."""
-    question = (question or "").strip()
-    if not question:
-        raise refuse("Type a question about the image.")
-    return question[:max_chars]
-
-
-def check_k(k: object, num_regions: int) -> int:
-    """``k`` as an int in 1..num_regions; ``gr.Error`` otherwise."""
-    number = isinstance(k, int | float) and not isinstance(k, bool)
-    if not number or not 1 <= k <= num_regions or k != int(k):  # NaN and inf fail the range
-        raise refuse(
-            f"k={k!r} is not possible: this model has {num_regions} regions, "
-            f"so k must be a whole number from 1 to {num_regions}."
-        )
-    return int(k)
-
-
-def check_mode(mode: object) -> str:
-    """``mode`` if it is one of soft, hard and hybrid; ``gr.Error`` otherwise."""
-    if mode not in MODES:
-        raise refuse(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
-    return mode
-
-
-def check_inputs(
-    image: Image.Image | None,
-    question: str | None,
-    k: float | None,
-    num_regions: int,
-    max_side: int = MAX_IMAGE_SIDE,
-) -> tuple[Image.Image, str, int, list[str]]:
-    """Validated (image, question, k, notes) for one request, or a ``gr.Error``."""
-    if image is None:
-        raise refuse("Add an image first: upload one, paste one or pick an example.")
-    question = check_question(question)
-    k = check_k(k, num_regions)
-    image, note = prepare_image(image, max_side)
-    return image, question, k, [note] if note else []
-
-
-def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image:
-    """``image`` with each region shaded by its weight and the selected regions boxed.
-
-    A region keeps its brightness in proportion to its weight (relative to the largest);
-    regions without weight are dimmed. The regions in ``prediction.regions`` get an outline and
-    their rank. The picture is drawn ``DISPLAY_SIDE`` pixels on its shorter side (at most
-    ``MAX_DISPLAY_SIDE`` on its longer one): small images are enlarged with their pixels kept
-    sharp, so that the boxes are readable; large ones are shrunk, so that it is quick to send.
-    """
-    image = to_rgb(image)
-    scale = min(DISPLAY_SIDE / min(image.size), MAX_DISPLAY_SIDE / max(image.size))
-    size = (round(image.width * scale), round(image.height * scale))
-    upscale = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
-    base = image.resize(size, upscale)
-
-    rows, cols = prediction.grid
-    weights = np.asarray(prediction.weights, dtype=np.float32).reshape(rows, cols)
-    strength = weights / weights.max() if weights.max() > 0 else weights
-    mask = Image.fromarray(np.uint8(255 * strength)).resize(size, Image.Resampling.NEAREST)
-    dimmed = Image.blend(base, Image.new("RGB", size, (0, 0, 0)), 0.7)
-    picture = Image.composite(base, dimmed, mask)
-
-    draw = ImageDraw.Draw(picture)
-    cell = min(size[0] / cols, size[1] / rows)
-    font = ImageFont.load_default(size=max(10, round(cell / 3)))
-    line = max(2, round(cell / 24))
-    for region in prediction.regions:
-        x0, y0, x1, y1 = (value * scale for value in region["box"])
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_COLOUR, width=line)
-        label = str(region["rank"])
-        left, top, right, bottom = draw.textbbox((x0 + line, y0 + line), label, font=font)
-        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=BOX_COLOUR)
-        draw.text((x0 + line, y0 + line), label, fill=(0, 0, 0), font=font)
-    return picture
-
-
-def regions_table(prediction: Prediction) -> list[list]:
-    """Rows of (rank, box "x0, y0, x1, y1" in image pixels, weight, what the region sees) for
-    the selected regions; "sees" is empty for models without the region attribute head."""
-    return [
-        [
-            region["rank"],
-            ", ".join(f"{value:g}" for value in region["box"]),
-            round(region["weight"], 4),
-            describe_sight(region["sees"]) if "sees" in region else "",
-        ]
-        for region in prediction.regions
-    ]
-
-
-def answer_confidences(prediction: Prediction) -> dict[str, float]:
-    """The top answers as ``{answer: probability}`` for ``gr.Label``."""
-    return dict(prediction.answers)
 
 
 def notify(notes: Sequence[str], truncated: bool, max_tokens: int) -> list[str]:
@@ -315,54 +146,6 @@ def compare(
         truncated = prediction.truncated
     notes = notify(notes, truncated, app_model.processor.max_question_length)
     return (*outputs, "\n".join(summary) + "".join(f"\n\n⚠ {note}" for note in notes))
-
-
-def text_encoder_name(config: HybridVQAConfig) -> str:
-    """The text encoder's architecture: a pretrained one's model type and source, or BERT."""
-    if config.text_config:
-        return f"{config.text_config.get('model_type', 'transformers')} ({config.text_pretrained})"
-    return "BERT (trained from scratch)"
-
-
-def model_info(app_model: AppModel) -> str:
-    """Markdown: the checkpoint, its fusion and encoder settings, its recorded val accuracy."""
-    config = app_model.model.config
-    rows = [
-        ("checkpoint", f"`{app_model.directory}`"),
-        (
-            "fusion",
-            f"{config.fusion_mode}, k = {config.fusion_k} of {config.num_regions} regions, "
-            f"estimator {config.fusion_estimator}, {config.fusion_heads} head(s)",
-        ),
-        (
-            "vision encoder",
-            f"{config.vision_backend} ViT ({config.vision_stem} stem), {config.image_size} px "
-            f"input, {config.patch_size} px patches, width {config.vision_hidden_size}, "
-            f"{config.vision_layers} layers",
-        ),
-        (
-            "text encoder",
-            f"{text_encoder_name(config)}, width {config.text_hidden_size}, "
-            f"{config.text_layers} layers, up to {app_model.processor.max_question_length} tokens",
-        ),
-        ("answers", f"{len(app_model.processor.answers)} in the vocabulary"),
-        ("val accuracy", recorded_accuracy(app_model.directory)),
-    ]
-    lines = ["| setting | value |", "|---|---|"]
-    return "\n".join(lines + [f"| **{name}** | {value} |" for name, value in rows])
-
-
-def recorded_accuracy(directory: Path) -> str:
-    """The val accuracy that ``metrics.json`` records for a run, as text."""
-    path = directory / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-        history = metrics["history"]
-        last = history[-1]["val_accuracy"]
-        best = metrics["best_accuracy"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return "not recorded (no readable metrics.json in the run directory)"
-    return f"{best:.1%} best, {last:.1%} after the last epoch ({len(history)} epochs)"
 
 
 def find_examples(dataset_dir: str | Path, images: int = 6, per_image: int = 2) -> list[list]:
