@@ -99,6 +99,14 @@ class TrainingArguments:
         "weight of the auxiliary loss that teaches the fusion to look at the objects a "
         "question is about, where rows have targets (0: off; default: the preset's)",
     )
+    init_from: str | None = option(
+        None,
+        "fine-tune the model of a run or model directory written by vqa train (its "
+        "architecture, weights, tokenizer and image transform; the answer head is adapted to "
+        "--data's answers). --resume of a run that has a checkpoint loads that instead",
+        metavar="RUN",
+        group="pretrained encoders",
+    )
     vision_pretrained: str | None = option(
         None,
         "timm .safetensors/.npz file (with --vision-model) or directory, or a transformers "

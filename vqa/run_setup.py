@@ -2,14 +2,15 @@
 
 :func:`setup_run` turns ``TrainingArguments`` into a :class:`RunSetup`; ``vqa.training.train``
 then prepares it with Accelerate and loops. Fine-tuning choices (pretrained encoders, frozen
-blocks, the encoders' learning rate) are made here, through ``vqa.finetune``.
+blocks, the encoders' learning rate) are made here, through ``vqa.finetune``, and a run that
+starts from another one (``--init-from``) is adapted to its data through ``vqa.init_from``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,17 @@ from vqa.arguments import TrainingArguments, loss_weight
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
 from vqa.data.hub import ColumnMapping
+from vqa.data.regions import RegionAttributes
 from vqa.data.sources import answerable_rows, dataset_splits, load_vqa_dataset
 from vqa.encoders import load_text_tokenizer, pretrained_fields, pretrained_image_settings
 from vqa.finetune import configure_trainable, load_pretrained_encoders, parameter_groups
+from vqa.init_from import (
+    adapt_region_head,
+    check_init_from,
+    describe_tokenizer,
+    model_from_run,
+    processor_from_run,
+)
 from vqa.loading import loader_options
 from vqa.modeling import HybridVQAModel
 from vqa.presets import Preset
@@ -129,6 +138,26 @@ def processor_settings(preset: Preset, args: TrainingArguments) -> dict:
     return settings
 
 
+def new_processor(
+    args: TrainingArguments, preset: Preset, train_rows: Dataset, report: Callable[[str], None]
+) -> HybridVQAProcessor:
+    """A processor built from ``train_rows``; with ``args.init_from``, that run's processor
+    with ``train_rows``' answer vocabulary, and a line to ``report`` on its tokenizer."""
+    if args.init_from:
+        processor = processor_from_run(
+            Path(args.init_from), train_rows["answers"], args.max_answers
+        )
+        report(describe_tokenizer(processor.tokenizer, train_rows["question"]))
+        return processor
+    return HybridVQAProcessor.train(
+        train_rows["question"],
+        train_rows["answers"],
+        max_answers=args.max_answers,
+        object_lists=region_objects(train_rows, loss_weight("region_loss_weight", preset, args)),
+        **processor_settings(preset, args),
+    )
+
+
 def build_processor(
     args: TrainingArguments, preset: Preset, train_rows: Dataset, accelerator: Accelerator
 ) -> HybridVQAProcessor:
@@ -142,22 +171,15 @@ def build_processor(
     with accelerator.main_process_first():
         keep = args.resume and (run / ANSWERS_FILE).is_file()
         if accelerator.is_main_process and not keep:
-            HybridVQAProcessor.train(
-                train_rows["question"],
-                train_rows["answers"],
-                max_answers=args.max_answers,
-                object_lists=region_objects(
-                    train_rows, loss_weight("region_loss_weight", preset, args)
-                ),
-                **processor_settings(preset, args),
-            ).save_pretrained(run)
+            new_processor(args, preset, train_rows, accelerator.print).save_pretrained(run)
         return HybridVQAProcessor.from_pretrained(run)
 
 
-def build_model(
+def fresh_model(
     processor: HybridVQAProcessor, preset: Preset, args: TrainingArguments
 ) -> HybridVQAModel:
-    """A fresh model sized by the preset, the processor and the fusion overrides."""
+    """A new model sized by the preset, the processor and the fusion overrides, with the
+    pretrained encoders' weights where ``args`` names them."""
     fields = dict(preset.model)
     fields.update(
         {
@@ -187,13 +209,53 @@ def build_model(
         )
     )
     model = HybridVQAModel(HybridVQAConfig(**fields))
+    load_pretrained_encoders(model)
+    return model
+
+
+def model_of_run(
+    processor: HybridVQAProcessor,
+    args: TrainingArguments,
+    train_rows: Dataset | None,
+    report: Callable[[str], None],
+) -> HybridVQAModel:
+    """The model of ``args.init_from`` adapted to ``processor``'s answers and ``args``; its
+    region head learns only where ``train_rows``' objects have its attributes (none: frozen).
+    Each adaptation is a line to ``report``."""
+    model, notes = model_from_run(args, processor.answers)
+    if model.region_head is not None:
+        weight = model.config.region_loss_weight
+        objects = region_objects(train_rows, weight) if train_rows is not None else []
+        found = RegionAttributes.build(objects)
+        notes.append(adapt_region_head(model, processor.region_attributes, found))
+    for note in notes:
+        report(note)
+    return model
+
+
+def build_model(
+    processor: HybridVQAProcessor,
+    preset: Preset,
+    args: TrainingArguments,
+    train_rows: Dataset | None = None,
+    report: Callable[[str], None] = print,
+) -> HybridVQAModel:
+    """The run's model, with the encoders frozen as ``args`` says.
+
+    A fresh one (:func:`fresh_model`), or with ``args.init_from`` that run's, adapted to the
+    processor and to ``train_rows`` (:func:`model_of_run`; the preset's model sizes are not
+    used).
+    """
+    if args.init_from:
+        model = model_of_run(processor, args, train_rows, report)
+    else:
+        model = fresh_model(processor, preset, args)
     config = model.config
     if config.fusion_mode != "soft" and config.fusion_k >= config.num_regions:
         logger.warning(
             f"k = {config.fusion_k} keeps all {config.num_regions} regions: {config.fusion_mode} "
             "attention then selects nothing (choose a smaller --k or a larger --image-size)"
         )
-    load_pretrained_encoders(model)
     configure_trainable(
         model,
         freeze_vision=args.freeze_vision,
@@ -204,8 +266,13 @@ def build_model(
 
 
 def region_grid(model: HybridVQAModel) -> int | None:
-    """Regions per side of the patch grid when the model learns region attributes, else None."""
-    return math.isqrt(model.config.num_regions) if model.region_head is not None else None
+    """Regions per side of the patch grid when the model learns region attributes, else None.
+
+    A frozen region head (``--init-from`` on data without its attributes) learns nothing.
+    """
+    head = model.region_head
+    learns = head is not None and head.weight.requires_grad
+    return math.isqrt(model.config.num_regions) if learns else None
 
 
 def target_grid(model: HybridVQAModel) -> int | None:
@@ -253,11 +320,13 @@ def build_optimizer(
 
 def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator) -> RunSetup:
     """Data, processor, model, loader, optimizer and schedule of a run (``args`` resolved)."""
+    if args.init_from:  # before the data is read
+        check_init_from(args)
     splits = load_splits(args, preset, accelerator)
     processor = build_processor(args, preset, splits["train"], accelerator)
     train_rows, coverage = answerable_rows(splits["train"], processor.answers)
     accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
-    model = build_model(processor, preset, args)
+    model = build_model(processor, preset, args, train_rows, accelerator.print)
     loader = build_loader(train_rows, processor, model, args, accelerator.device)
     steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
     optimizer, scheduler = build_optimizer(model, steps, args)
