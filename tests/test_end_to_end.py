@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -263,3 +264,32 @@ def test_loader_options_pin_memory_for_cuda_and_keep_workers_between_epochs():
     }
     with pytest.raises(ValueError, match="num_workers must be >= 0, got -1"):
         loader_options(-1, "cpu")
+
+
+def test_eval_on_synthetic_uses_the_embedded_scenes_the_model_was_trained_on(
+    tiny_run, monkeypatch, tmp_path, capsys
+):
+    run, data = tiny_run
+    monkeypatch.setattr(
+        "vqa.cache.synthetic_dataset", lambda **sizes: data if sizes["image_size"] == 32 else None
+    )
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["arguments"].update(data="synthetic", preset="tiny")
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert main(["eval", "--model", str(copy), "--data", "synthetic", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scores["questions"] == len((data / "val.jsonl").read_text().splitlines())
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics(dataset, tmp_path, train_tiny):
+    assert train_tiny(dataset, tmp_path / "first") == 0
+    options = ("--init-from", str(tmp_path / "first"), "--freeze-vision")
+    assert train_tiny(dataset, tmp_path / "second", *options) == 0
+    first, second = (
+        load_file(tmp_path / name / "model.safetensors") for name in ("first", "second")
+    )
+    statistics = [name for name in first if name.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(first[name], second[name]) for name in statistics)

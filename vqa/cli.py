@@ -80,6 +80,11 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--update-card",
+        action="store_true",
+        help="add the scores to the run's model card (README.md); again on a split replaces them",
+    )
     evaluate.set_defaults(run=run_eval)
 
 
@@ -277,16 +282,37 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"{kept} at epoch {summary.get('best_epoch')}; model saved in {args.output}")
 
 
+def evaluation_data(data: str, model_dir: str) -> str:
+    """``data``, or for ``synthetic`` the embedded scenes of the preset the model was trained
+    with (``metrics.json``; the default preset when the run does not say)."""
+    from pathlib import Path
+
+    from vqa.cache import resolve_data_dir
+    from vqa.presets import get_preset
+
+    if data != "synthetic":
+        return data
+    try:
+        arguments = json.loads((Path(model_dir) / "metrics.json").read_text())["arguments"]
+        preset = arguments["preset"] if arguments["data"] == "synthetic" else "default"
+    except (OSError, ValueError, KeyError, TypeError):
+        preset = "default"
+    return str(resolve_data_dir(data, get_preset(preset)))
+
+
 def run_eval(args: argparse.Namespace) -> None:
     from vqa.data.hub import ColumnMapping
     from vqa.data.sources import load_vqa_dataset
     from vqa.evaluation import evaluate, write_results
     from vqa.inference import load_model
+    from vqa.model_card import check_run, update_model_card_metrics
 
+    if args.update_card:
+        check_run(args.model)  # before the evaluation rather than after it
     model, processor = load_model(args.model, args.device)
     model.set_fusion(mode=args.mode, k=args.k)
     rows = load_vqa_dataset(
-        args.data,
+        evaluation_data(args.data, args.model),
         [args.split],
         columns=ColumnMapping(args.image_column, args.question_column, args.answer_column),
         streaming=args.streaming,
@@ -305,6 +331,8 @@ def run_eval(args: argparse.Namespace) -> None:
         write_results(scores.pop("predictions"), args.results)
     device = str(model.device)
     scores.update(mode=model.fusion.mode, k=model.fusion.k, split=args.split, device=device)
+    if args.update_card:
+        update_model_card_metrics(args.model, args.split, scores, data=args.data)
     if args.json:
         print(json.dumps(scores))
         return

@@ -104,6 +104,19 @@ def configure_trainable(
     return counts
 
 
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm whose weights are frozen in eval mode, after ``model.train()``.
+
+    A frozen encoder must not change, but BatchNorm updates its running mean and variance in
+    training mode whatever ``requires_grad`` says; in eval mode it uses and keeps them.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            parameter.requires_grad for parameter in module.parameters()
+        ):
+            module.eval()
+
+
 def decays(name: str, parameter: nn.Parameter) -> bool:
     """Whether weight decay applies: not to biases, norms, other 1-D weights, nor to position
     embeddings and special tokens (``pos_embed``, ``cls_token``, ...), as timm and transformers

@@ -27,8 +27,11 @@ from tqdm.auto import tqdm
 
 from vqa.arguments import TrainingArguments
 from vqa.checkpoints import STATE_FILE, latest_checkpoint, save_checkpoint
+from vqa.curves import CURVES_FILE, plot_training_curves
 from vqa.evaluation import evaluate
 from vqa.files import write_json
+from vqa.finetune import freeze_batchnorm_statistics
+from vqa.model_card import write_model_card
 from vqa.presets import get_preset
 from vqa.run_setup import setup_run
 
@@ -198,6 +201,7 @@ def train_epoch(
     run, epoch, progress = Path(args.output), state["epoch"], state["progress"]
     loader.set_epoch(epoch)  # sets the sampler's epoch too, rather than Accelerate's own count
     model.train()
+    freeze_batchnorm_statistics(model)  # a frozen stem keeps its statistics too
     start = time.perf_counter()
     seen = progress["batches"]  # > 0 when resuming mid-epoch
     bar = tqdm(
@@ -389,5 +393,7 @@ def train(args: TrainingArguments) -> dict:
         save_epoch(accelerator, model, record, state, args)
         if accelerator.is_main_process:
             write_json(run / METRICS_FILE, {**summary, **state})
+            plot_training_curves({**summary, **state}, run / CURVES_FILE)
+            write_model_card(run)
     accelerator.end_training()
     return {**summary, **state}
