@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from vqa import processing
 from vqa.cli import main
-from vqa.data import vqav2
+from vqa.data import json_stream, vqav2
 from vqa.data.answers import AnswerVocab
 from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.data.hub import ColumnMapping
@@ -415,7 +415,7 @@ def test_official_files_are_read_in_chunks_whatever_their_key_order(tmp_path, mo
     for path, key in ((files.questions, "questions"), (files.annotations, "annotations")):
         document = json.loads(path.read_text())
         path.write_text(json.dumps({key: document.pop(key), **document}, indent=1))  # list first
-    monkeypatch.setattr(vqav2, "CHUNK_CHARS", 5)
+    monkeypatch.setattr(json_stream, "CHUNK_CHARS", 5)
     assert load_vqa_dataset(tmp_path, cache_dir=tmp_path / "cache-b")["val"].to_list() == expected
 
 
