@@ -5,6 +5,7 @@ Accelerate, loops over the epochs, evaluates after each and saves. It writes int
 directory:
 - the best model (``config.json``, ``model.safetensors``) and its processor files,
 - ``metrics.json``: per epoch the training loss, validation scores and wall time,
+- ``README.md`` (the model card, ``vqa.model_card``) and ``curves.png`` (``vqa.curves``),
 - ``checkpoint/``: everything ``--resume`` needs (``vqa.checkpoints``).
 """
 
