@@ -1,6 +1,10 @@
 """Hard, soft and hybrid (top-k then softmax) attention for PyTorch.
 
->>> from hybrid_attention import HybridAttention, select_topk
+``select_topk`` (top-k masks and their gradient estimators), ``HybridAttention`` (soft, hard
+or hybrid cross-attention) and ``TokenSelector`` (keep the k tokens a query scores highest,
+fold the rest into one, as token-pruning ViTs do between blocks).
+
+>>> from hybrid_attention import HybridAttention, TokenSelector, select_topk
 """
 
 from hybrid_attention.attention import MODES, AttentionOutput, HybridAttention, gather_regions
@@ -13,6 +17,7 @@ from hybrid_attention.selection import (
     select_topk,
     selection_entropy,
 )
+from hybrid_attention.tokens import TokenSelection, TokenSelector
 
 __all__ = [
     "ESTIMATORS",
@@ -21,6 +26,8 @@ __all__ = [
     "HybridAttention",
     "MovingAverageBaseline",
     "Selection",
+    "TokenSelection",
+    "TokenSelector",
     "gather_regions",
     "plackett_luce_log_prob",
     "reinforce_loss",
