@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import extract_model_from_parallel
 from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -96,9 +97,10 @@ def evaluate(
     """Score ``model`` on every row of ``dataset`` (common-format rows, see vqa.data.formats).
 
     It runs on the model's device, or with ``accelerator`` on that accelerator's device. Under
-    Accelerate each process scores its share and ``gather_for_metrics`` counts every row
-    exactly once. A streamed dataset (``IterableDataset``) is read once, in order.
-    Questions without answers (e.g. VQAv2 test-dev) are predicted but not scored.
+    Accelerate ``model`` may be the prepared (DDP / FSDP) model; each process scores its share
+    and ``gather_for_metrics`` counts every row exactly once. A streamed dataset
+    (``IterableDataset``) is read once, in order. Questions without answers (e.g. VQAv2
+    test-dev) are predicted but not scored.
 
     ``num_workers`` processes load the batches (None: ``vqa.loading.default_workers``). An
     image that does not decode fails the evaluation, or with ``on_bad_image="skip"`` its
@@ -115,7 +117,8 @@ def evaluate(
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
     else:
         model.to(accelerator.device)
-    device = model.device
+    core = extract_model_from_parallel(model)  # the HybridVQAModel inside a DDP/FSDP wrapper
+    device = next(core.parameters()).device
     collator = VQACollator(processor, on_bad_image=on_bad_image)
     loader = accelerator.prepare_data_loader(
         DataLoader(
@@ -141,7 +144,7 @@ def evaluate(
         output = model(**inputs)
         synchronize(device)  # CUDA returns once the work is queued, not done
         seconds += time.perf_counter() - start
-        scores = score_batch(output, meta, processor, model.config.patch_size)
+        scores = score_batch(output, meta, processor, core.config.patch_size)
         for name, values in accelerator.gather_for_metrics(
             {name: values.to(accelerator.device) for name, values in scores.items()}
         ).items():

@@ -369,7 +369,7 @@ def train(args: TrainingArguments) -> dict:
         record = epoch_record(state, seconds, len(setup.train_rows), scheduler.get_last_lr()[0])
         if setup.val_rows is not None:
             scores = evaluate(
-                accelerator.unwrap_model(model),
+                model,  # as prepared: under FSDP only the wrapper holds whole weights
                 setup.processor,
                 setup.val_rows,
                 accelerator=accelerator,
