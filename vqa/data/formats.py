@@ -1,4 +1,4 @@
-"""The one local format (see DESIGN.md), the common rows every reader produces, and their checks.
+"""The one local format (README, "Data format"), the common rows every reader produces, and checks.
 
 Every reader returns a ``datasets.DatasetDict`` whose rows have:
 ``image`` ({"path", "bytes"}, decoded lazily), ``image_path`` (str: the image's identity, so
