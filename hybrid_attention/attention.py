@@ -25,6 +25,7 @@ from hybrid_attention.selection import (
     Selection,
     check_estimator,
     check_k,
+    check_tau,
     masked_scores,
     select_topk,
 )
@@ -154,9 +155,7 @@ class HybridAttention(nn.Module):
 
     @tau.setter
     def tau(self, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"tau must be > 0, got {value!r}")
-        self._tau = float(value)
+        self._tau = check_tau(value)
 
     def extra_repr(self) -> str:
         return (

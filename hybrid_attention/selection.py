@@ -47,6 +47,13 @@ def check_estimator(estimator: str) -> str:
     return estimator
 
 
+def check_tau(tau: float) -> float:
+    """Return ``tau`` as a float if it is > 0, else raise a ValueError naming it."""
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau!r}")
+    return float(tau)
+
+
 def check_k(k: int, num_regions: int | None = None) -> int:
     """Return ``k`` if it is an int >= 1 (and <= ``num_regions`` when given)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -119,8 +126,7 @@ def select_topk(
     """
     check_estimator(estimator)
     check_k(k, scores.shape[-1])
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau!r}")
+    check_tau(tau)
     if mask is not None:
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = valid), got {mask.dtype}")

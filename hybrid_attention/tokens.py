@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid_attention.attention import gather_regions
-from hybrid_attention.selection import check_estimator, select_topk
+from hybrid_attention.selection import check_estimator, check_tau, select_topk
 
 
 @dataclass
@@ -59,11 +59,9 @@ class TokenSelection:
 
 def check_keep(keep: int | float) -> int | float:
     """Return ``keep`` if it is an int >= 1 (a count) or a float in (0, 1] (a ratio)."""
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-        raise ValueError(f"keep must be an int >= 1 or a float in (0, 1], got {keep!r}")
-    if isinstance(keep, int) and keep < 1:
-        raise ValueError(f"keep must be an int >= 1 or a float in (0, 1], got {keep!r}")
-    if isinstance(keep, float) and not 0.0 < keep <= 1.0:
+    count = isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1
+    ratio = isinstance(keep, float) and 0.0 < keep <= 1.0
+    if not (count or ratio):
         raise ValueError(f"keep must be an int >= 1 or a float in (0, 1], got {keep!r}")
     return keep
 
@@ -136,9 +134,7 @@ class TokenSelector(nn.Module):
 
     @tau.setter
     def tau(self, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"tau must be > 0, got {value!r}")
-        self._tau = float(value)
+        self._tau = check_tau(value)
 
     def extra_repr(self) -> str:
         return (
