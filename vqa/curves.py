@@ -10,13 +10,12 @@ was drawn.
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from vqa.files import atomic_writer
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -99,21 +98,6 @@ def plot_per_epoch(
     ax.legend(fontsize="small")
 
 
-def save_png_atomic(figure: Figure, path: Path) -> None:
-    """Save ``figure`` as a PNG at ``path``: drawn to memory, written beside ``path`` under a
-    unique name, then renamed over it, so no reader sees half an image."""
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(image.getvalue())
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
-
-
 def plot_training_curves(metrics: dict, path: str | Path) -> Figure:
     """Draw the curves of ``metrics`` (the run's ``metrics.json``) and save them at ``path``.
 
@@ -132,5 +116,6 @@ def plot_training_curves(metrics: dict, path: str | Path) -> Figure:
     plot_losses(loss_ax, history)
     plot_per_epoch(accuracy_ax, history, "val_accuracy", "Validation accuracy", by_type=True)
     plot_per_epoch(pointing_ax, history, "val_pointing_accuracy", "Pointing accuracy")
-    save_png_atomic(figure, Path(path))
+    with atomic_writer(path, binary=True) as file:
+        figure.savefig(file, format="png", dpi=100)
     return figure

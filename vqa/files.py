@@ -8,13 +8,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | Path) -> Iterator[TextIO]:
-    """A text file to write ``path`` through: it replaces ``path`` only once the block ends
-    without an error; after an error nothing is left behind.
+def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO]:
+    """A file (text, or bytes with ``binary``) to write ``path`` through: it replaces ``path``
+    only once the block ends without an error; after an error nothing is left behind.
 
     The file is uniquely named beside ``path`` (``os.replace`` is atomic only within one file
     system, and two processes may write the same target); ``path``'s directory is created.
@@ -23,7 +23,8 @@ def atomic_writer(path: str | Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        mode, encoding = ("wb", None) if binary else ("w", "utf-8")
+        with os.fdopen(handle, mode, encoding=encoding) as file:
             yield file
         os.replace(partial, path)
     except BaseException:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from vqa.data.sources import answerable_rows, load_vqa_dataset
 from vqa.evaluation import scored_by_type
+from vqa.inference import resolve_device
 from vqa.loading import loader_options
 from vqa.metrics import answer_accuracy
 from vqa.modeling import answer_loss
@@ -192,7 +193,7 @@ def train_peer(
         ``train_questions``, ``val_accuracy`` and ``val_accuracy_by_type``; ``curve`` is
         ``vqa.training.learning_curve(history)`` (its pointing accuracy is None).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     arguments = {
         "epochs": epochs,
         "batch_size": batch_size,
