@@ -691,3 +691,14 @@ def test_a_missing_owner_name_path_is_tried_as_a_hub_id_and_says_so():
         DatasetFormatError, match=r"cannot be read as a hub id \(no such local path\)"
     ):
         load_vqa_dataset("no-such-owner/no-such-dataset")
+
+
+def test_atomic_writes_get_the_usual_permissions_and_leave_nothing_on_error(tmp_path):
+    from vqa.files import atomic_writer, current_umask, write_json
+
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    with pytest.raises(RuntimeError), atomic_writer(tmp_path / "broken.txt") as file:
+        file.write("half")
+        raise RuntimeError("stop")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.json"]

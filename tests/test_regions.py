@@ -292,10 +292,16 @@ def test_the_region_loss_of_a_batch_split_in_two_averages_to_the_whole(tiny_mode
     features = torch.randn(3, 16, 32)
     labels = torch.randint(0, 3, (3, 16, 1))
     image_index = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])  # image 1 in both halves
-    whole = model.region_loss(features, labels, image_index)
-    first = model.region_loss(features[:2], labels[:2], image_index[:4])
-    second = model.region_loss(features[1:], labels[1:], image_index[4:] - 1)
-    assert torch.allclose(whole, (first + second) / 2)
+    labels[1, :5] = -100  # images differ in how many regions are labelled
+
+    def loss(rows: torch.Tensor) -> torch.Tensor:
+        return model.region_loss(features[image_index[rows]], labels[image_index[rows]])
+
+    whole = loss(torch.arange(8))
+    halves = (loss(torch.arange(4)) + loss(torch.arange(4, 8))) / 2
+    assert torch.allclose(whole, halves)
+    per_image = torch.stack([loss(torch.tensor([row])) for row in (0, 3, 6)])  # images 0, 1, 2
+    assert torch.allclose(whole, per_image[image_index].mean())
 
 
 def test_a_negative_region_loss_weight_is_refused_before_training(tmp_path, capsys):

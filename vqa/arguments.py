@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from hybrid_attention import ESTIMATORS, MODES
+from vqa.conditioning import CONDITIONINGS
 from vqa.presets import Preset
 
 DATA_HELP = (
@@ -26,6 +27,20 @@ DATA_HELP = (
     "(a directory or a JSON spec), a save_to_disk or parquet directory, or a hub id"
 )
 DATASET_FIELDS = ("image_column", "question_column", "answer_column", "on_bad_image")
+
+
+def count_or_ratio(text: str) -> int | float:
+    """``"16"`` -> 16, ``"0.25"`` -> 0.25 (argparse type of a number of tokens to keep)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count (16) or a ratio in (0, 1] (0.25), got {text!r}"
+        ) from None
 
 
 def option(default: Any, help: str, **argparse_options: Any) -> Any:
@@ -88,6 +103,31 @@ class TrainingArguments:
     )
     vision_stem: str | None = option(
         None, "override the preset's ViT stem ('patch' has no BatchNorm)", choices=("patch", "conv")
+    )
+    vision_conditioning: str | None = option(
+        None,
+        "'film': the question scales and shifts the ViT's channels before each block "
+        "(blocks run per question; default: the preset's)",
+        choices=CONDITIONINGS,
+    )
+    select_after: int | None = option(
+        None,
+        "ViT blocks that run on every patch token before the question keeps the top "
+        "--encoder-k for the remaining blocks (hard and hybrid modes; timm encoders; "
+        "default: no selection in the encoder)",
+        metavar="BLOCKS",
+        group="selection in the vision encoder",
+    )
+    encoder_k: int | float | None = option(
+        None,
+        "patch tokens the encoder keeps: a count, or a ratio in (0, 1] (default 16)",
+        type=count_or_ratio,
+        group="selection in the vision encoder",
+    )
+    encoder_fold: bool = option(
+        False,
+        "fold the dropped tokens into one extra token, weighted by their scores (EViT)",
+        group="selection in the vision encoder",
     )
     region_loss_weight: float | None = option(
         None,
@@ -185,10 +225,12 @@ def loss_weight(name: str, preset: Preset, args: object) -> float:
     return float(preset.model.get(name, 0.0) if value is None else value)
 
 
-def flag_type(annotation: Any) -> type:
-    """The value type of a field annotation: ``int | None`` -> ``int``."""
+def flag_type(annotation: Any) -> Any:
+    """The value type of a field annotation: ``int | None`` -> ``int``; a union of several
+    types stays a union (its field names a ``type`` in its metadata)."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        kinds = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return kinds[0] if len(kinds) == 1 else annotation
     return annotation
 
 
@@ -224,7 +266,8 @@ def add_arguments(
         else:
             if item.default is not dataclasses.MISSING:
                 options["default"] = item.default
-            target.add_argument(flag, type=value_type, **options)
+            options.setdefault("type", value_type)
+            target.add_argument(flag, **options)
 
 
 DataclassT = TypeVar("DataclassT")

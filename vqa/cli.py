@@ -1,4 +1,4 @@
-"""The ``vqa`` command: data, train, eval, predict, ablate, serve, demo.
+"""The ``vqa`` command: data, train, eval, predict, ablate, serve, demo, export.
 
 Each sub-command parses its arguments and calls a library function that the tests call too.
 Errors print one line on stderr and exit with status 2; ``--debug`` shows the traceback.
@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from hybrid_attention import MODES
 from vqa import __version__
@@ -19,8 +19,12 @@ from vqa.arguments import (
     DATASET_FIELDS,
     TrainingArguments,
     add_arguments,
+    count_or_ratio,
     from_namespace,
 )
+
+if TYPE_CHECKING:
+    from vqa.modeling import HybridVQAModel
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:
@@ -74,6 +78,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--mode", choices=MODES, help="override the fusion mode")
     evaluate.add_argument("--k", type=int, help="override k")
+    add_encoder_selection_arguments(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=128)
     add_arguments(evaluate, TrainingArguments, ["num_workers"])
     evaluate.add_argument(
@@ -104,11 +109,31 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--mode", choices=MODES, help="override the fusion mode")
     predict.add_argument("--k", type=int, help="override k")
+    add_encoder_selection_arguments(predict)
     predict.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
     )
     predict.add_argument("--json", action="store_true", help="print one JSON object")
     predict.set_defaults(run=run_predict)
+
+
+def add_encoder_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--select-after`` and ``--encoder-k``: move or resize a model's encoder selection."""
+    parser.add_argument(
+        "--select-after",
+        type=int,
+        metavar="BLOCKS",
+        help="select the patch tokens after this many ViT blocks (models trained with it)",
+    )
+    parser.add_argument(
+        "--encoder-k", type=count_or_ratio, help="patch tokens the encoder keeps: count or ratio"
+    )
+
+
+def set_encoder_selection(model: HybridVQAModel, args: argparse.Namespace) -> None:
+    """Apply ``--select-after`` / ``--encoder-k`` to ``model`` where given."""
+    if args.select_after is not None or args.encoder_k is not None:
+        model.set_encoder_selection(select_after=args.select_after, encoder_k=args.encoder_k)
 
 
 def word_list(text: str) -> list[str]:
@@ -215,6 +240,23 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=run_demo)
 
 
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="export a model for another runtime (ONNX, for onnxruntime)"
+    )
+    export.add_argument("model", metavar="RUN", help="run or model directory")
+    export.add_argument("--format", default="onnx", help="onnx (the default; the only one)")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument(
+        "--mode", choices=MODES, help="fusion mode fixed in the graph (default: the model's)"
+    )
+    export.add_argument(
+        "--k", type=int, help="regions kept, fixed in the graph (default: the model's)"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.set_defaults(run=run_export)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (``--help`` shows the usage)."""
 
@@ -237,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_ablate_parser,
         add_serve_parser,
         add_demo_parser,
+        add_export_parser,
     ):
         add(commands)
     return parser
@@ -311,6 +354,7 @@ def run_eval(args: argparse.Namespace) -> None:
         check_run(args.model)  # before the evaluation rather than after it
     model, processor = load_model(args.model, args.device)
     model.set_fusion(mode=args.mode, k=args.k)
+    set_encoder_selection(model, args)
     rows = load_vqa_dataset(
         evaluation_data(args.data, args.model),
         [args.split],
@@ -367,6 +411,7 @@ def run_predict(args: argparse.Namespace) -> None:
         raise ValueError("give --image and --question (one question) or --data and --out (a file)")
     questions = read_questions(args.data) if args.data else []  # checked before the model loads
     model, processor = load_model(args.model, args.device)
+    set_encoder_selection(model, args)
     if questions:
         options = {"batch_size": args.batch_size, "mode": args.mode, "k": args.k}
         write_predictions(model, processor, questions, args.out, **options)
@@ -404,6 +449,18 @@ def run_demo(args: argparse.Namespace) -> None:
     from vqa.demo import run_demo as demo
 
     demo(retrain=args.retrain, port=args.port)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from vqa.export import export_run
+
+    export = export_run(
+        args.model, args.out, format=args.format, mode=args.mode, k=args.k, overwrite=args.overwrite
+    )
+    print(
+        f"{export.model_file} ({export.mode}, k={export.k}; outputs {', '.join(export.outputs)}) "
+        f"and its config, tokenizer, image processor and answers written to {export.directory}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

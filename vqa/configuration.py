@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 
 from hybrid_attention import ESTIMATORS, MODES
+from vqa.conditioning import CONDITIONINGS
 
 VISION_BACKENDS = ("timm", "transformers")
 VISION_STEMS = ("patch", "conv")
@@ -29,6 +30,17 @@ class HybridVQAConfig(PreTrainedConfig):
             convolutional stem; learns colour and shape faster from scratch). timm only.
         image_size, patch_size: the regions are an (image_size / patch_size)^2 grid.
         vision_hidden_size, vision_layers, vision_heads: encoder sizes.
+        vision_conditioning: ``"none"`` or ``"film"``: the question scales and shifts the vision
+            tokens' channels before each ViT block (``vqa.conditioning``; timm backend only).
+            The blocks then run once per question instead of once per image.
+    Selection inside the vision encoder (``vqa.guided_vision``; timm backend only):
+        encoder_select_after: how many ViT blocks run on every patch token before the question
+            scores them and the top ``encoder_k`` are kept for the remaining blocks; None: no
+            selection in the encoder. It applies in hard and hybrid modes, with the fusion's
+            estimator and tau; soft mode keeps every token (the same weights).
+        encoder_k: patch tokens kept: an int count, or a float ratio in (0, 1].
+        encoder_fold: also keep one token that folds the dropped ones, weighted by their
+            softmax scores (EViT's inattentive-token fusion).
     Text (a transformers BERT built from these sizes):
         text_vocab_size, text_hidden_size, text_layers, text_heads, max_question_length.
     Pretrained encoders (see ``vqa.encoders.pretrained_fields``, which fills these in):
@@ -70,6 +82,10 @@ class HybridVQAConfig(PreTrainedConfig):
     vision_hidden_size: int = 128
     vision_layers: int = 3
     vision_heads: int = 4
+    vision_conditioning: str = "none"
+    encoder_select_after: int | None = None
+    encoder_k: int | float = 16
+    encoder_fold: bool = False
 
     text_vocab_size: int = 1000
     text_hidden_size: int = 128
@@ -136,6 +152,7 @@ class HybridVQAConfig(PreTrainedConfig):
         choices = {
             "vision_backend": VISION_BACKENDS,
             "vision_stem": VISION_STEMS,
+            "vision_conditioning": CONDITIONINGS,
             "fusion_mode": MODES,
             "fusion_estimator": ESTIMATORS,
         }
@@ -190,6 +207,42 @@ class HybridVQAConfig(PreTrainedConfig):
                 raise ValueError(f"config field {name!r} must be >= 0, got {getattr(self, name)!r}")
         self._check_region_attributes()
         self._check_pretrained()
+        self._check_encoder_selection()
+
+    def _check_encoder_selection(self) -> None:
+        """Raise a ValueError naming the first encoder-selection field that is invalid."""
+        after = self.encoder_select_after
+        if after is not None and (
+            isinstance(after, bool) or not isinstance(after, int) or after < 0
+        ):
+            raise ValueError(
+                f"config field 'encoder_select_after' must be None or an int >= 0, got {after!r}"
+            )
+        if after is not None and self.vision_backend != "timm":
+            raise ValueError(
+                "config field 'encoder_select_after' needs vision_backend 'timm' (the selection "
+                f"runs between timm ViT blocks), got {self.vision_backend!r}"
+            )
+        keep = self.encoder_k
+        count = isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1
+        if not (count or (isinstance(keep, float) and 0.0 < keep <= 1.0)):
+            raise ValueError(
+                f"config field 'encoder_k' must be an int >= 1 or a float in (0, 1], got {keep!r}"
+            )
+        if count and keep > self.num_regions:
+            raise ValueError(
+                f"config field 'encoder_k' ({keep}) is greater than the number of regions "
+                f"({self.num_regions})"
+            )
+        if after is not None and count and keep + self.encoder_fold < self.fusion_k:
+            raise ValueError(
+                f"config field 'encoder_k' ({keep}) leaves fewer tokens than the fusion keeps "
+                f"(fusion_k={self.fusion_k})"
+            )
+        if not isinstance(self.encoder_fold, bool):
+            raise ValueError(
+                f"config field 'encoder_fold' must be a bool, got {self.encoder_fold!r}"
+            )
 
     def _check_region_attributes(self) -> None:
         """Raise a ValueError unless region_attributes is None or {name: classes >= 2}."""

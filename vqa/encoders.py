@@ -105,6 +105,25 @@ class TimmVisionEncoder(nn.Module):
         tokens = self.vit.forward_features(pixel_values)
         return tokens[:, self.vit.num_prefix_tokens :]
 
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The transformer blocks, (B, T, D) -> (B, T, D) each."""
+        return self.vit.blocks
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens (CLS, registers)."""
+        return self.vit.num_prefix_tokens
+
+    def embed(self, pixel_values: Tensor) -> Tensor:
+        """(U, C, H, W) -> (U, P + N, D): the tokens before the first block, positions added."""
+        vit = self.vit
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(pixel_values))))
+
+    def finish(self, tokens: Tensor) -> Tensor:
+        """(B, P + M, D) tokens after the last block -> (B, M, D): final norm, prefix dropped."""
+        return self.vit.norm(tokens)[:, self.vit.num_prefix_tokens :]
+
 
 def scratch_timm_vit(config: HybridVQAConfig) -> nn.Module:
     """A randomly initialised ``VisionTransformer`` sized by the config's vision fields."""
@@ -265,6 +284,11 @@ class TransformersVisionEncoder(nn.Module):
 def build_vision_encoder(config: HybridVQAConfig) -> nn.Module:
     """The vision encoder that ``config.vision_backend`` names."""
     if config.vision_backend == "transformers":
+        if config.vision_conditioning != "none":
+            raise ValueError(
+                "config field 'vision_conditioning' must be 'none' for a transformers vision "
+                "encoder (FiLM runs between timm ViT blocks)"
+            )
         if config.vision_stem != "patch":
             raise ValueError("config field 'vision_stem' must be 'patch' for transformers ViTModel")
         return TransformersVisionEncoder(config)

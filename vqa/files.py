@@ -26,10 +26,18 @@ def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO]:
         mode, encoding = ("wb", None) if binary else ("w", "utf-8")
         with os.fdopen(handle, mode, encoding=encoding) as file:
             yield file
+        os.chmod(partial, 0o666 & ~current_umask())  # mkstemp makes it private (0600)
         os.replace(partial, path)
     except BaseException:
         os.unlink(partial)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -157,8 +157,8 @@ def predict_batch(
     best = probabilities.topk(min(top, probabilities.shape[-1]))
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
     scores = output.attention_scores.float().mean(1).cpu()  # (B, N)
-    sights = None  # per image: what the region head reads in each region
-    if output.region_logits is not None:  # (U, N, classes)
+    sights = None  # per question: what the region head reads in each region of its image
+    if output.region_logits is not None:  # (B, N, classes)
         region_logits = output.region_logits.float().cpu()
         sights = [processor.region_attributes.decode(logits) for logits in region_logits]
     side = processor.image_size // model.config.patch_size
@@ -174,7 +174,7 @@ def predict_batch(
         )
         if sights is not None:
             for region in regions:
-                region["sees"] = sights[slot][region["region"]]
+                region["sees"] = sights[row][region["region"]]
         answers = zip(best.values[row].tolist(), best.indices[row].tolist(), strict=True)
         predictions.append(
             Prediction(

@@ -42,6 +42,9 @@ from vqa.processing import ANSWERS_FILE, HybridVQAProcessor
 # TrainingArguments fields that would build another architecture than RUN's config.json.
 ARCHITECTURE_OPTIONS = (
     "vision_stem",
+    "vision_conditioning",
+    "select_after",
+    "encoder_fold",
     "image_size",
     "vision_pretrained",
     "vision_model",
@@ -63,7 +66,7 @@ def check_init_from(args: TrainingArguments) -> None:
     conflicts = [
         "--" + name.replace("_", "-")
         for name in ARCHITECTURE_OPTIONS
-        if getattr(args, name) is not None
+        if getattr(args, name) not in (None, False)
     ]
     if conflicts:
         raise ValueError(
@@ -158,6 +161,8 @@ def model_from_run(
     run = Path(args.init_from)
     model = HybridVQAModel.from_pretrained(run, use_safetensors=True, local_files_only=True)
     model.set_fusion(mode=args.mode, k=args.k, estimator=args.estimator)
+    if args.encoder_k is not None:
+        model.set_encoder_selection(encoder_k=args.encoder_k)
     for name in ("region_loss_weight", "pointing_loss_weight"):
         if getattr(args, name) is not None:
             setattr(model.config, name, float(getattr(args, name)))

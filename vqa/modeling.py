@@ -31,12 +31,15 @@ from hybrid_attention import (
     AttentionOutput,
     HybridAttention,
     MovingAverageBaseline,
+    TokenSelector,
     gather_regions,
     reinforce_loss,
     selection_entropy,
 )
+from vqa.conditioning import FiLMGenerator
 from vqa.configuration import HybridVQAConfig
 from vqa.encoders import build_text_encoder, build_vision_encoder
+from vqa.guided_vision import FOLDED, VisionTokens, encode_guided, scatter_regions
 
 QUESTION, ATTENDED, REGION = 0, 1, 2  # token types of the reasoner's input
 POSITION_SCALE = 0.6  # of the region position embedding: std about 0.3
@@ -56,8 +59,8 @@ class HybridVQAOutput(ModelOutput):
         log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
         region_loss: scalar region attribute loss (when ``region_labels`` were given).
         pointing_loss: scalar pointing loss (when ``target_regions`` were given).
-        region_logits: (U, N, sum of attribute classes) the region head's logits per image
-            (when asked for with ``return_region_logits``).
+        region_logits: (B, N, sum of attribute classes) the region head's logits for the image
+            of each question (when asked for with ``return_region_logits``).
     """
 
     loss: Tensor | None = None
@@ -91,6 +94,10 @@ class HybridVQAPreTrainedModel(PreTrainedModel):
                 module.region_position.copy_(region_position_init(self.config))
             nn.init.zeros_(module.weight_embedding)
             _init_fusion(module.fusion)
+            if module.film is not None:
+                module.film.reset_parameters()
+            if module.encoder_selector is not None:
+                module.encoder_selector.reset_parameters()
 
 
 def region_position_init(config: HybridVQAConfig) -> Tensor:
@@ -126,6 +133,12 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         dim = config.fusion_dim
         self.vision = build_vision_encoder(config)
         self.text = build_text_encoder(config)
+        self.film = None
+        if config.vision_conditioning == "film":
+            self.film = FiLMGenerator(dim, config.vision_hidden_size, len(self.vision.blocks))
+        self.encoder_selector = None
+        if config.encoder_select_after is not None:
+            self.encoder_selector = self._build_encoder_selector(config)
         self.vision_proj = nn.Linear(config.vision_hidden_size, dim)
         self.text_proj = nn.Linear(config.text_hidden_size, dim)
         self.region_position = nn.Parameter(torch.zeros(1, config.num_regions, dim))
@@ -179,9 +192,57 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 setattr(self.fusion, name, value)
                 setattr(self.config, f"fusion_{name}", value)
 
-    def project_regions(self, features: Tensor) -> Tensor:
-        """(U, N, vision_hidden_size) vision tokens -> (U, N, fusion_dim) with positions."""
-        return self.vision_proj(features) + self.region_position
+    def _build_encoder_selector(self, config: HybridVQAConfig) -> TokenSelector:
+        """The question-guided token selector between the ViT's blocks (timm encoders)."""
+        blocks = len(self.vision.blocks)
+        if not 0 <= config.encoder_select_after <= blocks:
+            raise ValueError(
+                f"config field 'encoder_select_after' ({config.encoder_select_after}) must be in "
+                f"0..{blocks} (the vision encoder's blocks)"
+            )
+        return TokenSelector(
+            dim=config.vision_hidden_size,
+            keep=config.encoder_k,
+            query_dim=config.fusion_dim,
+            estimator=config.fusion_estimator,
+            tau=config.fusion_tau,
+            fold=config.encoder_fold,
+            num_prefix=self.vision.num_prefix_tokens,
+        )
+
+    def set_encoder_selection(
+        self, *, select_after: int | None = None, encoder_k: int | float | None = None
+    ) -> None:
+        """Move the encoder's token selection to after another block, or keep another number
+        of tokens, on a (trained) model with an encoder selector, in place."""
+        if self.encoder_selector is None:
+            raise ValueError(
+                "this model has no token selection in its vision encoder (it was built with "
+                "encoder_select_after=None)"
+            )
+        fields = {**self.config.to_dict(), "encoder_select_after": self.config.encoder_select_after}
+        if select_after is not None:
+            fields["encoder_select_after"] = select_after
+        if encoder_k is not None:
+            fields["encoder_k"] = encoder_k
+        checked = HybridVQAConfig(**fields)  # raises a ValueError naming a bad value
+        if not 0 <= checked.encoder_select_after <= len(self.vision.blocks):
+            raise ValueError(
+                f"select_after={select_after} is outside 0..{len(self.vision.blocks)} (the "
+                "vision encoder's blocks)"
+            )
+        self.config.encoder_select_after = checked.encoder_select_after
+        self.config.encoder_k = self.encoder_selector.keep = checked.encoder_k
+
+    def project_regions(self, vision: VisionTokens) -> Tensor:
+        """(B, M, vision_hidden_size) vision tokens -> (B, M, fusion_dim) with the position of
+        each token's region (none for a folded token)."""
+        features = self.vision_proj(vision.features)
+        if vision.regions is None:
+            return features + self.region_position
+        slots = vision.regions.clamp_min(0)  # (B, M)
+        positions = self.region_position[0][slots] * (vision.regions != FOLDED).unsqueeze(-1)
+        return features + positions.to(features.dtype)
 
     def encode_questions(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) token ids and mask -> (B, L, fusion_dim) question tokens (CLS first)."""
@@ -217,61 +278,106 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        features = self.vision(pixel_values)  # (U, N, vision_hidden_size)
-        regions = self.project_regions(features)  # (U, N, D)
-        if image_index is not None:
-            regions = regions[image_index]  # (B, N, D)
         question = self.encode_questions(input_ids, attention_mask)  # (B, L, D)
+        vision = self.encode_images(pixel_values, question, image_index)  # M tokens each
+        regions = self.project_regions(vision)  # (B, M, D)
         attended = self.fusion(self.query_norm(question[:, :1]), self.region_norm(regions))
         tokens, padding = self._reasoner_inputs(question, attention_mask, attended, regions)
         hidden = self.reasoner(tokens, src_key_padding_mask=padding)  # (B, T, D)
-        logits = self.head(hidden[:, 0])  # (B, num_labels)
-
-        output = HybridVQAOutput(
-            logits=logits,
-            attention_scores=attended.scores[:, :, 0],
-            attention_weights=attended.weights[:, :, 0],
-            selected_indices=None if attended.indices is None else attended.indices[:, :, 0],
-            log_prob=None if attended.log_prob is None else attended.log_prob[:, :, 0],
-        )
+        output = region_outputs(attended, vision, self.config.num_regions)
+        output.logits = self.head(hidden[:, 0])  # (B, num_labels)
         if return_region_logits and self.region_head is not None:
-            output.region_logits = self.region_head(features)
+            output.region_logits = self.region_logits(vision)
         if region_labels is not None and self.region_head is not None:
-            output.region_loss = self.region_loss(features, region_labels, image_index)
+            if image_index is not None:
+                region_labels = region_labels[image_index]  # (B, N, A)
+            output.region_loss = self.region_loss(vision, region_labels)
         if target_regions is not None:
-            output.pointing_loss = pointing_loss(output.attention_scores, target_regions)
+            output.pointing_loss = self.pointing_loss(attended, vision, target_regions)
         if labels is not None:
-            output.answer_loss = answer_loss(logits, labels)
+            output.answer_loss = answer_loss(output.logits, labels)
             output.loss = self._training_loss(output)
         return output
 
-    def region_loss(
-        self, features: Tensor, region_labels: Tensor, image_index: Tensor | None = None
+    def encode_images(
+        self, pixel_values: Tensor, question: Tensor, image_index: Tensor | None = None
+    ) -> VisionTokens:
+        """The vision tokens of each question's image, (B, M, vision_hidden_size).
+
+        Unguided, each of the U images is encoded once and its N tokens are shared by its
+        questions. With FiLM or an encoder selection (hard and hybrid modes), the question's
+        CLS vector guides the blocks (``vqa.guided_vision``).
+
+        Args:
+            pixel_values: (U, C, H, W) images.
+            question: (B, L, fusion_dim) question tokens, CLS first.
+            image_index: (B,) the image of each question; default: image b for question b.
+        """
+        selector = self.encoder_selector if self.fusion.mode != "soft" else None
+        if self.film is None and selector is None:
+            features = self.vision(pixel_values)  # (U, N, vision_hidden_size)
+            return VisionTokens(features if image_index is None else features[image_index])
+        query = question[:, 0]  # (B, fusion_dim)
+        return encode_guided(
+            self.vision,
+            pixel_values,
+            image_index,
+            query=query,
+            film=None if self.film is None else self.film(query),
+            selector=selector,
+            select_after=self.config.encoder_select_after,
+        )
+
+    def region_logits(self, vision: VisionTokens) -> Tensor:
+        """(B, N, sum of classes): the region head on each region's token; 0 (no reading)
+        for the regions that the encoder dropped."""
+        logits = self.region_head(vision.features)  # (B, M, classes)
+        if vision.regions is None:
+            return logits
+        transposed = scatter_regions(
+            logits.transpose(1, 2), vision.regions, self.config.num_regions, 0.0
+        )
+        return transposed.transpose(1, 2)
+
+    def pointing_loss(
+        self, attended: AttentionOutput, vision: VisionTokens, target_regions: Tensor
     ) -> Tensor:
+        """The pointing loss of the fusion over its M tokens, plus that of the encoder's
+        selection over all N regions when there is one: both learn where to look."""
+        if vision.selection is None:
+            return pointing_loss(attended.scores[:, :, 0], target_regions)
+        kept = target_regions.gather(1, vision.regions.clamp_min(0))  # (B, M)
+        kept = kept * (vision.regions != FOLDED)
+        encoder = pointing_loss(vision.selection.scores[:, None], target_regions)
+        return pointing_loss(attended.scores[:, :, 0], kept) + encoder
+
+    def region_loss(self, vision: VisionTokens, region_labels: Tensor) -> Tensor:
         """Sum over attributes of the cross-entropy of each region's attribute classes.
 
-        Each image's loss is the mean over its labelled regions; the batch loss averages it
-        over the questions (``image_index``), like the answer loss, so a batch split over
+        Each question's loss is the mean over the labelled regions of its image; the batch
+        loss averages it over the questions, like the answer loss, so a batch split over
         processes averages to the same value.
 
         Args:
-            features: (U, N, vision_hidden_size) vision tokens.
-            region_labels: (U, N, A) class ids, -100 = ignore. A batch whose labels are all
-                ignored costs 0 (and still reaches the head, as DDP needs).
-            image_index: (B,) the image of each question; default: one question per image.
+            vision: the (B, M, vision_hidden_size) tokens of each question's image.
+            region_labels: (B, N, A) class ids, -100 = ignore. A batch whose labels are all
+                ignored costs 0 (and still reaches the head, as DDP needs). With an encoder
+                selection only the kept regions count.
         """
-        logits = self.region_head(features).float()  # (U, N, sum of classes)
+        if vision.regions is not None:
+            slots = vision.regions.clamp_min(0)[..., None].expand(-1, -1, region_labels.shape[-1])
+            region_labels = region_labels.gather(1, slots)  # (B, M, A)
+            region_labels = region_labels.masked_fill((vision.regions == FOLDED)[..., None], -100)
+        logits = self.region_head(vision.features).float()  # (B, M, sum of classes)
         sizes = list(self.config.region_attributes.values())
-        per_image = logits.new_zeros(logits.shape[0])  # (U,)
+        per_question = logits.new_zeros(logits.shape[0])  # (B,)
         for index, part in enumerate(logits.split(sizes, dim=-1)):
-            target = region_labels[..., index]  # (U, N)
+            target = region_labels[..., index]  # (B, N)
             losses = F.cross_entropy(
                 part.transpose(1, 2), target, ignore_index=-100, reduction="none"
-            )  # (U, N), 0 where ignored
-            per_image = per_image + losses.sum(1) / (target != -100).sum(1).clamp_min(1)
-        if image_index is not None:
-            per_image = per_image[image_index]  # (B,)
-        return per_image.mean()
+            )  # (B, N), 0 where ignored
+            per_question = per_question + losses.sum(1) / (target != -100).sum(1).clamp_min(1)
+        return per_question.mean()
 
     def _reasoner_inputs(
         self, question: Tensor, question_mask: Tensor, attended: AttentionOutput, regions: Tensor
@@ -326,6 +432,35 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             entropy_weight=self.config.reinforce_entropy_weight,
         )
         return loss + self.config.reinforce_weight * policy
+
+
+def region_outputs(
+    attended: AttentionOutput, vision: VisionTokens, num_regions: int
+) -> HybridVQAOutput:
+    """The fusion's scores, weights and selection, per region of the image (B, H, N).
+
+    With an encoder selection the fusion saw M tokens: their values go to their regions, the
+    dropped regions get weight 0 and score -inf, and a folded token's weight is left out. The
+    encoder's REINFORCE log-probability joins the fusion's.
+    """
+    scores, weights = attended.scores[:, :, 0], attended.weights[:, :, 0]  # (B, H, M)
+    indices = None if attended.indices is None else attended.indices[:, :, 0]  # (B, H, k)
+    log_prob = None if attended.log_prob is None else attended.log_prob[:, :, 0]  # (B, H)
+    if vision.regions is not None:
+        scores = scatter_regions(scores, vision.regions, num_regions, float("-inf"))
+        weights = scatter_regions(weights, vision.regions, num_regions, 0.0)
+        if indices is not None:
+            heads = indices.shape[1]
+            indices = vision.regions[:, None].expand(-1, heads, -1).gather(-1, indices)
+        encoder_log_prob = vision.selection.log_prob
+        if log_prob is not None and encoder_log_prob is not None:
+            log_prob = log_prob + encoder_log_prob[:, None]
+    return HybridVQAOutput(
+        attention_scores=scores,
+        attention_weights=weights,
+        selected_indices=indices,
+        log_prob=log_prob,
+    )
 
 
 def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:

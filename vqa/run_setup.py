@@ -188,8 +188,13 @@ def fresh_model(
             if value is not None
         }
     )
-    if args.vision_stem is not None:
-        fields["vision_stem"] = args.vision_stem
+    for name in ("vision_stem", "vision_conditioning", "encoder_k"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.select_after is not None:
+        fields["encoder_select_after"] = args.select_after
+    if args.encoder_fold:
+        fields["encoder_fold"] = True
     for name in ("region_loss_weight", "pointing_loss_weight"):
         fields[name] = loss_weight(name, preset, args)
     # The processor has region attributes when the run started with the loss on; a resumed
