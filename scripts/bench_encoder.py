@@ -7,7 +7,8 @@ One model per case, switched between two modes on the same weights:
 For batch 1 and batch 32 (one question per image) it times the whole forward pass (encoders,
 fusion, reasoner, head) in eval mode under ``torch.inference_mode()``, the median of
 ``--repeats`` runs with the two modes taking turns, and counts its FLOPs with
-``torch.utils.flop_counter`` (matmuls, convolutions and attention; a multiply-add is 2).
+``vqa.ablation.probes.count_flops`` (``torch.utils.flop_counter``: matmuls, convolutions and
+attention; a multiply-add is 2).
 
 Cases: (a) the default model at 64 px (64 regions, keep 16 after block 1); (b) the default
 architecture at 128 px (256 regions, keep 25 % after block 1); (c) timm's
@@ -27,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from vqa.ablation.probes import count_flops
 from vqa.configuration import HybridVQAConfig
 from vqa.files import write_json
 from vqa.machine import describe, machine, synchronize
@@ -83,10 +84,9 @@ def inputs(model: HybridVQAModel, batch: int, device: torch.device) -> dict:
 
 
 def count_gflops(model: HybridVQAModel, batch: dict) -> float:
-    """GFLOPs of one forward pass."""
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(**batch)
-    return counter.get_total_flops() / 1e9
+    """GFLOPs of one forward pass (the ablation's counter: it sees the reasoner too)."""
+    _, per_question = count_flops(model, batch)
+    return per_question * batch["input_ids"].shape[0] / 1e9
 
 
 def time_modes(model: HybridVQAModel, batch: dict, repeats: int, device) -> dict[str, float]:

@@ -5,6 +5,8 @@ Fixtures:
 - ``free_port``: a function that returns a loopback TCP port nothing listens on.
 - ``train_tiny``: a function that runs ``vqa train`` with the tiny preset and returns its status.
 - ``tiny_run``: (run directory, dataset directory) of a tiny model trained once per session.
+- ``tiny_selecting_run``: the run directory of a tiny model, trained on ``tiny_run``'s data,
+  whose vision encoder keeps 8 of the 16 patches before its first block.
 """
 
 from __future__ import annotations
@@ -70,3 +72,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_synthetic_dataset(data, train=40, val=10, test=10, config=config, progress=False)
     assert run_train_tiny(data, run) == 0
     return run, data
+
+
+@pytest.fixture(scope="session")
+def tiny_selecting_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model that selects in its vision encoder: 8 of 16 patches, after 0 blocks."""
+    _, data = tiny_run
+    run = tmp_path_factory.mktemp("tiny-selecting-model") / "run"
+    assert run_train_tiny(data, run, "--select-after", "0", "--encoder-k", "8") == 0
+    return run

@@ -1,5 +1,6 @@
 """`vqa ablate`: the grid end to end, FLOP counting, the table's aggregation, resume, the
-statistical tests and verdicts of the report, and the data that each plot draws."""
+statistical tests and verdicts of the report, the data that each plot draws, and the axes of
+the selection inside the vision encoder."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vqa.ablation import (
     RUNS_DIR,
     TABLE_FILE,
     AblationArguments,
+    RunSpec,
     aggregate,
     count_flops,
     grid,
@@ -48,12 +50,15 @@ COLUMNS = (
     "mode",
     "k",
     "estimator",
+    "select_after",
+    "encoder_k",
     "seed",
     "accuracy",
     "accuracy_colour",
     "pointing_accuracy",
     "attention_entropy",
     "regions_used",
+    "encoder_flops",
     "fusion_flops",
     "total_flops",
     "ms_per_question",
@@ -265,13 +270,16 @@ def test_a_negative_pointing_loss_weight_is_refused_before_anything_is_written(d
 
 def write_results(path: Path, configurations: dict[tuple, dict[str, list[float]]]) -> Path:
     """Write a results.csv with one row per seed from ``{(mode, k, estimator): {column:
-    per-seed values}}``."""
+    per-seed values}}``; a key ``(mode, k, estimator, select_after, encoder_k)`` adds the
+    encoder selection's columns (a results.csv without them is one of an older ablation)."""
     rows = []
-    for (mode, k, estimator), columns in configurations.items():
+    for (mode, k, estimator, *encoder), columns in configurations.items():
         seeds = len(next(iter(columns.values())))
         for seed in range(seeds):
-            name = f"soft-seed{seed}" if mode == "soft" else f"{mode}-k{k}-{estimator}-seed{seed}"
+            name = RunSpec(mode, k, estimator, seed, *encoder).name
             row = {"name": name, "mode": mode, "k": k, "estimator": estimator, "seed": seed}
+            if encoder:
+                row |= dict(zip(("select_after", "encoder_k"), encoder, strict=True))
             rows.append(row | {column: values[seed] for column, values in columns.items()})
     with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(c for r in rows for c in r)))
@@ -496,3 +504,230 @@ def test_training_curves_draw_the_mean_over_seeds_per_configuration(tmp_path):
         for ax in figure.axes
     }
     assert drawn == {"soft": {"soft": [2.5, 1.5, 0.5]}, "hard": {"hard k=4 ste": [4.0, 3.0, 2.0]}}
+
+
+# The selection inside the vision encoder (select_after, encoder_k)
+
+
+def test_encoder_axes_cross_hard_and_hybrid_runs_but_not_soft():
+    args = tiny_grid(
+        Path("out"),
+        Path("data"),
+        k=[4],
+        estimators=["ste"],
+        select_after=[0, 1],
+        encoder_k=[8, 0.5],
+    )
+    assert [spec.name for spec in grid(args)] == [
+        "soft-seed0",
+        "hard-k4-ste-enc0x8-seed0",
+        "hard-k4-ste-enc0x0.5-seed0",
+        "hard-k4-ste-enc1x8-seed0",
+        "hard-k4-ste-enc1x0.5-seed0",
+        "hybrid-k4-ste-enc0x8-seed0",
+        "hybrid-k4-ste-enc0x0.5-seed0",
+        "hybrid-k4-ste-enc1x8-seed0",
+        "hybrid-k4-ste-enc1x0.5-seed0",
+    ]
+
+
+def test_run_names_mention_the_encoder_selection_only_when_there_is_one():
+    assert RunSpec("hybrid", 16, "ste", 0).name == "hybrid-k16-ste-seed0"
+    assert RunSpec("hybrid", 16, "ste", 0, 1, 16).name == "hybrid-k16-ste-enc1x16-seed0"
+    assert RunSpec("hard", 4, "ste", 2, 1, 0.25).name == "hard-k4-ste-enc1x0.25-seed2"
+
+
+def test_a_count_of_one_and_a_ratio_of_one_are_different_encoder_k():
+    args = tiny_grid(Path("o"), Path("d"), modes=["hard"], k=[1], estimators=["ste"])
+    specs = grid(dataclasses.replace(args, select_after=[0], encoder_k=[1, 1.0, 1]))
+    assert [spec.name for spec in specs] == [
+        "hard-k1-ste-enc0x1-seed0",
+        "hard-k1-ste-enc0x1.0-seed0",
+    ]
+
+
+def test_select_after_alone_keeps_the_presets_encoder_k():
+    specs = grid(
+        tiny_grid(Path("o"), Path("d"), modes=["hard"], estimators=["ste"], select_after=[1])
+    )
+    preset_k = HybridVQAConfig(**get_preset("tiny").model).encoder_k
+    assert [(spec.select_after, spec.encoder_k) for spec in specs] == [(1, preset_k)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"encoder_k": [8]}, r"encoder_k: \[8\] needs select_after"),
+        ({"select_after": []}, "select_after: the list is empty"),
+        (
+            {"select_after": [2]},
+            r"select_after: 2 is not between 0 and the 1 ViT blocks of the 'tiny'",
+        ),
+        ({"select_after": [-1]}, "select_after: -1 is not between 0"),
+        ({"select_after": [0], "encoder_k": []}, "encoder_k: the list is empty"),
+        (
+            {"select_after": [0], "encoder_k": [17]},
+            r"encoder_k: 17 is neither a count between 1 and the number of regions \(16\)",
+        ),
+        ({"select_after": [0], "encoder_k": [1.5]}, "encoder_k: 1.5 is neither a count"),
+        (
+            {"select_after": [0], "encoder_k": [2]},
+            r"encoder_k: 2 keeps 2 of the 16 patch tokens, fewer than the fusion keeps \(k=4\)",
+        ),
+        ({"select_after": [0], "encoder_k": [0.125]}, r"encoder_k: 0.125 keeps 2 of the 16"),
+    ],
+)
+def test_bad_encoder_selection_names_the_argument_and_value(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        grid(tiny_grid(tmp_path, tmp_path, **overrides))
+
+
+def test_ablate_parser_reads_the_encoder_axes_and_passes_them_on(monkeypatch):
+    import vqa.ablation
+
+    parser = argparse.ArgumentParser()
+    add_ablate_parser(parser.add_subparsers(dest="command"))
+    command = ["ablate", "--out", "o", "--select-after", "1,2", "--encoder-k", "16,0.25"]
+    args = parser.parse_args(command)
+    assert (args.select_after, args.encoder_k) == ([1, 2], [16, 0.25])
+    given = []
+    monkeypatch.setattr(vqa.ablation, "run_ablation", lambda a: given.append(a) or Path("o"))
+    args.run(args)
+    assert (given[0].select_after, given[0].encoder_k) == ([1, 2], [16, 0.25])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ablate", "--out", "o", "--encoder-k", "16,many"])
+
+
+def test_results_without_the_encoder_columns_read_as_no_selection(tmp_path):
+    rows = read_results(write_results(tmp_path / RESULTS_FILE, CONSTRUCTED))
+    soft = rows[0]
+    assert (soft["select_after"], soft["encoder_k"]) == (None, None)
+    assert soft["encoder_flops"] == 5e6 - 2e6  # total minus what runs after the encoders
+
+
+# A constructed ablation with a selection inside the encoder: hard k=4 ste without one, and
+# with one that keeps 8 tokens after 1 block (its encoder FLOPs given per case).
+def selecting(encoder_flops: float) -> dict[tuple, dict[str, list[float]]]:
+    soft, hard = CONSTRUCTED[("soft", 16, "-")], CONSTRUCTED[("hard", 4, "ste")]
+    fusion = 0.8e6
+    return {
+        ("soft", 16, "-"): soft | {"ms_per_question": [1.0, 1.1, 0.9]},
+        ("hard", 4, "ste"): hard | {"ms_per_question": [0.6, 0.65, 0.55]},
+        ("hard", 4, "ste", 1, 8): hard
+        | {
+            "fusion_flops": [fusion] * 3,
+            "encoder_flops": [encoder_flops] * 3,
+            "total_flops": [encoder_flops + fusion] * 3,
+            "ms_per_question": [0.5, 0.55, 0.45],
+        },
+    }
+
+
+def test_report_without_an_encoder_selection_says_the_saving_is_only_after_the_encoders(report):
+    compute = section(report, "Compute")
+    assert "total FLOPs below soft's: holds;" in compute
+    assert (
+        "No run selects patch tokens inside the vision encoder (`--select-after`): every mode "
+        "encodes all N patches, so any saving of hard attention is only after the encoders, in "
+        "the fusion, reasoner and head (40% of soft's total FLOPs: the most it can save)."
+    ) in compute
+    row = "| hard computes less in the encoders when it selects inside them (encoder FLOPs) |"
+    assert f"{row} not measured | 0 | 0 | 0 | 0 |" in compute
+
+
+def test_report_says_the_saving_comes_from_the_encoder_when_its_flops_are_lower(tmp_path):
+    results = write_results(tmp_path / RESULTS_FILE, selecting(encoder_flops=2e6))
+    compute = section(write_report(results, tmp_path / REPORT_FILE, SETTINGS), "Compute")
+    assert (
+        "total FLOPs below soft's: holds; ms per question below soft's: holds; "
+        "**hard is cheaper: holds**."
+    ) in compute
+    assert (
+        "Hard configurations that select patch tokens inside the vision encoder: 1 of 2; their "
+        "encoder FLOPs below soft's: holds; FLOPs after the encoders below soft's: holds; the "
+        "saving comes from the encoder and after it."
+    ) in compute
+    row = (
+        "| hard k=4 ste enc=1x8 vs soft | encoder MFLOP/q | 2.00 ± 0.00 | 3.00 ± 0.00 | lower | 0 |"
+    )
+    assert row in compute
+
+
+def test_report_says_the_saving_is_only_after_the_encoders_when_the_selection_costs_more(
+    tmp_path,
+):
+    results = write_results(tmp_path / RESULTS_FILE, selecting(encoder_flops=3.5e6))
+    compute = section(write_report(results, tmp_path / REPORT_FILE, SETTINGS), "Compute")
+    assert "encoder FLOPs below soft's: contradicted;" in compute
+    assert "the saving is only after the encoders (after a selection inside the encoder" in compute
+
+
+def test_table_has_an_encoder_column_when_a_run_selects_inside_the_encoder(tmp_path):
+    table = summarise(write_results(tmp_path / RESULTS_FILE, selecting(encoder_flops=2e6)))
+    assert "| mode | k | estimator | encoder | seeds | accuracy |" in table
+    assert "| soft | 16 | - | - | 3 |" in table
+    assert "| hard | 4 | ste | 1x8 | 3 |" in table
+
+
+def test_accuracy_vs_k_draws_a_line_per_encoder_selection(tmp_path):
+    stats = aggregate(read_results(write_results(tmp_path / RESULTS_FILE, selecting(2e6))))
+    figure = plot_accuracy_vs_k(stats, tmp_path / "plot.png")
+    labels = {container.get_label() for container in figure.axes[0].containers}
+    assert labels == {"hard ste", "hard ste enc=1x8"}
+
+
+@pytest.fixture(scope="module")
+def encoder_ablation(dataset, tmp_path_factory) -> tuple[Path, dict]:
+    """An ablation made before the encoder axes (soft, its results.csv without the new
+    columns), resumed with hard runs that keep 8 of the 16 patch tokens after block 0; and
+    the soft run's row as it was before the resume."""
+    out = tmp_path_factory.mktemp("encoder") / "out"
+    run_ablation(tiny_grid(out, dataset, modes=["soft"]))
+    results = out / RESULTS_FILE
+    with results.open(newline="") as file:
+        old = list(csv.DictReader(file))
+    new_columns = ("select_after", "encoder_k", "encoder_flops")
+    with results.open("w", newline="") as file:
+        writer = csv.DictWriter(file, [c for c in old[0] if c not in new_columns])
+        writer.writeheader()
+        writer.writerows({c: v for c, v in row.items() if c not in new_columns} for row in old)
+    args = tiny_grid(
+        out, dataset, modes=["soft", "hard"], estimators=["ste"], select_after=[0], encoder_k=[8]
+    )
+    return run_ablation(dataclasses.replace(args, resume=True)), old[0]
+
+
+def test_a_run_with_an_encoder_selection_writes_its_columns(encoder_ablation):
+    out, _ = encoder_ablation
+    with (out / RESULTS_FILE).open(newline="") as file:
+        rows = {row["name"]: row for row in csv.DictReader(file)}
+    assert rows.keys() == {"soft-seed0", "hard-k4-ste-enc0x8-seed0"}
+    soft, hard = rows["soft-seed0"], rows["hard-k4-ste-enc0x8-seed0"]
+    assert (soft["select_after"], soft["encoder_k"]) == ("", "")
+    assert (hard["select_after"], hard["encoder_k"]) == ("0", "8")
+    for row in (soft, hard):
+        encoder, fusion, total = (
+            float(row[c]) for c in ("encoder_flops", "fusion_flops", "total_flops")
+        )
+        assert encoder > 0
+        assert encoder == pytest.approx(total - fusion)
+
+
+def test_resuming_an_older_ablation_with_the_encoder_axes_keeps_its_runs(encoder_ablation):
+    out, before = encoder_ablation
+    soft = next(row for row in read_results(out / RESULTS_FILE) if row["name"] == "soft-seed0")
+    assert soft["train_seconds"] == float(before["train_seconds"])  # not trained again
+
+
+def test_a_run_with_an_encoder_selection_trains_a_model_that_selects(encoder_ablation):
+    out, _ = encoder_ablation
+    run = out / RUNS_DIR / "hard-k4-ste-enc0x8-seed0"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["encoder_select_after"], config["encoder_k"]) == (0, 8)
+
+
+def test_the_resumed_report_judges_the_encoder_selection(encoder_ablation):
+    out, _ = encoder_ablation
+    compute = section((out / REPORT_FILE).read_text(), "Compute")
+    assert "select patch tokens inside the vision encoder: 1 of 1;" in compute
+    assert "| hard k=4 ste enc=0x8 vs soft | encoder MFLOP/q |" in compute

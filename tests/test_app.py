@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from vqa.app import (
     answer,
     attention_overlay,
     build_app,
+    compare,
     find_examples,
     launch,
     model_info,
@@ -45,6 +47,12 @@ def dataset(tiny_run) -> Path:
 @pytest.fixture(scope="module")
 def app_model(run) -> AppModel:
     return AppModel(run)
+
+
+@pytest.fixture(scope="module")
+def selecting_model(tiny_selecting_run) -> AppModel:
+    """A model whose vision encoder keeps 8 of the 16 patches."""
+    return AppModel(tiny_selecting_run)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +105,55 @@ def test_overlay_keeps_selected_regions_bright_and_dims_the_rest(app_model, scen
     x0, y0, x1, y1 = (round(v * scale) for v in prediction.regions[0]["box"])
     inside = picture[y0 + 8 : y1 - 8, x0 + 8 : x1 - 8].mean()  # away from the outline
     assert inside > 1.5 * max(ignored)
+
+
+def cell_changes(before: Image.Image, after: Image.Image, grid: tuple[int, int]) -> np.ndarray:
+    """(rows * cols,) bool: whether any pixel of each region differs between two pictures."""
+    rows, cols = grid
+    changed = np.any(np.asarray(before) != np.asarray(after), axis=-1)  # (H, W)
+    height, width = changed.shape
+    return changed.reshape(rows, height // rows, cols, width // cols).any(axis=(1, 3)).flatten()
+
+
+def test_overlay_hatches_exactly_the_patches_the_encoder_dropped(selecting_model, scene):
+    with Image.open(scene) as image:
+        image.load()
+    prediction = selecting_model.predict(image, QUESTION, "hybrid", 4)
+    assert len(prediction.encoder_kept) == 8
+    hatched = attention_overlay(image, prediction)
+    plain = attention_overlay(image, replace(prediction, encoder_kept=None))
+    dropped = [region not in prediction.encoder_kept for region in range(16)]
+    assert cell_changes(plain, hatched, prediction.grid).tolist() == dropped
+
+
+def test_answer_says_how_many_patches_the_encoder_kept(selecting_model, app_model, scene):
+    with Image.open(scene) as image:
+        *_, details = answer(selecting_model, image, QUESTION, "hard", 4)
+        *_, soft = answer(selecting_model, image, QUESTION, "soft", 4)
+        prediction = app_model.predict(image, QUESTION, "hybrid", 4)
+        *_, without = answer(app_model, image, QUESTION, "hybrid", 4)
+    assert "encoder kept 8 of 16 patches before its first block (hatched: dropped)" in details
+    assert prediction.encoder_kept is None
+    assert "encoder kept" not in soft and "encoder kept" not in without
+
+
+def test_compare_lists_the_patches_the_encoder_kept_per_mode(selecting_model, app_model, scene):
+    with Image.open(scene) as image:
+        *_, summary = compare(selecting_model, image, QUESTION, 4)
+        *_, without = compare(app_model, image, QUESTION, 4)
+    header, _, *rows = summary.splitlines()
+    assert header.endswith("| patches the encoder kept |")
+    assert [row.split("|")[-2].strip() for row in rows] == ["all 16", "8 of 16", "8 of 16"]
+    assert "encoder" not in without
+
+
+def test_the_app_moves_or_resizes_the_encoder_selection(tiny_selecting_run, app_model, scene):
+    moved = AppModel(tiny_selecting_run, select_after=1, encoder_k=12)
+    with Image.open(scene) as image:
+        prediction = moved.predict(image, QUESTION, "hybrid", 4)
+    assert (len(prediction.encoder_kept), prediction.encoder_select_after) == (12, 1)
+    assert "keeps 12 of 16 patches after block 1 (hard and hybrid modes)" in model_info(moved)
+    assert "encoder selection" not in model_info(app_model)
 
 
 def test_regions_table_has_rank_box_weight_and_what_the_region_sees(app_model, scene):
@@ -264,12 +321,33 @@ def test_files_that_were_not_uploaded_are_not_read(client, scene):
     assert events.startswith("event: error")
 
 
+def test_served_model_with_an_encoder_selection_shows_what_it_kept(
+    tiny_selecting_run, dataset, free_port, scene
+):
+    app = build_app(tiny_selecting_run, examples_dir=dataset)
+    url = launch(app, port=free_port(), max_file_size=MAX_FILE_SIZE, quiet=True)
+    try:
+        result = ask(Client(url, verbose=False), handle_file(scene))
+    finally:
+        app.close()
+    check_answered(result)
+    assert "encoder kept 8 of 16 patches before its first block" in result[3]
+
+
 # The command line.
 
 
 def test_serve_binds_to_loopback_on_7860_by_default():
     args = build_parser().parse_args(["serve", "--model", "runs/x"])
     assert (args.host, args.port, args.share, args.examples) == ("127.0.0.1", 7860, False, None)
+
+
+def test_serve_takes_the_encoder_selection_of_a_model_trained_with_one(run, capsys):
+    command = ["serve", "--model", "runs/x", "--select-after", "1", "--encoder-k", "0.5"]
+    args = build_parser().parse_args(command)
+    assert (args.select_after, args.encoder_k) == (1, 0.5)
+    assert main(["serve", "--model", str(run), "--encoder-k", "8"]) == 2
+    assert "has no token selection in its vision encoder" in capsys.readouterr().err
 
 
 def test_serve_without_a_model_is_one_line_error(tmp_path, capsys):

@@ -59,8 +59,9 @@ def test_questions_about_one_image_get_their_own_vision_tokens(processor):
     )
     with torch.no_grad():
         question = model.encode_questions(inputs["input_ids"], inputs["attention_mask"])
-        features = model.encode_images(inputs["pixel_values"], question, image_index)
+        vision = model.encode_images(inputs["pixel_values"], question, image_index)
     hook.remove()
+    features = vision.features  # (4, 16, 32)
     assert stem_rows == [1] and features.shape == (4, 16, 32)
     assert not torch.allclose(features[0], features[1])
 
@@ -93,13 +94,13 @@ def test_film_model_saves_and_reloads_identically(processor, tmp_path):
         assert torch.equal(model(**batch(processor)).logits, reloaded(**batch(processor)).logits)
 
 
-def test_film_needs_a_timm_vision_encoder(processor):
-    with pytest.raises(ValueError, match="'vision_conditioning' must be 'none' for a transformers"):
-        make_model(
-            processor,
+def test_film_needs_a_vision_encoder_that_runs_block_by_block():
+    with pytest.raises(ValueError, match="'vision_conditioning' needs a vision encoder that runs"):
+        HybridVQAConfig(
             vision_conditioning="film",
             vision_backend="transformers",
             vision_stem="patch",
+            vision_config={"model_type": "beit"},
         )
     with pytest.raises(ValueError, match="'vision_conditioning' must be one of"):
         HybridVQAConfig(vision_conditioning="everywhere")

@@ -119,6 +119,32 @@ def test_fold_adds_one_token_that_is_no_region(processor):
     assert output.attention_weights.shape == (4, 1, 16)
 
 
+@pytest.mark.parametrize("fold", [False, True], ids=["drop", "fold"])
+def test_encoder_kept_marks_the_kept_regions_and_every_weighted_one(processor, fold):
+    model = make_model(processor, **SELECTING, encoder_fold=fold)
+    inputs = batch(processor)
+    with torch.no_grad():
+        output = model(**inputs)
+        question = model.encode_questions(inputs["input_ids"], inputs["attention_mask"])
+        regions = model.encode_images(inputs["pixel_values"], question).regions  # (4, M)
+    kept = output.encoder_kept
+    assert kept.shape == (4, 16) and kept.dtype == torch.bool
+    assert kept.sum(1).tolist() == [8] * 4
+    for row, tokens in zip(kept, regions.tolist(), strict=True):
+        assert row.nonzero().flatten().tolist() == sorted(set(tokens) - {FOLDED})
+    assert not (output.attention_weights > 0).any(1)[~kept].any()
+    assert kept.gather(1, output.selected_indices[:, 0]).all()
+
+
+def test_encoder_kept_is_none_in_soft_mode_and_without_an_encoder_selection(processor):
+    model = make_model(processor, **SELECTING)
+    model.set_fusion(mode="soft")
+    plain = make_model(processor, vision_layers=2)
+    with torch.no_grad():
+        assert model(**batch(processor)).encoder_kept is None
+        assert plain(**batch(processor)).encoder_kept is None
+
+
 def test_scatter_regions_places_each_token_and_drops_the_folded_one():
     values = torch.tensor([[[1.0, 2.0, 3.0]]])
     regions = torch.tensor([[4, 0, FOLDED]])
@@ -150,8 +176,13 @@ def test_encoder_selection_switches_on_a_trained_model(processor):
         ({"encoder_k": 1.5}, "'encoder_k' must be an int >= 1 or a float in"),
         ({"encoder_k": 17}, "'encoder_k' \\(17\\) is greater than the number of regions"),
         (
-            {"encoder_select_after": 1, "vision_backend": "transformers", "vision_stem": "patch"},
-            "'encoder_select_after' needs vision_backend 'timm'",
+            {
+                "encoder_select_after": 1,
+                "vision_backend": "transformers",
+                "vision_stem": "patch",
+                "vision_config": {"model_type": "beit"},
+            },
+            "'encoder_select_after' needs a vision encoder that runs block by block",
         ),
     ],
 )

@@ -70,7 +70,7 @@ def assert_same_prediction(batched: dict, single: dict) -> None:
     assert [region["weight"] for region in batched["regions"]] == pytest.approx(
         [region["weight"] for region in single["regions"]], abs=1e-5
     )
-    for key in ("mode", "k", "grid", "truncated"):
+    for key in ("mode", "k", "grid", "truncated", "encoder_kept", "encoder_select_after"):
         assert batched[key] == single[key], key
 
 
@@ -91,6 +91,57 @@ def test_batched_first_row_equals_single_predict_json(run, questions, tmp_path, 
     assert_same_prediction(first, expected)
     assert first["mode"] == mode and first["k"] == int(k)
     assert set(first) == {"question_id", "image", "question", *expected}
+
+
+def predict_command(run: Path, dataset: Path, *options: str) -> list[str]:
+    image = str(dataset / "images" / "test" / "000000.png")
+    question = "what colour is the large circle?"
+    return ["predict", "--model", str(run), "--image", image, "--question", question, *options]
+
+
+def test_predict_json_reports_the_patches_the_encoder_kept(tiny_selecting_run, dataset, capsys):
+    assert main(predict_command(tiny_selecting_run, dataset, "--json")) == 0
+    result = json.loads(capsys.readouterr().out)
+    kept = result["encoder_kept"]
+    assert len(kept) == 8 and kept == sorted(kept) and set(kept) <= set(range(16))
+    assert result["encoder_select_after"] == 0
+    assert {region["region"] for region in result["regions"]} <= set(kept)
+    assert {i for i, weight in enumerate(result["weights"]) if weight > 0} <= set(kept)
+
+
+def test_predict_json_reports_no_encoder_selection_in_soft_mode_or_without_one(
+    run, tiny_selecting_run, dataset, capsys
+):
+    assert main(predict_command(tiny_selecting_run, dataset, "--mode", "soft", "--json")) == 0
+    assert main(predict_command(run, dataset, "--json")) == 0
+    for line in capsys.readouterr().out.strip().splitlines():
+        result = json.loads(line)
+        assert (result["encoder_kept"], result["encoder_select_after"]) == (None, None)
+
+
+def test_predict_says_how_many_patches_the_encoder_kept(run, tiny_selecting_run, dataset, capsys):
+    assert main(predict_command(tiny_selecting_run, dataset)) == 0
+    assert "encoder kept 8 of 16 patches before its first block" in capsys.readouterr().out
+    options = ("--select-after", "1", "--encoder-k", "0.75")
+    assert main(predict_command(tiny_selecting_run, dataset, *options)) == 0
+    assert "encoder kept 12 of 16 patches after block 1" in capsys.readouterr().out
+    assert main(predict_command(run, dataset)) == 0
+    assert "encoder kept" not in capsys.readouterr().out
+
+
+def test_batched_rows_report_the_patches_the_encoder_kept(
+    tiny_selecting_run, questions, tmp_path, capsys
+):
+    out = tmp_path / "predictions.jsonl"
+    assert main(batch_command(tiny_selecting_run, questions, out, "--batch-size", "4")) == 0
+    lines = read_lines(out)
+    assert all(len(line["encoder_kept"]) == 8 for line in lines)
+    row = json.loads(questions.read_text().splitlines()[0])
+    capsys.readouterr()
+    image = str(questions.parent / row["image"])
+    single = ["predict", "--model", str(tiny_selecting_run), "--image", image]
+    assert main([*single, "--question", row["question"], "--json"]) == 0
+    assert_same_prediction(lines[0], json.loads(capsys.readouterr().out))
 
 
 def test_every_row_gets_one_line_in_order_each_equal_to_predict(run, questions, tmp_path):

@@ -113,8 +113,8 @@ class TrainingArguments:
     select_after: int | None = option(
         None,
         "ViT blocks that run on every patch token before the question keeps the top "
-        "--encoder-k for the remaining blocks (hard and hybrid modes; timm encoders; "
-        "default: no selection in the encoder)",
+        "--encoder-k for the remaining blocks (hard and hybrid modes; default: no selection "
+        "in the encoder)",
         metavar="BLOCKS",
         group="selection in the vision encoder",
     )

@@ -153,6 +153,11 @@ def integer_list(text: str) -> list[int]:
 
 def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``vqa ablate`` on the ``vqa`` command's sub-parsers."""
+
+    def count_or_ratio_list(text: str) -> list[int | float]:
+        """``"16,0.25"`` -> ``[16, 0.25]`` (argparse type)."""
+        return [count_or_ratio(part) for part in word_list(text)]
+
     ablate = commands.add_parser(
         "ablate", help="train soft, hard and hybrid attention on one grid and compare them"
     )
@@ -169,6 +174,19 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
         "--estimators", type=word_list, help="for hard and hybrid, e.g. ste,gumbel,reinforce"
     )
     ablate.add_argument("--seeds", type=integer_list, help="e.g. 0,1,2")
+    ablate.add_argument(
+        "--select-after",
+        type=integer_list,
+        metavar="BLOCKS",
+        help="also select patch tokens inside the ViT of hard and hybrid runs, after each of "
+        "these numbers of blocks, e.g. 1,2 (default: no selection in the encoder)",
+    )
+    ablate.add_argument(
+        "--encoder-k",
+        type=count_or_ratio_list,
+        help="with --select-after: patch tokens the encoder keeps, counts or ratios, e.g. "
+        "16,0.25 (default: the preset's)",
+    )
     ablate.add_argument("--epochs", type=int, help="per run (default: the preset's)")
     ablate.add_argument(
         "--pointing-loss-weight",
@@ -205,6 +223,8 @@ def run_ablate(args: argparse.Namespace) -> None:
             k=args.k,
             estimators=args.estimators,
             seeds=args.seeds,
+            select_after=args.select_after,
+            encoder_k=args.encoder_k,
             epochs=args.epochs,
             pointing_loss_weight=args.pointing_loss_weight,
             resume=args.resume,
@@ -225,6 +245,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--share", action="store_true", help="also open a public gradio.live link (off by default)"
     )
+    add_encoder_selection_arguments(serve)
     serve.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
     )
@@ -397,6 +418,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from vqa.inference import (
+        describe_encoder_selection,
         describe_sight,
         load_model,
         predict,
@@ -426,6 +448,9 @@ def run_predict(args: argparse.Namespace) -> None:
         print("note: the question was longer than the tokenizer's limit and was truncated")
     for answer, probability in result.answers:
         print(f"{probability:7.2%}  {answer}")
+    encoder = describe_encoder_selection(result)
+    if encoder is not None:
+        print(encoder)
     print(f"regions ({result.mode}, k={result.k}):")
     for region in result.regions:
         sees = f"  sees {describe_sight(region['sees'])}" if "sees" in region else ""
@@ -442,6 +467,8 @@ def run_serve(args: argparse.Namespace) -> None:
         examples_dir=args.examples,
         share=args.share,
         device=args.device,
+        select_after=args.select_after,
+        encoder_k=args.encoder_k,
     )
 
 

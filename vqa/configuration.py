@@ -6,6 +6,7 @@ from transformers import PreTrainedConfig
 
 from hybrid_attention import ESTIMATORS, MODES
 from vqa.conditioning import CONDITIONINGS
+from vqa.transformers_blocks import BLOCKWISE_MODEL_TYPES
 
 VISION_BACKENDS = ("timm", "transformers")
 VISION_STEMS = ("patch", "conv")
@@ -31,13 +32,16 @@ class HybridVQAConfig(PreTrainedConfig):
         image_size, patch_size: the regions are an (image_size / patch_size)^2 grid.
         vision_hidden_size, vision_layers, vision_heads: encoder sizes.
         vision_conditioning: ``"none"`` or ``"film"``: the question scales and shifts the vision
-            tokens' channels before each ViT block (``vqa.conditioning``; timm backend only).
-            The blocks then run once per question instead of once per image.
-    Selection inside the vision encoder (``vqa.guided_vision``; timm backend only):
+            tokens' channels before each ViT block (``vqa.conditioning``). The blocks then run
+            once per question instead of once per image.
+    Selection inside the vision encoder (``vqa.guided_vision``):
         encoder_select_after: how many ViT blocks run on every patch token before the question
             scores them and the top ``encoder_k`` are kept for the remaining blocks; None: no
             selection in the encoder. It applies in hard and hybrid modes, with the fusion's
             estimator and tau; soft mode keeps every token (the same weights).
+        FiLM and this selection need an encoder that runs block by block: any timm ViT, or a
+        transformers model whose type is in ``vqa.transformers_blocks.LAYOUTS`` (ViT, CLIP and
+        SigLIP vision, DINOv2 with or without registers).
         encoder_k: patch tokens kept: an int count, or a float ratio in (0, 1].
         encoder_fold: also keep one token that folds the dropped ones, weighted by their
             softmax scores (EViT's inattentive-token fusion).
@@ -218,11 +222,7 @@ class HybridVQAConfig(PreTrainedConfig):
             raise ValueError(
                 f"config field 'encoder_select_after' must be None or an int >= 0, got {after!r}"
             )
-        if after is not None and self.vision_backend != "timm":
-            raise ValueError(
-                "config field 'encoder_select_after' needs vision_backend 'timm' (the selection "
-                f"runs between timm ViT blocks), got {self.vision_backend!r}"
-            )
+        self._check_blockwise_vision()
         keep = self.encoder_k
         count = isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1
         if not (count or (isinstance(keep, float) and 0.0 < keep <= 1.0)):
@@ -242,6 +242,27 @@ class HybridVQAConfig(PreTrainedConfig):
         if not isinstance(self.encoder_fold, bool):
             raise ValueError(
                 f"config field 'encoder_fold' must be a bool, got {self.encoder_fold!r}"
+            )
+
+    def _check_blockwise_vision(self) -> None:
+        """Raise a ValueError if FiLM or the encoder's selection is on but the vision encoder
+        cannot run block by block (a transformers model of a family not supported there)."""
+        guided = [
+            name
+            for name, on in (
+                ("vision_conditioning", self.vision_conditioning != "none"),
+                ("encoder_select_after", self.encoder_select_after is not None),
+            )
+            if on
+        ]
+        if not guided or self.vision_backend != "transformers" or self.vision_config is None:
+            return  # timm ViTs and the transformers ViTModel built from the sizes run blockwise
+        model_type = self.vision_config["model_type"]
+        if model_type not in BLOCKWISE_MODEL_TYPES:
+            raise ValueError(
+                f"config field {guided[0]!r} needs a vision encoder that runs block by block: a "
+                f"timm ViT or a transformers model of type {', '.join(BLOCKWISE_MODEL_TYPES)}; "
+                f"the vision_config's model_type is {model_type!r}"
             )
 
     def _check_region_attributes(self) -> None:

@@ -37,6 +37,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from vqa.configuration import HybridVQAConfig
+from vqa.transformers_blocks import BlockLayout, LayerBlock, layout_of
 
 TIMM_WEIGHT_SUFFIXES = (".safetensors", ".npz")
 # what a hub snapshot of a vision model needs here: configs and safetensors weights, no pickles
@@ -240,7 +241,9 @@ class TransformersVisionEncoder(nn.Module):
 
     ``config.vision_config`` names the model (ViT, CLIP vision, DINOv2, SigLIP vision, ...);
     without it, a ``ViTModel`` sized by the config's vision fields. Position encodings are
-    interpolated to the input size where the model can.
+    interpolated to the input size where the model can. The families of
+    ``vqa.transformers_blocks.LAYOUTS`` also run block by block (``embed``, ``blocks``,
+    ``finish``), for FiLM and the token selection of ``vqa.guided_vision``.
     """
 
     def __init__(self, config: HybridVQAConfig) -> None:
@@ -280,15 +283,36 @@ class TransformersVisionEncoder(nn.Module):
         patches = (height // self.patch_size) * (width // self.patch_size)
         return hidden[:, hidden.shape[1] - patches :]  # the P prefix tokens come first
 
+    def _block_layout(self) -> BlockLayout:
+        return layout_of(self.vit.config.model_type)  # a ValueError for other families
+
+    @property
+    def blocks(self) -> list[LayerBlock]:
+        """The encoder layers as blocks, (B, T, D) -> (B, T, D) each."""
+        return [LayerBlock(layer) for layer in self.vit.get_submodule(self._block_layout().layers)]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens (CLS, registers)."""
+        return self._block_layout().num_prefix_tokens(self.vit.config)
+
+    def embed(self, pixel_values: Tensor) -> Tensor:
+        """(U, C, H, W) -> (U, P + N, D): the tokens before the first layer, positions added
+        (interpolated to the input size where the model can, as in ``forward``)."""
+        options = {"interpolate_pos_encoding": True} if self.interpolate else {}
+        tokens = self.vit.embeddings(pixel_values.to(self.vit.dtype), **options)
+        pre_norm = self._block_layout().pre_norm
+        return self.vit.get_submodule(pre_norm)(tokens) if pre_norm else tokens
+
+    def finish(self, tokens: Tensor) -> Tensor:
+        """(B, P + M, D) tokens after the last layer -> (B, M, D): final norm, prefix dropped."""
+        layout = self._block_layout()
+        return self.vit.get_submodule(layout.final_norm)(tokens)[:, self.num_prefix_tokens :]
+
 
 def build_vision_encoder(config: HybridVQAConfig) -> nn.Module:
     """The vision encoder that ``config.vision_backend`` names."""
     if config.vision_backend == "transformers":
-        if config.vision_conditioning != "none":
-            raise ValueError(
-                "config field 'vision_conditioning' must be 'none' for a transformers vision "
-                "encoder (FiLM runs between timm ViT blocks)"
-            )
         if config.vision_stem != "patch":
             raise ValueError("config field 'vision_stem' must be 'patch' for transformers ViTModel")
         return TransformersVisionEncoder(config)

@@ -12,7 +12,8 @@ pixels (U, C, H, W) -> stem + positions -> blocks[:s] (per image, unless FiLM)
 Positions are added before any block, so a kept token keeps its place. With FiLM, the question
 scales and shifts every channel before each block (``vqa.conditioning``), so every block runs
 per question. Both need an encoder that runs block by block (``embed``, ``blocks``,
-``finish``): ``vqa.encoders.TimmVisionEncoder``.
+``num_prefix_tokens``, ``finish``): ``vqa.encoders.TimmVisionEncoder``, or
+``vqa.encoders.TransformersVisionEncoder`` for the families of ``vqa.transformers_blocks``.
 """
 
 from __future__ import annotations

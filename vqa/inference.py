@@ -37,6 +37,11 @@ class Prediction:
         weights: (N,) head-averaged weight of every region (0 outside the selection).
         grid: (rows, columns) of the region grid.
         mode, k: the fusion settings used.
+        encoder_kept: the regions whose patch tokens the vision encoder kept, ascending (the
+            fusion chose among these); None for a model without a selection in its encoder,
+            and in soft mode, which keeps every patch.
+        encoder_select_after: how many ViT blocks ran on every patch before the encoder's
+            selection; None when ``encoder_kept`` is.
         truncated: whether the question was cut to the tokenizer's limit.
         milliseconds: time of the model call (in a batch, this question's share of it).
     """
@@ -47,6 +52,8 @@ class Prediction:
     grid: tuple[int, int]
     mode: str
     k: int
+    encoder_kept: list[int] | None = None
+    encoder_select_after: int | None = None
     truncated: bool = False
     milliseconds: float = 0.0
 
@@ -92,7 +99,9 @@ def load_model(
         raise FileNotFoundError(
             f"{directory} has no model.safetensors (only safetensors are read){refused}"
         )
-    model = HybridVQAModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
+    model = HybridVQAModel.from_pretrained(
+        directory, use_safetensors=True, local_files_only=True, dtype=torch.float32
+    )  # float32 whatever the file stores (the shipped default model stores float16)
     processor = HybridVQAProcessor.from_pretrained(directory)
     return model.to(device).eval(), processor
 
@@ -157,6 +166,11 @@ def predict_batch(
     best = probabilities.topk(min(top, probabilities.shape[-1]))
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
     scores = output.attention_scores.float().mean(1).cpu()  # (B, N)
+    encoder_kept = [None] * len(questions)  # per question: the regions the encoder kept
+    select_after = None
+    if output.encoder_kept is not None:  # (B, N)
+        encoder_kept = [row.nonzero().flatten().tolist() for row in output.encoder_kept.cpu()]
+        select_after = model.config.encoder_select_after
     sights = None  # per question: what the region head reads in each region of its image
     if output.region_logits is not None:  # (B, N, classes)
         region_logits = output.region_logits.float().cpu()
@@ -184,6 +198,8 @@ def predict_batch(
                 grid=(side, side),
                 mode=used_mode,
                 k=used_k,
+                encoder_kept=encoder_kept[row],
+                encoder_select_after=select_after,
                 truncated=processor.is_truncated(question),
                 milliseconds=milliseconds / len(questions),
             )
@@ -299,6 +315,20 @@ def prediction_record(row: dict, prediction: Prediction) -> dict:
 def describe_sight(attributes: dict[str, str]) -> str:
     """A region's ``"sees"`` as text, e.g. ``"colour=red shape=circle"``, or ``"no object"``."""
     return " ".join(f"{name}={value}" for name, value in attributes.items()) or "no object"
+
+
+def describe_encoder_selection(prediction: Prediction) -> str | None:
+    """How many patches the vision encoder kept, and where, e.g. ``"encoder kept 8 of 16
+    patches after block 1"``; None when it kept them all (no selection, or soft mode)."""
+    if prediction.encoder_kept is None:
+        return None
+    where = (
+        "before its first block"
+        if prediction.encoder_select_after == 0
+        else f"after block {prediction.encoder_select_after}"
+    )
+    kept, total = len(prediction.encoder_kept), len(prediction.weights)
+    return f"encoder kept {kept} of {total} patches {where}"
 
 
 def describe_regions(

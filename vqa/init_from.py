@@ -26,7 +26,7 @@ checkpoint's weights over these, so there RUN only gives the architecture.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from vqa.arguments import TrainingArguments
-from vqa.data.answers import AnswerVocab
+from vqa.data.answers import AnswerLists, AnswerVocab
 from vqa.data.regions import RegionAttributes
 from vqa.modeling import HybridVQAModel
 from vqa.processing import ANSWERS_FILE, HybridVQAProcessor
@@ -84,7 +84,7 @@ def check_init_from(args: TrainingArguments) -> None:
 
 
 def processor_from_run(
-    run: Path, answer_lists: Iterable[str | Sequence[str]], max_answers: int
+    run: Path, answer_lists: AnswerLists, max_answers: int
 ) -> HybridVQAProcessor:
     """RUN's tokenizer, image transform and region attributes, with the answer vocabulary
     built from ``answer_lists`` (the new training rows' answers) as for any run."""

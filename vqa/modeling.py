@@ -57,6 +57,8 @@ class HybridVQAOutput(ModelOutput):
         attention_weights: (B, H, N) fusion weights, exactly 0 outside the selection.
         selected_indices: (B, H, k) selected regions, best first; None in soft mode.
         log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
+        encoder_kept: (B, N) bool, True for the regions whose tokens the vision encoder kept;
+            None without a selection in the encoder, or in soft mode (which keeps them all).
         region_loss: scalar region attribute loss (when ``region_labels`` were given).
         pointing_loss: scalar pointing loss (when ``target_regions`` were given).
         region_logits: (B, N, sum of attribute classes) the region head's logits for the image
@@ -73,6 +75,7 @@ class HybridVQAOutput(ModelOutput):
     attention_weights: Tensor | None = None
     selected_indices: Tensor | None = None
     log_prob: Tensor | None = None
+    encoder_kept: Tensor | None = None
 
 
 class HybridVQAPreTrainedModel(PreTrainedModel):
@@ -193,7 +196,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 setattr(self.config, f"fusion_{name}", value)
 
     def _build_encoder_selector(self, config: HybridVQAConfig) -> TokenSelector:
-        """The question-guided token selector between the ViT's blocks (timm encoders)."""
+        """The question-guided token selector between the ViT's blocks."""
         blocks = len(self.vision.blocks)
         if not 0 <= config.encoder_select_after <= blocks:
             raise ValueError(
@@ -441,11 +444,17 @@ def region_outputs(
 
     With an encoder selection the fusion saw M tokens: their values go to their regions, the
     dropped regions get weight 0 and score -inf, and a folded token's weight is left out. The
-    encoder's REINFORCE log-probability joins the fusion's.
+    encoder's REINFORCE log-probability joins the fusion's, and ``encoder_kept`` marks the
+    regions it kept.
     """
     scores, weights = attended.scores[:, :, 0], attended.weights[:, :, 0]  # (B, H, M)
     indices = None if attended.indices is None else attended.indices[:, :, 0]  # (B, H, k)
     log_prob = None if attended.log_prob is None else attended.log_prob[:, :, 0]  # (B, H)
+    encoder_kept = None
+    if vision.selection is not None:
+        kept = vision.selection.indices  # (B, k)
+        encoder_kept = kept.new_zeros(kept.shape[0], num_regions, dtype=torch.bool)
+        encoder_kept = encoder_kept.scatter(1, kept, True)  # (B, N)
     if vision.regions is not None:
         scores = scatter_regions(scores, vision.regions, num_regions, float("-inf"))
         weights = scatter_regions(weights, vision.regions, num_regions, 0.0)
@@ -459,6 +468,7 @@ def region_outputs(
         attention_scores=scores,
         attention_weights=weights,
         selected_indices=indices,
+        encoder_kept=encoder_kept,
         log_prob=log_prob,
     )
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vqa.data.columns import arrow_column
 from vqa.data.sources import answerable_rows, load_vqa_dataset
 from vqa.evaluation import scored_by_type
 from vqa.inference import resolve_device
@@ -158,7 +159,8 @@ def peer_loader(
 ) -> DataLoader:
     """Batches of ``rows``: shuffled by image and grouped as ours are with a ``seed``, else in
     order."""
-    sampler = ImageGroupedSampler(rows["image_path"], seed) if seed is not None else None
+    paths = arrow_column(rows, "image_path")
+    sampler = ImageGroupedSampler(paths, seed) if seed is not None else None
     return DataLoader(
         rows,
         batch_size=batch_size,
@@ -204,8 +206,8 @@ def train_peer(
     splits = load_vqa_dataset(data_dir, ["train", "val"])
     train_rows, val_rows = (splits[name].select_columns(PEER_COLUMNS) for name in ("train", "val"))
     processor = HybridVQAProcessor.train(
-        train_rows["question"],
-        train_rows["answers"],
+        arrow_column(train_rows, "question"),
+        arrow_column(train_rows, "answers"),
         image_size=image_size,
         max_answers=max_answers,
     )

@@ -34,7 +34,8 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from vqa.data.answers import AnswerVocab, soft_scores
+from vqa.data.answers import AnswerLists, AnswerVocab, soft_scores
+from vqa.data.columns import ArrowColumn, value_counts
 from vqa.data.formats import BAD_IMAGE_CHOICES, DatasetFormatError
 from vqa.data.regions import RegionAttributes, target_regions
 
@@ -54,8 +55,11 @@ SPECIAL_TOKENS = {
 }
 
 
-def train_tokenizer(questions: Iterable[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
-    """A lower-casing WordPiece tokenizer built offline from ``questions``: "[CLS] q [SEP]".
+def train_tokenizer(
+    questions: Iterable[str] | ArrowColumn, vocab_size: int = 4000
+) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer built offline from ``questions`` (strings, or an Arrow
+    string column: ``arrow_column(rows, "question")``): "[CLS] q [SEP]".
 
     The vocabulary is the special tokens, every character seen or in ``ALPHABET`` (alone and
     as a "##" continuation, so few words are unknown) and then the most frequent whole words,
@@ -66,10 +70,10 @@ def train_tokenizer(questions: Iterable[str], vocab_size: int = 4000) -> PreTrai
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
-    for question, repeats in Counter(questions).items():  # each distinct question split once
+    for question, repeats in zip(*value_counts(questions), strict=True):  # each split once
         words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(question))
         for word, _ in words:
-            counts[word] += repeats
+            counts[word] += int(repeats)
     characters = sorted({character for word in counts for character in word} | set(ALPHABET))
     vocab = list(SPECIAL_TOKENS.values())  # [PAD] gets id 0
     vocab += characters + [f"##{character}" for character in characters]
@@ -131,8 +135,8 @@ class HybridVQAProcessor:
     @classmethod
     def train(
         cls,
-        questions: Iterable[str],
-        answer_lists: Iterable[str | Sequence[str]],
+        questions: Iterable[str] | ArrowColumn,
+        answer_lists: AnswerLists,
         *,
         image_size: int,
         max_answers: int = 3129,
@@ -145,6 +149,8 @@ class HybridVQAProcessor:
     ) -> HybridVQAProcessor:
         """Build a processor from training questions and answers, offline.
 
+        Questions and answers may be Python sequences or Arrow columns of the training rows
+        (``vqa.data.columns.arrow_column``), which are counted without a loop over the rows.
         A pretrained encoder brings its own ``tokenizer`` (used instead of training one) and
         image normalisation (``image_mean``, ``image_std``; see
         ``vqa.encoders.pretrained_image_settings``). ``object_lists`` (the training rows'

@@ -8,8 +8,9 @@
 | accuracy         | lower, less stable                            | higher, more stable           |
 
 Hybrid (hard top-k, then softmax weights over the k) is meant to get the best of both.
-:func:`run_ablation` trains every (mode, k, estimator, seed) of a grid on the same data, measures
-each run and writes::
+:func:`run_ablation` trains every (mode, k, estimator, seed) of a grid on the same data (hard and
+hybrid optionally crossed with selections inside the vision encoder: ``select_after``,
+``encoder_k``), measures each run and writes::
 
     OUT/
       ablation.json          the settings that a --resume must match, and the machine

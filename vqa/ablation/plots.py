@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from vqa.ablation.probes import answer_losses, collate
 from vqa.ablation.report import METRIC_FORMATS
-from vqa.ablation.statistics import SOFT_ESTIMATOR, config_label
+from vqa.ablation.statistics import SOFT_ESTIMATOR, config_label, encoder_setting
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,13 +62,23 @@ def errorbar(
 
 
 def series_label(entry: dict) -> str:
-    """``soft`` or e.g. ``hybrid ste``: one series per mode and estimator."""
-    return "soft" if entry["mode"] == "soft" else f"{entry['mode']} {entry['estimator']}"
+    """``soft``, e.g. ``hybrid ste``, or ``hybrid ste enc=1x8`` (a selection inside the vision
+    encoder): one series per mode, estimator and encoder selection."""
+    if entry["mode"] == "soft":
+        return "soft"
+    label = f"{entry['mode']} {entry['estimator']}"
+    setting = encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
+    return f"{label} enc={setting}" if setting else label
+
+
+def selection_style(entry: dict) -> dict:
+    """Hollow markers for a selection inside the vision encoder, filled ones without."""
+    return {"mfc": "none"} if entry.get("select_after") is not None else {}
 
 
 def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
-    """Accuracy against k, one errorbar line per (mode, estimator) labelled ``mode
-    estimator``; soft (all N regions) as a horizontal line with a ± std band."""
+    """Accuracy against k, one errorbar line per (mode, estimator, encoder selection) labelled
+    as :func:`series_label`; soft (all N regions) as a horizontal line with a ± std band."""
     figure, axes = new_axes()
     ax = axes[0][0]
     for entry in stats:
@@ -93,6 +103,7 @@ def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
             marker=ESTIMATOR_MARKERS.get(estimator, "o"),
             ls="-" if mode == "hybrid" else ":",
             label=label,
+            **selection_style(entries[0]),
         )
     ks = sorted({entry["k"] for entry in stats if entry["mode"] != "soft"})
     if ks:
@@ -105,8 +116,9 @@ def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
 
 
 def plot_accuracy_vs_flops(stats: Sequence[dict], path: str | Path) -> Figure:
-    """Accuracy against MFLOPs per question: after the encoders (left axes) and in total
-    (right), one errorbar point per configuration, annotated with its k."""
+    """Accuracy against MFLOPs per question: after the encoders (left axes) and in total,
+    encoders included (right), one errorbar point per configuration, annotated with its k
+    (and its selection inside the vision encoder, ``enc=SxK``)."""
     figure, axes = new_axes(columns=2)
     for ax, metric in zip(axes[0], ("fusion_flops", "total_flops"), strict=True):
         seen = set()
@@ -121,10 +133,12 @@ def plot_accuracy_vs_flops(stats: Sequence[dict], path: str | Path) -> Figure:
                 marker=ESTIMATOR_MARKERS.get(entry["estimator"], "o"),
                 ls="none",
                 label=None if label in seen else label,  # one legend entry per series
+                **selection_style(entry),
             )
             seen.add(label)
+            setting = encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
             ax.annotate(
-                f"k={entry['k']}",
+                f"k={entry['k']}" + (f" enc={setting}" if setting else ""),
                 (entry[metric][0] * 1e-6, entry["accuracy"][0]),
                 fontsize=7,
                 xytext=(4, 4),

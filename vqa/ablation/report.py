@@ -10,7 +10,17 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from vqa.ablation.claims import CLAIMS, Comparison, claim_comparisons, verdict
+from vqa.ablation.claims import (
+    CLAIMS,
+    ENCODER_SAVING,
+    FUSION_SAVING,
+    LATENCY_SAVING,
+    TOTAL_SAVING,
+    Comparison,
+    claim_comparisons,
+    selects_in_encoder,
+    verdict,
+)
 from vqa.ablation.probes import FUSION_MODULES, LOSS_TAIL
 from vqa.ablation.statistics import (
     ALPHA,
@@ -18,6 +28,7 @@ from vqa.ablation.statistics import (
     SPREAD_TEST,
     aggregate,
     config_label,
+    encoder_setting,
     one_sample_test,
     read_results,
 )
@@ -28,6 +39,7 @@ METRICS = (
     ("pointing_accuracy", "pointing", 1.0, ".3f"),
     ("attention_entropy", "entropy (nats)", 1.0, ".2f"),
     ("regions_used", "regions used", 1.0, ".1f"),
+    ("encoder_flops", "encoder MFLOP/q", 1e-6, ".2f"),
     ("fusion_flops", "fusion MFLOP/q", 1e-6, ".3f"),
     ("total_flops", "total MFLOP/q", 1e-6, ".2f"),
     ("ms_per_question", "ms/q", 1.0, ".3f"),
@@ -57,8 +69,15 @@ DEFINITIONS = f"""\
   products, convolutions, attention; element-wise operations are not counted) in one eval-mode
   forward pass over the first questions of the evaluation split, divided by their number, in
   the modules after the encoders and their projections: `model.{", model.".join(FUSION_MODULES)}`
-  (everything whose cost depends on the selection). **total MFLOP/q** counts the whole forward
-  pass; questions about one image share its encoding, as in evaluation.
+  (everything whose cost depends on the fusion's selection). **total MFLOP/q** counts the whole
+  forward pass; questions about one image share its encoding, as in evaluation, except for the
+  ViT blocks after a selection inside the vision encoder, which run per question.
+  **encoder MFLOP/q** is total minus fusion: the vision and text encoders, their projections
+  and the selection inside the vision encoder (where `--select-after` gives one).
+- **enc=SxK** (`select_after`, `encoder_k` in results.csv): the selection inside the vision
+  encoder of hard and hybrid runs: S ViT blocks run on every patch token, then the question
+  keeps the top K (a count, or a ratio of the N patches) for the remaining blocks. Without it
+  the encoders run on every patch in every mode, and hard attention can save only after them.
 - **ms/q**: wall time of the forward passes during evaluation (batches of 64) divided by the
   number of questions, encoders included, on the machine that ran the ablation.
 - **train s**: training wall time (validation excluded).
@@ -117,14 +136,29 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def summarise(results_csv: str | Path) -> str:
     """``table.md``: mean ± standard deviation over seeds per configuration (mode, k,
-    estimator), the measurements, then accuracy per question type."""
+    estimator, and the encoder selection when a run has one), the measurements, then accuracy
+    per question type."""
     stats = aggregate(read_results(results_csv))
-    config = ["mode", "k", "estimator", "seeds"]
+    # The encoder column only when a run selects inside the vision encoder, so that the
+    # tables of ablations without one stay as they were.
+    encoder = any(selects_in_encoder(entry) for entry in stats)
+    config = ["mode", "k", "estimator", *(["encoder"] if encoder else []), "seeds"]
+
+    def configuration(entry: dict) -> list[str]:
+        setting = encoder_setting(entry["select_after"], entry["encoder_k"]) or "-"
+        return [
+            entry["mode"],
+            str(entry["k"]),
+            entry["estimator"],
+            *([setting] if encoder else []),
+            str(entry["seeds"]),
+        ]
+
     present = [metric for metric in METRICS if any(metric[0] in entry for entry in stats)]
     main = markdown_table(
         config + [header for _, header, _, _ in present],
         (
-            [entry["mode"], str(entry["k"]), entry["estimator"], str(entry["seeds"])]
+            configuration(entry)
             + [cell(entry.get(c, (math.nan, math.nan)), s, f) for c, _, s, f in present]
             for entry in stats
         ),
@@ -133,15 +167,18 @@ def summarise(results_csv: str | Path) -> str:
     by_type = markdown_table(
         config + [column.removeprefix("accuracy_") for column in types],
         (
-            [entry["mode"], str(entry["k"]), entry["estimator"], str(entry["seeds"])]
+            configuration(entry)
             + [cell(entry.get(column, (math.nan, math.nan))) for column in types]
             for entry in stats
         ),
     )
+    legend = (
+        " encoder SxK: K patch tokens kept after S ViT blocks (- : every token)." if encoder else ""
+    )
     return (
         "# Ablation: mean ± standard deviation over seeds\n\n"
-        "k is the number of regions kept (all N for soft). Definitions: see report.md.\n\n"
-        f"{main}\n## Accuracy per question type\n\n{by_type}"
+        f"k is the number of regions kept (all N for soft).{legend} Definitions: see "
+        f"report.md.\n\n{main}\n## Accuracy per question type\n\n{by_type}"
     )
 
 
@@ -199,6 +236,73 @@ def blind_baseline(stats: Sequence[dict], blind: float) -> str:
     )
 
 
+def end_to_end(stats: Sequence[dict], verdicts: dict[str, str]) -> list[str]:
+    """The Compute claim judged on the whole forward pass (total FLOPs and ms per question,
+    encoders included), and whether hard's saving is in the encoders or only after them.
+
+    Args:
+        stats: the aggregated configurations.
+        verdicts: the verdict of each implication of the Compute claim.
+
+    Returns:
+        report.md's lines (a paragraph and a blank line); none without soft and hard runs.
+    """
+    soft = next((entry for entry in stats if entry["mode"] == "soft"), None)
+    hard = [entry for entry in stats if entry["mode"] == "hard"]
+    if soft is None or not hard:
+        return []
+    total, latency = verdicts[TOTAL_SAVING], verdicts[LATENCY_SAVING]
+    text = (
+        f"**End to end** (the encoders included): total FLOPs below soft's: {total}; ms per "
+        f"question below soft's: {latency}; **hard is cheaper: {verdict([total, latency])}**. "
+    )
+    selecting = [entry for entry in hard if selects_in_encoder(entry)]
+    if not selecting:
+        fusion, whole = (
+            soft.get(name, (math.nan, math.nan))[0] for name in ("fusion_flops", "total_flops")
+        )
+        share = ""
+        if whole > 0 and not math.isnan(fusion):
+            share = f" ({fusion / whole:.0%} of soft's total FLOPs: the most it can save)"
+        if any(map(selects_in_encoder, stats)):  # hybrid runs do
+            subject, encodes = "No hard run", "hard encodes all N patches as soft does"
+        else:
+            subject, encodes = "No run", "every mode encodes all N patches"
+        text += (
+            f"{subject} selects patch tokens inside the vision encoder (`--select-after`): "
+            f"{encodes}, so any saving of hard attention is only after the encoders, in the "
+            f"fusion, reasoner and head{share}."
+        )
+    else:
+        encoder, after = verdicts[ENCODER_SAVING], verdicts[FUSION_SAVING]
+        text += (
+            "Hard configurations that select patch tokens inside the vision encoder: "
+            f"{len(selecting)} of {len(hard)}; their encoder FLOPs below soft's: {encoder}; "
+            f"FLOPs after the encoders below soft's: {after}; {saving_source(encoder, after)}."
+        )
+    return [text, ""]
+
+
+def saving_source(encoder: str, after: str) -> str:
+    """Where hard attention's saving is, from the verdicts of its encoder FLOPs and its FLOPs
+    after the encoders against soft's (``mixed``: for some configurations)."""
+    saves = {"holds": "", "mixed": " (for some configurations)"}
+    if encoder in saves and after in saves:
+        return f"the saving comes from the encoder and after it{saves[encoder] or saves[after]}"
+    if encoder in saves:
+        return f"the saving comes from the encoder only{saves[encoder]}"
+    # Why a selection can cost more than it saves: its later blocks cannot share the image.
+    costlier = (
+        " (after a selection inside the encoder, its blocks run once per question instead of "
+        "once per image)"
+        if encoder == "contradicted"
+        else ""
+    )
+    if after in saves:
+        return f"the saving is only after the encoders{saves[after]}{costlier}"
+    return f"neither the encoders nor what runs after them computes less than soft{costlier}"
+
+
 def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> str:
     """Write ``report.md``: each claim, what it implies, the comparisons that test each
     implication with their p-values, verdicts computed from them, and where the numbers
@@ -248,6 +352,7 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
             "",
             f"**Verdict: {verdict(verdicts.values())}**",
             "",
+            *(end_to_end(stats, verdicts) if title == "Compute" else []),
             markdown_table(
                 ["what the claim implies", "verdict", "hold", "ties", "not tested", "contradict"],
                 (

@@ -8,6 +8,7 @@ most the run in progress (and that one resumes from its checkpoint).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,13 @@ from vqa.ablation.probes import (
     score_gradient_noise,
 )
 from vqa.ablation.report import summarise, write_report
-from vqa.ablation.statistics import SOFT_ESTIMATOR, aggregate, append_result, read_results
+from vqa.ablation.statistics import (
+    SOFT_ESTIMATOR,
+    aggregate,
+    append_result,
+    encoder_setting,
+    read_results,
+)
 from vqa.files import write_json
 from vqa.presets import Preset, get_preset
 
@@ -66,6 +73,11 @@ class AblationArguments:
         preset: model, training and data sizes and the default grid (see ``vqa.presets``).
         modes, k, estimators, seeds: the grid. Estimators and k apply to hard and hybrid
             runs; soft runs once per seed.
+        select_after, encoder_k: the selection inside the vision encoder (None: none, the
+            grid of earlier versions). Hard and hybrid runs are crossed with every pair of
+            ViT blocks before the selection and patch tokens kept (a count, or a ratio in
+            (0, 1]); ``encoder_k`` needs ``select_after`` and defaults to the preset's. Soft
+            keeps every token, so it still runs once per seed.
         epochs: training epochs of every run.
         pointing_loss_weight: weight of the pointing loss in every run (None: the preset's,
             0 in ``quick`` and ``full``, so that pointing accuracy measures where each mode
@@ -83,6 +95,8 @@ class AblationArguments:
     k: Sequence[int] | None = None
     estimators: Sequence[str] | None = None
     seeds: Sequence[int] | None = None
+    select_after: Sequence[int] | None = None
+    encoder_k: Sequence[int | float] | None = None
     epochs: int | None = None
     pointing_loss_weight: float | None = None
     resume: bool = False
@@ -93,19 +107,28 @@ class AblationArguments:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of the grid; ``k`` is the number of regions for soft (it keeps all)."""
+    """One training run of the grid; ``k`` is the number of regions for soft (it keeps all).
+
+    ``select_after`` and ``encoder_k`` are the selection inside the vision encoder (ViT
+    blocks before it, patch tokens kept), None without one.
+    """
 
     mode: str
     k: int
     estimator: str
     seed: int
+    select_after: int | None = None
+    encoder_k: int | float | None = None
 
     @property
     def name(self) -> str:
-        """Directory name of the run, e.g. ``hybrid-k4-ste-seed0`` or ``soft-seed0``."""
+        """Directory name of the run, e.g. ``hybrid-k4-ste-seed0``, ``soft-seed0``, or with a
+        selection of 16 tokens after 1 ViT block ``hybrid-k4-ste-enc1x16-seed0``."""
         if self.mode == "soft":
             return f"soft-seed{self.seed}"
-        return f"{self.mode}-k{self.k}-{self.estimator}-seed{self.seed}"
+        setting = encoder_setting(self.select_after, self.encoder_k)
+        encoder = f"-enc{setting}" if setting else ""
+        return f"{self.mode}-k{self.k}-{self.estimator}{encoder}-seed{self.seed}"
 
 
 def num_regions(preset: Preset) -> int:
@@ -117,7 +140,9 @@ def num_regions(preset: Preset) -> int:
 
 def listed(name: str, given: Sequence | None, defaults: dict) -> list:
     """``given`` (or the default grid's ``name``) without repeats; a ValueError if empty."""
-    values = list(dict.fromkeys(defaults[name] if given is None else given))
+    # Keyed by type too: the count 1 and the ratio 1.0 (every token) are different values.
+    chosen = defaults[name] if given is None else given
+    values = list({(type(value), value): value for value in chosen}.values())
     if not values:
         raise ValueError(f"{name}: the list is empty; give at least one value")
     return values
@@ -125,11 +150,13 @@ def listed(name: str, given: Sequence | None, defaults: dict) -> list:
 
 def grid(args: AblationArguments) -> list[RunSpec]:
     """The runs of ``args``: seeds outermost (a partial ablation covers every configuration
-    with its first seeds), then modes, k and estimators in the order given.
+    with its first seeds), then modes, k, estimators and the encoder selections
+    (select_after, then encoder_k) in the order given.
 
     Raises:
-        ValueError: an empty list, an unknown mode or estimator, or a k outside 1..N; the
-            message names the argument and the value.
+        ValueError: an empty list, an unknown mode or estimator, a k outside 1..N, or a bad
+            encoder selection (see :func:`encoder_grid`); the message names the argument and
+            the value.
     """
     from hybrid_attention import ESTIMATORS, MODES
 
@@ -161,14 +188,79 @@ def grid(args: AblationArguments) -> list[RunSpec]:
                     f"estimators: unknown estimator {estimator!r}; choose from "
                     f"{', '.join(ESTIMATORS)}"
                 )
+    encoders = encoder_grid(args, preset, ks) if ks else [(None, None)]
     specs = []
     for seed in seeds:
         for mode in modes:
             if mode == "soft":
                 specs.append(RunSpec("soft", regions, SOFT_ESTIMATOR, seed))
             else:
-                specs.extend(RunSpec(mode, k, e, seed) for k in ks for e in estimators)
+                specs.extend(
+                    RunSpec(mode, k, e, seed, after, keep)
+                    for k in ks
+                    for e in estimators
+                    for after, keep in encoders
+                )
     return specs
+
+
+def encoder_grid(
+    args: AblationArguments, preset: Preset, ks: Sequence[int]
+) -> list[tuple[int | None, int | float | None]]:
+    """The (select_after, encoder_k) pairs that hard and hybrid runs are crossed with:
+    ``[(None, None)]`` (no selection in the encoder) unless ``args.select_after`` is given.
+
+    Raises:
+        ValueError: ``encoder_k`` without ``select_after``; a select_after outside 0..the
+            preset's ViT blocks or that its model refuses (a vision encoder that cannot run
+            block by block); an encoder_k that is neither a count in 1..N nor a ratio in
+            (0, 1], or keeps fewer tokens than a k of the fusion.
+    """
+    from vqa.configuration import HybridVQAConfig
+
+    if args.select_after is None:
+        if args.encoder_k is not None:
+            raise ValueError(
+                f"encoder_k: {list(args.encoder_k)!r} needs select_after (the ViT blocks that "
+                "run on every patch token before the encoder keeps encoder_k of them)"
+            )
+        return [(None, None)]
+    config = HybridVQAConfig(**preset.model)
+    afters = listed("select_after", args.select_after, {})
+    for after in afters:
+        if (
+            isinstance(after, bool)
+            or not isinstance(after, int)
+            or not 0 <= after <= config.vision_layers
+        ):
+            raise ValueError(
+                f"select_after: {after!r} is not between 0 and the {config.vision_layers} ViT "
+                f"blocks of the {args.preset!r} preset"
+            )
+        try:  # e.g. a vision encoder that cannot run block by block
+            HybridVQAConfig(**{**preset.model, "encoder_select_after": after})
+        except ValueError as error:
+            raise ValueError(
+                f"select_after: {after!r} with the {args.preset!r} preset: {error}"
+            ) from None
+    regions = config.num_regions
+    keeps = listed("encoder_k", args.encoder_k, {"encoder_k": (config.encoder_k,)})
+    for keep in keeps:
+        count = isinstance(keep, int) and not isinstance(keep, bool) and 1 <= keep <= regions
+        if not (count or (isinstance(keep, float) and 0.0 < keep <= 1.0)):
+            raise ValueError(
+                f"encoder_k: {keep!r} is neither a count between 1 and the number of regions "
+                f"({regions}) of the {args.preset!r} preset nor a ratio in (0, 1]"
+            )
+        # The TokenSelector's rounding of a ratio (0.07 * 100 keeps 7, not 8).
+        kept = keep if count else max(1, math.ceil(round(keep * regions, 9)))
+        if kept < max(ks):
+            raise ValueError(
+                f"encoder_k: {keep!r} keeps {kept} of the {regions} patch tokens, fewer than "
+                f"the fusion keeps (k={max(ks)}); give an encoder_k of at least {max(ks)} or "
+                "smaller values of k"
+            )
+    return [(after, keep) for after in afters for keep in keeps]
 
 
 def run_ablation(args: AblationArguments) -> Path:
@@ -288,6 +380,8 @@ def measure_run(
             mode=spec.mode,
             k=spec.k if selective else None,
             estimator=spec.estimator if selective else None,
+            select_after=spec.select_after,
+            encoder_k=spec.encoder_k,
             epochs=args.epochs,
             pointing_loss_weight=args.pointing_loss_weight,
             seed=spec.seed,
@@ -303,7 +397,7 @@ def measure_run(
     size = min(args.probe_batch_size, len(eval_rows))
     inputs = collate(processor, eval_rows, range(size), device)
     inputs.pop("labels")
-    fusion_flops, total_flops = count_flops(model, inputs)
+    fusion_flops, total_flops = count_flops(model, inputs)  # total: the encoders included
 
     generator = torch.Generator().manual_seed(spec.seed)  # which training batches
     torch.manual_seed(spec.seed)  # the estimators' samples
@@ -326,6 +420,8 @@ def measure_run(
         "mode": spec.mode,
         "k": spec.k,
         "estimator": spec.estimator,
+        "select_after": spec.select_after,
+        "encoder_k": spec.encoder_k,
         "seed": spec.seed,
         "epochs": len(summary["history"]),
         "questions": scores["questions"],
@@ -334,6 +430,7 @@ def measure_run(
         "pointing_accuracy": scores["pointing_accuracy"],
         "attention_entropy": scores["attention_entropy"],
         "regions_used": scores["regions_used"],
+        "encoder_flops": total_flops - fusion_flops,
         "fusion_flops": fusion_flops,
         "total_flops": total_flops,
         "ms_per_question": scores["ms_per_question"],

@@ -22,26 +22,52 @@ from vqa.files import write_text_atomic
 SOFT_ESTIMATOR = "-"  # the estimator column of soft runs: soft selects nothing
 TEXT_COLUMNS = ("name", "mode", "estimator")
 INT_COLUMNS = ("k", "seed", "epochs", "questions")
+# The selection inside the vision encoder: empty cells (None) for runs without one, and
+# absent from the results.csv of ablations made before these axes.
+ENCODER_COLUMNS = ("select_after", "encoder_k")
 ALPHA = 0.05  # significance level of every comparison
 MEAN_TEST = "Welch's t-test"
 SPREAD_TEST = "F-test of the variance ratio"
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """The rows of a ``results.csv``: text columns as str, counts as int, the rest as float
-    (an empty cell, e.g. a question type that one dataset lacks, reads as nan)."""
+    """The rows of a ``results.csv``: text columns as str, counts as int, the encoder
+    selection (``select_after``, ``encoder_k``) as int, float or None, the rest as float (an
+    empty cell, e.g. a question type that one dataset lacks, reads as nan).
+
+    Rows of ablations made before the encoder selection get ``select_after`` and ``encoder_k``
+    None, and ``encoder_flops`` = ``total_flops`` - ``fusion_flops`` where it is missing.
+    """
     with Path(path).open(newline="", encoding="utf-8") as file:
-        return [
-            {
-                name: value
-                if name in TEXT_COLUMNS
-                else int(value)
-                if name in INT_COLUMNS
-                else float(value or "nan")
-                for name, value in row.items()
-            }
+        rows = [
+            {name: parse_cell(name, value) for name, value in row.items()}
             for row in csv.DictReader(file)
         ]
+    for row in rows:
+        for name in ENCODER_COLUMNS:
+            row.setdefault(name, None)
+        missing = math.isnan(row.get("encoder_flops", math.nan))
+        if missing and "total_flops" in row and "fusion_flops" in row:
+            row["encoder_flops"] = row["total_flops"] - row["fusion_flops"]
+    return rows
+
+
+def parse_cell(name: str, value: str) -> str | int | float | None:
+    """One cell of ``results.csv`` as the type of its column (see :func:`read_results`)."""
+    if name in TEXT_COLUMNS:
+        return value
+    if name in INT_COLUMNS:
+        return int(value)
+    if name in ENCODER_COLUMNS:
+        # "8" is a count and "1.0" a ratio (every token): the text keeps them apart.
+        return None if value == "" else int(value) if value.isdigit() else float(value)
+    return float(value or "nan")
+
+
+def encoder_setting(select_after: int | None, encoder_k: int | float | None) -> str:
+    """``1x8`` for a selection that keeps 8 patch tokens (or a ratio, ``1x0.25``) after 1 ViT
+    block; ``""`` without a selection inside the vision encoder."""
+    return "" if select_after is None else f"{select_after}x{encoder_k}"
 
 
 def append_result(path: Path, row: dict) -> None:
@@ -80,38 +106,45 @@ def std_error(values: Sequence[float]) -> tuple[float, float]:
 
 
 def config_label(entry: dict) -> str:
-    """The name of an aggregated configuration: ``soft`` or e.g. ``hybrid k=4 ste``."""
+    """The name of an aggregated configuration: ``soft``, e.g. ``hybrid k=4 ste``, or with a
+    selection inside the vision encoder e.g. ``hybrid k=4 ste enc=1x8``."""
     if entry["mode"] == "soft":
         return "soft"
-    return f"{entry['mode']} k={entry['k']} {entry['estimator']}"
+    label = f"{entry['mode']} k={entry['k']} {entry['estimator']}"
+    setting = encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
+    return f"{label} enc={setting}" if setting else label
 
 
 def aggregate(rows: Iterable[dict]) -> list[dict]:
-    """Rows grouped per configuration (mode, k, estimator), in order of first appearance.
+    """Rows grouped per configuration (mode, k, estimator and the encoder selection), in
+    order of first appearance.
 
     Returns:
-        One dict per configuration: ``mode``, ``k``, ``estimator``, ``seeds`` (how many runs),
+        One dict per configuration: ``mode``, ``k``, ``estimator``, ``select_after`` and
+        ``encoder_k`` (None without a selection in the encoder), ``seeds`` (how many runs),
         ``names`` (the runs, lowest seed first), for every numeric column its (mean, std) over
         the seeds, and ``values``: for every numeric column the per-seed values, lowest seed
         first, for the tests.
     """
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["mode"], row["k"], row["estimator"]), []).append(row)
+        setting = encoder_setting(row.get("select_after"), row.get("encoder_k"))
+        groups.setdefault((row["mode"], row["k"], row["estimator"], setting), []).append(row)
     stats = []
-    for (mode, k, estimator), members in groups.items():
+    for (mode, k, estimator, _), members in groups.items():
         members = sorted(members, key=lambda row: row["seed"])
         entry = {
             "mode": mode,
             "k": k,
             "estimator": estimator,
+            **{name: members[0].get(name) for name in ENCODER_COLUMNS},
             "seeds": len(members),
             "names": [row["name"] for row in members],
             "values": {},
         }
         columns = dict.fromkeys(name for row in members for name in row)
         for column in columns:
-            if column not in (*TEXT_COLUMNS, "k", "seed"):
+            if column not in (*TEXT_COLUMNS, *ENCODER_COLUMNS, "k", "seed"):
                 values = tuple(row.get(column, math.nan) for row in members)
                 entry["values"][column] = values
                 entry[column] = mean_std(values)

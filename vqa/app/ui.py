@@ -24,7 +24,7 @@ from vqa.app.views import (
     regions_table,
 )
 from vqa.cache import training_data_dir
-from vqa.inference import Prediction, load_model, predict
+from vqa.inference import Prediction, describe_encoder_selection, load_model, predict
 from vqa.processing import to_rgb
 
 MAX_FILE_SIZE = "10mb"  # uploads above this are refused by the server
@@ -42,11 +42,18 @@ same weights:
 
 Brighter regions got more weight; dimmed ones got little or none.
 """
+ENCODER_EXPLANATION = """
+This model also selects inside its vision encoder (hard and hybrid modes): after a few ViT
+blocks the question keeps some of the patches for the remaining blocks, and the fusion chooses
+among those. **Hatched** patches are the ones the encoder dropped.
+"""
 
 
 class AppModel:
     """A model directory loaded once, on ``device`` (default: the best available, see
-    :func:`vqa.inference.resolve_device`), and shared by every request.
+    :func:`vqa.inference.resolve_device`), and shared by every request. ``select_after`` and
+    ``encoder_k`` move or resize the selection in its vision encoder (see
+    :meth:`vqa.modeling.HybridVQAModel.set_encoder_selection`).
 
     ``predict`` switches the model's fusion mode and k for the duration of one call, so two
     requests with different settings must not run the model at the same time: a lock makes
@@ -54,14 +61,28 @@ class AppModel:
     everything else (decoding the upload, drawing and encoding the picture, HTTP).
     """
 
-    def __init__(self, directory: str | Path, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        device: str | torch.device | None = None,
+        *,
+        select_after: int | None = None,
+        encoder_k: int | float | None = None,
+    ) -> None:
         self.directory = Path(directory).resolve()
         self.model, self.processor = load_model(self.directory, device)
+        if select_after is not None or encoder_k is not None:
+            self.model.set_encoder_selection(select_after=select_after, encoder_k=encoder_k)
         self._lock = threading.Lock()
 
     @property
     def num_regions(self) -> int:
         return self.model.config.num_regions
+
+    @property
+    def selects_in_encoder(self) -> bool:
+        """Whether the vision encoder keeps some of the patches (in hard and hybrid modes)."""
+        return self.model.encoder_selector is not None
 
     @property
     def mode(self) -> str:
@@ -114,6 +135,9 @@ def answer(
         f"**{prediction.milliseconds:.1f} ms** in the model, {total:.0f} ms for the request "
         f"· mode **{prediction.mode}**, k = {prediction.k}"
     )
+    encoder = describe_encoder_selection(prediction)
+    if encoder is not None:
+        details += f" · {encoder} (hatched: dropped)"
     details += "".join(f"\n\n⚠ {note}" for note in notes)
     return answer_confidences(prediction), picture, regions_table(prediction), details
 
@@ -129,20 +153,26 @@ def compare(
     """Handle "Compare modes": answers and picture per mode, then a summary table.
 
     Returns (soft answers, soft picture, hard answers, hard picture, hybrid answers, hybrid
-    picture, Markdown table of mode, answer, probability, regions and model time).
+    picture, Markdown table of mode, answer, probability, regions and model time, and for a
+    model that selects in its vision encoder, the patches it kept).
     """
     image, question, k, notes = check_inputs(image, question, k, app_model.num_regions, max_side)
     outputs: list = []
-    summary = ["| mode | answer | probability | regions | model time |", "|---|---|---|---|---|"]
+    columns = ["mode", "answer", "probability", "regions", "model time"]
+    if app_model.selects_in_encoder:
+        columns.append("patches the encoder kept")
+    summary = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
     truncated = False
     for mode in MODES:
         prediction = app_model.predict(image, question, mode, k)
         outputs += [answer_confidences(prediction), attention_overlay(image, prediction)]
         best, probability = prediction.answers[0]
-        summary.append(
-            f"| {mode} | {best} | {probability:.1%} | {len(prediction.regions)} "
-            f"| {prediction.milliseconds:.1f} ms |"
-        )
+        cells = [mode, best, f"{probability:.1%}", str(len(prediction.regions))]
+        cells.append(f"{prediction.milliseconds:.1f} ms")
+        if app_model.selects_in_encoder:
+            kept, regions = prediction.encoder_kept, app_model.num_regions
+            cells.append(f"all {regions}" if kept is None else f"{len(kept)} of {regions}")
+        summary.append(f"| {' | '.join(cells)} |")
         truncated = prediction.truncated
     notes = notify(notes, truncated, app_model.processor.max_question_length)
     return (*outputs, "\n".join(summary) + "".join(f"\n\n⚠ {note}" for note in notes))
@@ -185,6 +215,8 @@ def build_app(
     max_image_side: int = MAX_IMAGE_SIDE,
     concurrency_limit: int = CONCURRENCY_LIMIT,
     device: str | torch.device | None = None,
+    select_after: int | None = None,
+    encoder_k: int | float | None = None,
 ) -> gr.Blocks:
     """The app for one model directory, with its queue set up; launch it with :func:`launch`.
 
@@ -196,8 +228,10 @@ def build_app(
         concurrency_limit: requests handled at once; more wait in the queue.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:N``); default: the best
             available.
+        select_after, encoder_k: move or resize the selection in the vision encoder, for a
+            model trained with one (default: as trained).
     """
-    app_model = AppModel(model_dir, device)
+    app_model = AppModel(model_dir, device, select_after=select_after, encoder_k=encoder_k)
     examples_dir = examples_dir or training_data_dir(app_model.directory)
     examples = find_examples(examples_dir, images=4) if examples_dir else []
 
@@ -218,7 +252,8 @@ def build_app(
         analytics_enabled=False,
         delete_cache=(3600, 86400),  # uploads and pictures go after a day (examples stay)
     ) as app:
-        gr.Markdown("# Where did the model look?\n" + EXPLANATION)
+        explanation = EXPLANATION + (ENCODER_EXPLANATION if app_model.selects_in_encoder else "")
+        gr.Markdown("# Where did the model look?\n" + explanation)
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(
@@ -335,13 +370,22 @@ def serve(
     examples_dir: str | Path | None = None,
     share: bool = False,
     device: str | torch.device | None = None,
+    select_after: int | None = None,
+    encoder_k: int | float | None = None,
 ) -> None:
     """Build the app for ``model_dir`` and serve it until interrupted (``vqa serve``); the
-    model runs on ``device`` (default: the best available)."""
+    model runs on ``device`` (default: the best available), with its encoder selection moved
+    or resized by ``select_after`` / ``encoder_k`` when given (see :func:`build_app`)."""
     # One request at a time holds the model (see AppModel): give it half the cores and leave
     # the rest to the web server, rather than have torch's threads spin against it.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    app = build_app(model_dir, examples_dir=examples_dir, device=device)
+    app = build_app(
+        model_dir,
+        examples_dir=examples_dir,
+        device=device,
+        select_after=select_after,
+        encoder_k=encoder_k,
+    )
     url = launch(app, host=host, port=port, share=share, quiet=True)
     print(f"Serving {Path(model_dir)} at {url} (Ctrl+C to stop)", flush=True)
     app.block_thread()

@@ -21,6 +21,7 @@ TOP_ANSWERS = 5
 DISPLAY_SIDE = 384  # attention pictures are drawn this large on their shorter side ...
 MAX_DISPLAY_SIDE = 640  # ... and at most this large on their longer one
 BOX_COLOUR = (255, 140, 0)
+HATCH_COLOUR = (150, 150, 150)  # stripes over the patches that the vision encoder dropped
 
 
 def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image:
@@ -28,9 +29,11 @@ def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image
 
     A region keeps its brightness in proportion to its weight (relative to the largest);
     regions without weight are dimmed. The regions in ``prediction.regions`` get an outline and
-    their rank. The picture is drawn ``DISPLAY_SIDE`` pixels on its shorter side (at most
-    ``MAX_DISPLAY_SIDE`` on its longer one): small images are enlarged with their pixels kept
-    sharp, so that the boxes are readable; large ones are shrunk, so that it is quick to send.
+    their rank. With a selection in the vision encoder, the patches that it dropped are hatched
+    with diagonal stripes. The picture is drawn ``DISPLAY_SIDE`` pixels on its shorter side (at
+    most ``MAX_DISPLAY_SIDE`` on its longer one): small images are enlarged with their pixels
+    kept sharp, so that the boxes are readable; large ones are shrunk, so that it is quick to
+    send.
     """
     image = to_rgb(image)
     scale = min(DISPLAY_SIDE / min(image.size), MAX_DISPLAY_SIDE / max(image.size))
@@ -45,8 +48,10 @@ def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image
     dimmed = Image.blend(base, Image.new("RGB", size, (0, 0, 0)), 0.7)
     picture = Image.composite(base, dimmed, mask)
 
-    draw = ImageDraw.Draw(picture)
     cell = min(size[0] / cols, size[1] / rows)
+    if prediction.encoder_kept is not None:
+        picture = hatch_dropped(picture, prediction, cell)
+    draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default(size=max(10, round(cell / 3)))
     line = max(2, round(cell / 24))
     for region in prediction.regions:
@@ -57,6 +62,21 @@ def attention_overlay(image: Image.Image, prediction: Prediction) -> Image.Image
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=BOX_COLOUR)
         draw.text((x0 + line, y0 + line), label, fill=(0, 0, 0), font=font)
     return picture
+
+
+def hatch_dropped(picture: Image.Image, prediction: Prediction, cell: float) -> Image.Image:
+    """``picture`` with diagonal stripes over the regions that the vision encoder dropped."""
+    rows, cols = prediction.grid
+    dropped = np.ones(rows * cols, dtype=bool)
+    dropped[prediction.encoder_kept] = False
+    where = Image.fromarray(np.uint8(255 * dropped.reshape(rows, cols)))
+    where = np.asarray(where.resize(picture.size, Image.Resampling.NEAREST)) > 0  # (H, W)
+    period = max(4, round(cell / 4))  # four stripes across a patch
+    y, x = np.indices(where.shape)
+    stripes = (x + y) % period < max(1, period // 4)
+    pixels = np.array(picture)
+    pixels[where & stripes] = HATCH_COLOUR
+    return Image.fromarray(pixels)
 
 
 def regions_table(prediction: Prediction) -> list[list]:
@@ -76,6 +96,17 @@ def regions_table(prediction: Prediction) -> list[list]:
 def answer_confidences(prediction: Prediction) -> dict[str, float]:
     """The top answers as ``{answer: probability}`` for ``gr.Label``."""
     return dict(prediction.answers)
+
+
+def encoder_selection_info(config: HybridVQAConfig) -> str:
+    """The selection inside the vision encoder, as text, e.g. "keeps 8 of 16 patches after
+    block 1 (hard and hybrid modes)"."""
+    keep = config.encoder_k
+    kept = f"{keep:.0%} of the" if isinstance(keep, float) else f"{keep} of"
+    after = config.encoder_select_after
+    where = "before the first block" if after == 0 else f"after block {after}"
+    folded = ", the rest folded into one token" if config.encoder_fold else ""
+    return f"keeps {kept} {config.num_regions} patches {where}{folded} (hard and hybrid modes)"
 
 
 def text_encoder_name(config: HybridVQAConfig) -> str:
@@ -109,6 +140,8 @@ def model_info(app_model: AppModel) -> str:
         ("answers", f"{len(app_model.processor.answers)} in the vocabulary"),
         ("val accuracy", recorded_accuracy(app_model.directory)),
     ]
+    if config.encoder_select_after is not None:
+        rows.insert(2, ("encoder selection", encoder_selection_info(config)))
     lines = ["| setting | value |", "|---|---|"]
     return "\n".join(lines + [f"| **{name}** | {value} |" for name, value in rows])
 

@@ -17,6 +17,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vqa.data.columns import ArrowColumn, flat_lists, row_sums, to_numpy, value_counts
 from vqa.files import write_json
 
 # `VQAEval.punct`. The period is not in it: `_PERIOD_STRIP` handles periods.
@@ -130,6 +135,44 @@ def _as_answer_list(row: str | Sequence[str]) -> list[str]:
     return [row] if isinstance(row, str) else list(row)
 
 
+AnswerLists = Iterable[str | Sequence[str]] | ArrowColumn
+
+
+def flat_answers(answer_lists: AnswerLists) -> tuple[ArrowColumn, np.ndarray]:
+    """Every answer, row after row, and each row's number of answers.
+
+    Args:
+        answer_lists: one entry per row, its list of answers or a single answer string; or
+            the same as an Arrow column of string lists or of strings (``arrow_column(rows,
+            "answers")``), which is read without a Python loop.
+
+    Returns:
+        (E,) Arrow strings and (R,) int64 answers per row.
+    """
+    if not isinstance(answer_lists, (pa.Array, pa.ChunkedArray)):
+        rows = [_as_answer_list(row) for row in answer_lists]
+        try:
+            answer_lists = pa.array(rows, pa.list_(pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise TypeError(f"answers must be strings or lists of strings ({error})") from error
+    if pa.types.is_string(answer_lists.type) or pa.types.is_large_string(answer_lists.type):
+        return answer_lists, np.ones(len(answer_lists), dtype=np.int64)
+    return flat_lists(answer_lists)
+
+
+def coverage_report(answers: np.ndarray, hits: np.ndarray) -> dict[str, float]:
+    """The coverage report (see `AnswerVocab.coverage`) of rows with ``answers`` answers each,
+    ``hits`` of them in the vocabulary; (R,) ints each."""
+    rows, total = len(answers), int(answers.sum())
+    covered_rows = int(np.count_nonzero(hits))
+    return {
+        "rows": rows,
+        "row_coverage": covered_rows / rows if rows else math.nan,
+        "answer_coverage": int(hits.sum()) / total if total else math.nan,
+        "rows_out_of_vocab": rows - covered_rows,
+    }
+
+
 def _check_unique_strings(answers: object, where: str) -> None:
     """Raise ValueError, naming `where`, unless `answers` is a list of unique strings."""
     if not isinstance(answers, list):
@@ -162,7 +205,7 @@ class AnswerVocab:
     @classmethod
     def build(
         cls,
-        answer_lists: Iterable[str | Sequence[str]],
+        answer_lists: AnswerLists,
         max_size: int = 3129,
         min_count: int = 1,
     ) -> AnswerVocab:
@@ -174,18 +217,18 @@ class AnswerVocab:
         the usual VQAv2 vocabulary (answers given at least 9 times in train+val).
 
         Args:
-            answer_lists: one entry per row: its list of answers, or a single answer string.
+            answer_lists: one entry per row: its list of answers, or a single answer string;
+                or an Arrow column of them (see `flat_answers`).
             max_size: the most answers to keep.
             min_count: the fewest occurrences an answer needs to be kept.
         """
         if max_size < 1 or min_count < 1:
             raise ValueError(f"max_size and min_count must be >= 1, got {max_size}, {min_count}")
-        counts = Counter(
-            answer
-            for row in answer_lists
-            for answer in map(normalize_answer, _as_answer_list(row))
-            if answer
-        )
+        counts: Counter[str] = Counter()
+        # Counted in Arrow, then each distinct answer normalised once.
+        for answer, repeats in zip(*value_counts(flat_answers(answer_lists)[0]), strict=True):
+            if normalized := normalize_answer(answer):
+                counts[normalized] += int(repeats)
         kept = [answer for answer, count in counts.items() if count >= min_count]
         if not kept:
             raise ValueError(f"no answer occurs at least min_count={min_count} times")
@@ -213,8 +256,22 @@ class AnswerVocab:
             raise IndexError(f"answer id {index} is outside [0, {len(self._answers)})")
         return self._answers[index]
 
-    def coverage(self, answer_lists: Iterable[str | Sequence[str]]) -> dict[str, float]:
-        """How well the vocabulary covers a set of rows.
+    def hits(self, answer_lists: AnswerLists) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, how many answers it has and how many of them are in the vocabulary.
+
+        Args:
+            answer_lists: as for `build`; an Arrow column is read without a Python loop.
+
+        Returns:
+            (R,) int64 answers, (R,) int64 in-vocabulary answers.
+        """
+        answers, lengths = flat_answers(answer_lists)
+        distinct = pc.unique(answers).to_pylist()  # each distinct answer looked up once
+        known = pa.array([a for a in distinct if self.encode(a) is not None], answers.type)
+        return lengths, row_sums(to_numpy(pc.is_in(answers, value_set=known)), lengths)
+
+    def coverage(self, answer_lists: AnswerLists) -> dict[str, float]:
+        """How well the vocabulary covers a set of rows (given as for `build`).
 
         Returns:
             "rows": the number of rows;
@@ -224,19 +281,7 @@ class AnswerVocab:
             trained on this vocabulary can score on them).
             Shares are nan when there is nothing to divide by.
         """
-        rows = [[self.encode(a) is not None for a in _as_answer_list(r)] for r in answer_lists]
-        answers = sum(len(row) for row in rows)
-        covered_rows = sum(any(row) for row in rows)
-        return {
-            "rows": len(rows),
-            "row_coverage": covered_rows / len(rows) if rows else math.nan,
-            "answer_coverage": sum(map(sum, rows)) / answers if answers else math.nan,
-            "rows_out_of_vocab": len(rows) - covered_rows,
-        }
-
-    def covers(self, answers: str | Sequence[str]) -> bool:
-        """Whether at least one of a row's answers is in the vocabulary."""
-        return any(self.encode(answer) is not None for answer in _as_answer_list(answers))
+        return coverage_report(*self.hits(answer_lists))
 
     def describe_coverage(self, report: dict[str, float]) -> str:
         """One line about a `coverage` report, e.g. for the log at the start of training."""

@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset, DatasetDict, IterableDatasetDict
 
-from vqa.data.answers import AnswerVocab
+from vqa.data.answers import AnswerVocab, coverage_report
+from vqa.data.columns import arrow_column
 from vqa.data.formats import (
     DatasetFormatError,
     available_splits,
@@ -98,7 +101,15 @@ def answerable_rows(rows: Dataset, vocab: AnswerVocab) -> tuple[Dataset, dict[st
 
     Training keeps only these: a row whose answers are all out of vocabulary has no target
     the model could learn (its cross-entropy is ignored, its soft scores are all zero).
-    Evaluation keeps every row, and such rows count as wrong.
+    Evaluation keeps every row, and such rows count as wrong. The rows are looked up in
+    Arrow and kept in their order by ``select`` (an indices mapping: no table is written).
     """
-    report = vocab.coverage(rows["answers"])
-    return rows.filter(vocab.covers, input_columns="answers", desc="Dropping unanswerable"), report
+    answers, hits = vocab.hits(arrow_column(rows, "answers"))
+    report = coverage_report(answers, hits)
+    if report["rows_out_of_vocab"] == 0:
+        return rows, report
+    kept = hits > 0
+    # What `select` would hash itself, the previous fingerprint and the indices, hashed as bits.
+    digest = hashlib.sha256(rows._fingerprint.encode() + np.packbits(kept).tobytes())
+    fingerprint = digest.hexdigest()[:32]
+    return rows.select(np.flatnonzero(kept).tolist(), new_fingerprint=fingerprint), report
