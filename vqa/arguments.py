@@ -187,6 +187,11 @@ class TrainingArguments:
         group="pretrained encoders",
     )
     warmup_ratio: float = option(0.05, "share of the steps with a linear learning-rate warmup")
+    soft_warmup: float = option(
+        0.0,
+        "share of the training steps that hard and hybrid runs train in soft mode first (the "
+        "same weights), before their own mode takes over",
+    )
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     eval_batch_size: int = option(128, "questions per validation batch")
@@ -207,6 +212,8 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not 0.0 <= self.soft_warmup <= 1.0:
+            raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
 
     def resolved(self, preset: Preset) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``preset``."""

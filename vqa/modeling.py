@@ -194,6 +194,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             if value is not None:
                 setattr(self.fusion, name, value)
                 setattr(self.config, f"fusion_{name}", value)
+        if estimator is not None and self.encoder_selector is not None:
+            self.encoder_selector.estimator = estimator  # the encoder selects as the fusion does
 
     def _build_encoder_selector(self, config: HybridVQAConfig) -> TokenSelector:
         """The question-guided token selector between the ViT's blocks."""
@@ -223,7 +225,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 "this model has no token selection in its vision encoder (it was built with "
                 "encoder_select_after=None)"
             )
-        fields = {**self.config.to_dict(), "encoder_select_after": self.config.encoder_select_after}
+        fields = self.config.to_dict()
         if select_after is not None:
             fields["encoder_select_after"] = select_after
         if encoder_k is not None:

@@ -193,13 +193,18 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict,
     args: TrainingArguments,
+    soft_steps: int = 0,
 ) -> float:
     """Train the epoch ``state["epoch"]`` (its rest, when resuming mid-epoch).
 
     Updates ``state`` (steps, bad steps, the epoch's progress) and checkpoints every
-    ``args.save_every_steps``. Returns the epoch's training seconds.
+    ``args.save_every_steps``. The optimizer steps before ``soft_steps`` run the fusion in
+    soft mode (``--soft-warmup``); the model's own mode is back when the epoch ends. Returns
+    the epoch's training seconds.
     """
     run, epoch, progress = Path(args.output), state["epoch"], state["progress"]
+    fusion = accelerator.unwrap_model(model).fusion
+    mode = accelerator.unwrap_model(model).config.fusion_mode
     loader.set_epoch(epoch)  # sets the sampler's epoch too, rather than Accelerate's own count
     model.train()
     freeze_batchnorm_statistics(model)  # a frozen stem keeps its statistics too
@@ -216,6 +221,7 @@ def train_epoch(
     collator, skipped_before = loader.collate_fn, loader.collate_fn.skipped_rows
     for inputs, _ in bar:
         if accelerator.sync_gradients:  # an optimizer step begins
+            fusion.mode = "soft" if state["global_step"] < soft_steps else mode
             buffers = buffer_copies(model)
             non_finite = torch.zeros((), device=accelerator.device)
         with accelerator.accumulate(model):
@@ -248,6 +254,7 @@ def train_epoch(
             progress["seconds"] += time.perf_counter() - start
             start = time.perf_counter()
             save_checkpoint(accelerator, run, state, args.keep_checkpoints)
+    fusion.mode = mode
     record_losses(accelerator, pending, progress)
     skipped = torch.tensor(collator.skipped_rows - skipped_before, device=accelerator.device)
     progress["skipped_bad_image_questions"] += int(accelerator.reduce(skipped, "sum"))
@@ -364,8 +371,11 @@ def train(args: TrainingArguments) -> dict:
         "config": accelerator.unwrap_model(model).config.to_dict(),
     }
 
+    soft_steps = round(args.soft_warmup * math.ceil(len(loader) / args.grad_accum) * args.epochs)
     while state["epoch"] < args.epochs:
-        seconds = train_epoch(accelerator, model, loader, optimizer, scheduler, state, args)
+        seconds = train_epoch(
+            accelerator, model, loader, optimizer, scheduler, state, args, soft_steps
+        )
         record = epoch_record(state, seconds, len(setup.train_rows), scheduler.get_last_lr()[0])
         if setup.val_rows is not None:
             scores = evaluate(
