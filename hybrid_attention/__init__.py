@@ -17,7 +17,7 @@ from hybrid_attention.selection import (
     select_topk,
     selection_entropy,
 )
-from hybrid_attention.tokens import TokenSelection, TokenSelector
+from hybrid_attention.tokens import TokenSelection, TokenSelector, num_kept
 
 __all__ = [
     "ESTIMATORS",
@@ -29,6 +29,7 @@ __all__ = [
     "TokenSelection",
     "TokenSelector",
     "gather_regions",
+    "num_kept",
     "plackett_luce_log_prob",
     "reinforce_loss",
     "select_topk",

@@ -66,6 +66,14 @@ def check_keep(keep: int | float) -> int | float:
     return keep
 
 
+def num_kept(keep: int | float, num_tokens: int) -> int:
+    """How many of ``num_tokens`` tokens ``keep`` keeps: a count as it is, a ratio rounded up
+    (at least 1). Rounded first, so that 0.07 * 100 = 7.000000000000001 keeps 7, not 8."""
+    if isinstance(keep, float):
+        return num_tokens if keep == 1.0 else max(1, math.ceil(round(keep * num_tokens, 9)))
+    return keep
+
+
 class TokenSelector(nn.Module):
     """Keep the k tokens of a sequence that a query (or given scores) ranks highest.
 
@@ -260,14 +268,10 @@ class TokenSelector(nn.Module):
     def _num_kept(self, num_tokens: int, valid: Tensor | None) -> int:
         """k for this batch; raise if some row has fewer than k (but not all N) valid tokens."""
         counts = None if valid is None else valid.sum(-1)  # (B,)
-        if isinstance(self.keep, float):
-            if self.keep == 1.0:
-                return num_tokens
-            fewest = num_tokens if counts is None else int(counts.min())
-            # Rounded first so that 0.07 * 100 = 7.000000000000001 keeps 7, not 8.
-            k = max(1, math.ceil(round(self.keep * fewest, 9)))
-        else:
-            k = self.keep
+        if self.keep == 1.0 and isinstance(self.keep, float):
+            return num_tokens
+        fewest = num_tokens if counts is None else int(counts.min())
+        k = num_kept(self.keep, fewest)
         if k > num_tokens:
             raise ValueError(f"keep={self.keep} is more than the {num_tokens} tokens to select")
         if k < num_tokens and counts is not None and bool((counts < k).any()):

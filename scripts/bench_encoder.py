@@ -10,7 +10,7 @@ fusion, reasoner, head) in eval mode under ``torch.inference_mode()``, the media
 ``vqa.ablation.probes.count_flops`` (``torch.utils.flop_counter``: matmuls, convolutions and
 attention; a multiply-add is 2).
 
-Cases: (a) the default model at 64 px (64 regions, keep 16 after block 1); (b) the default
+Cases: (a) the default model at 64 px (64 regions, keep 50 % after block 1); (b) the default
 architecture at 128 px (256 regions, keep 25 % after block 1); (c) timm's
 ``vit_small_patch16_224`` architecture (random weights) at 224 px, keeping 25 % and 50 % after
 block 3 and 4.
@@ -39,7 +39,7 @@ from vqa.presets import get_preset
 VIT_SMALL = {"architecture": "vit_small_patch16_224"}
 # (name, image size, extra config fields, select_after, keep)
 CASES = [
-    ("default 64px", 64, {}, 1, 16),
+    ("default 64px", 64, {}, 1, 0.5),
     ("default 128px", 128, {}, 1, 0.25),
     *[
         (f"vit_small 224px after {after}", 224, {"vision_config": VIT_SMALL}, after, keep)

@@ -355,3 +355,13 @@ def test_serve_without_a_model_is_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         f"vqa serve: error: {tmp_path} is not a model directory (no config.json)"
     ]
+
+
+def test_k_above_what_the_encoder_keeps_is_a_clear_message():
+    import gradio as gr
+
+    from vqa.app.inputs import check_k
+
+    assert check_k(8, 16, kept=8) == 8
+    with pytest.raises(gr.Error, match="the vision encoder keeps 8 patches"):
+        check_k(12, 16, kept=8)

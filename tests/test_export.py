@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from vqa.cli import main
-from vqa.export import ONNX_FILE, staged_directory
+from vqa.export import ONNX_FILE
+from vqa.files import staged_directory
 from vqa.inference import load_model
 from vqa.processing import HybridVQAProcessor
 

@@ -228,3 +228,33 @@ def test_train_eval_and_predict_take_the_encoder_selection(tmp_path, train_tiny,
     ]
     assert main([*command, "--select-after", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["answers"]
+
+
+def test_an_unused_encoder_selector_still_gets_a_gradient_for_ddp(processor):
+    """Soft mode (and a soft warm-up) skips the selector; DDP needs it in the graph anyway."""
+    model = make_model(processor, **SELECTING).train()
+    model.set_fusion(mode="soft")
+    model(**batch(processor), labels=processor.labels(ANSWERS)).loss.backward()
+    grads = [parameter.grad for parameter in model.encoder_selector.parameters()]
+    assert all(grad is not None and grad.eq(0).all() for grad in grads)
+
+
+def test_the_fusion_k_must_fit_in_what_the_encoder_keeps(processor):
+    with pytest.raises(
+        ValueError, match=r"'encoder_k' \(0.15\) leaves fewer tokens than the fusion"
+    ):
+        HybridVQAConfig(
+            image_size=32, patch_size=8, fusion_k=4, encoder_select_after=0, encoder_k=0.15
+        )
+    model = make_model(processor, **SELECTING)
+    assert model.fusion_tokens() == 8
+    with pytest.raises(ValueError, match="k=12 is more than the 8 tokens that the vision encoder"):
+        model.set_fusion(k=12)
+    assert make_model(processor, **SELECTING, encoder_fold=True).fusion_tokens() == 9
+
+
+def test_encoder_k_without_select_after_is_refused():
+    from vqa.arguments import TrainingArguments
+
+    with pytest.raises(ValueError, match=r"--encoder-k and --encoder-fold .* give --select-after"):
+        TrainingArguments(output="run", encoder_k=8)

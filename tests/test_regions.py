@@ -14,6 +14,7 @@ from vqa.cli import main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import DatasetFormatError, load_local_dataset
 from vqa.data.regions import IGNORE, NO_OBJECT, RegionAttributes
+from vqa.guided_vision import VisionTokens
 from vqa.modeling import HybridVQAModel
 from vqa.processing import REGION_ATTRIBUTES_FILE, HybridVQAProcessor, VQACollator
 
@@ -295,7 +296,9 @@ def test_the_region_loss_of_a_batch_split_in_two_averages_to_the_whole(tiny_mode
     labels[1, :5] = -100  # images differ in how many regions are labelled
 
     def loss(rows: torch.Tensor) -> torch.Tensor:
-        return model.region_loss(features[image_index[rows]], labels[image_index[rows]])
+        return model.region_loss(
+            VisionTokens(features[image_index[rows]]), labels[image_index[rows]]
+        )
 
     whole = loss(torch.arange(8))
     halves = (loss(torch.arange(4)) + loss(torch.arange(4, 8))) / 2

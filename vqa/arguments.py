@@ -120,7 +120,7 @@ class TrainingArguments:
     )
     encoder_k: int | float | None = option(
         None,
-        "patch tokens the encoder keeps: a count, or a ratio in (0, 1] (default 16)",
+        "patch tokens the encoder keeps: a count, or a ratio in (0, 1] (default 0.5)",
         type=count_or_ratio,
         group="selection in the vision encoder",
     )
@@ -212,6 +212,13 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if (self.encoder_k is not None or self.encoder_fold) and not (
+            self.select_after is not None or self.init_from
+        ):
+            raise ValueError(
+                "--encoder-k and --encoder-fold shape a selection inside the vision encoder: "
+                "give --select-after too"
+            )
         if not 0.0 <= self.soft_warmup <= 1.0:
             raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
 

@@ -1,5 +1,6 @@
-"""Where data and models live: the cache of generated datasets and of the default model, and
-the dataset directory that a ``--data`` value or a trained run points at."""
+"""Where data and models live: the cache of generated datasets, the default model (shipped with
+the package, or trained into the cache), and the dataset directory that a ``--data`` value or a
+trained run points at."""
 
 from __future__ import annotations
 
@@ -78,3 +79,37 @@ MODEL_VERSION = 4
 def default_model_dir() -> Path:
     """Where ``vqa demo`` keeps the model it trains with the default preset."""
     return cache_dir() / "models" / f"default-v{MODEL_VERSION}"
+
+
+SHIPPED_MODEL_DIR = Path(__file__).parent / "default_model"
+BUILD_FILE = "build.json"  # how the shipped model was built, and what it scored
+DEFAULT_MODEL = "default"  # the name that --model and --init-from take for the default model
+
+
+def shipped_model() -> Path | None:
+    """The default model shipped with the package (``scripts/build_default_model.py``), if it
+    is there and was built for this ``MODEL_VERSION``."""
+    try:
+        build = json.loads((SHIPPED_MODEL_DIR / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if build.get("model_version") != MODEL_VERSION:
+        return None
+    return SHIPPED_MODEL_DIR if (SHIPPED_MODEL_DIR / "model.safetensors").is_file() else None
+
+
+def model_directory(value: str) -> str:
+    """A ``--model`` / ``--init-from`` value as a directory: ``"default"`` is the shipped default
+    model, else the one ``vqa demo --retrain`` trained into the cache; other values (and a
+    directory that happens to be called ``default``) are returned as they are."""
+    if value != DEFAULT_MODEL or Path(value).exists():
+        return value
+    if (shipped := shipped_model()) is not None:
+        return str(shipped)
+    trained = default_model_dir()
+    if (trained / "model.safetensors").is_file():
+        return str(trained)
+    raise FileNotFoundError(
+        "no default model: the package ships none for this version and none was trained "
+        "(run `vqa demo --retrain` or `python scripts/build_default_model.py`)"
+    )

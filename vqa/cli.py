@@ -22,6 +22,7 @@ from vqa.arguments import (
     count_or_ratio,
     from_namespace,
 )
+from vqa.cache import model_directory
 
 if TYPE_CHECKING:
     from vqa.modeling import HybridVQAModel
@@ -254,9 +255,14 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
-        "demo", help="train the default model if none is cached, then show it"
+        "demo",
+        help="open the app on the default model (shipped with the package; --retrain trains one)",
     )
-    demo.add_argument("--retrain", action="store_true", help="train again even if cached")
+    demo.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train a new default model with the default preset (about 10 minutes on 2 cores)",
+    )
     demo.add_argument("--port", type=int, default=7860, help="port of the app (on 127.0.0.1)")
     demo.set_defaults(run=run_demo)
 
@@ -494,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for name in ("model", "init_from"):  # "default": the default model's directory
+            if isinstance(getattr(args, name, None), str):
+                setattr(args, name, model_directory(getattr(args, name)))
         args.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from hybrid_attention import ESTIMATORS, MODES
+from hybrid_attention import ESTIMATORS, MODES, num_kept
 from vqa.conditioning import CONDITIONINGS
 from vqa.transformers_blocks import BLOCKWISE_MODEL_TYPES
 
@@ -88,7 +88,7 @@ class HybridVQAConfig(PreTrainedConfig):
     vision_heads: int = 4
     vision_conditioning: str = "none"
     encoder_select_after: int | None = None
-    encoder_k: int | float = 16
+    encoder_k: int | float = 0.5
     encoder_fold: bool = False
 
     text_vocab_size: int = 1000
@@ -234,7 +234,10 @@ class HybridVQAConfig(PreTrainedConfig):
                 f"config field 'encoder_k' ({keep}) is greater than the number of regions "
                 f"({self.num_regions})"
             )
-        if after is not None and count and keep + self.encoder_fold < self.fusion_k:
+        if (
+            after is not None
+            and num_kept(keep, self.num_regions) + self.encoder_fold < self.fusion_k
+        ):
             raise ValueError(
                 f"config field 'encoder_k' ({keep}) leaves fewer tokens than the fusion keeps "
                 f"(fusion_k={self.fusion_k})"

@@ -21,12 +21,7 @@ are fixed in the graph: export once per mode (``--mode``, ``--k``).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vqa.files import check_destination, staged_directory
 from vqa.inference import load_model
 from vqa.modeling import HybridVQAModel
 from vqa.processing import HybridVQAProcessor
@@ -125,49 +121,6 @@ def example_inputs(processor: HybridVQAProcessor, device: torch.device) -> tuple
         tensor.to(device)
         for tensor in (pixel_values, questions["input_ids"], questions["attention_mask"])
     )
-
-
-def check_destination(out: Path, overwrite: bool = False) -> None:
-    """Raise FileExistsError when ``out`` is a file, or a directory with files in it and
-    ``overwrite`` is False."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} already exists and is not empty; pass --overwrite (overwrite=True) "
-            "to replace it"
-        )
-
-
-@contextlib.contextmanager
-def staged_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """A fresh directory to write ``out``'s files in; it becomes ``out`` once the block ends
-    without an error, and is deleted after an error, so ``out`` is complete or untouched.
-
-    Raises FileExistsError when ``out`` exists and is not an empty directory, unless
-    ``overwrite`` (then the old ``out`` is replaced, and deleted only once the new one is there).
-    """
-    out = Path(os.path.abspath(out))
-    check_destination(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private
-        yield staging
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            try:
-                os.replace(staging, out)
-            except BaseException:
-                os.replace(trash / "old", out)
-                raise
-            finally:
-                shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a success
 
 
 def export_onnx(

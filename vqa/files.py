@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,14 @@ def atomic_writer(path: str | Path, binary: bool = False) -> Iterator[IO]:
 
 
 def current_umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
+    """The process's umask: from /proc where Linux shows it, else by setting it and setting it
+    straight back (a moment in which another thread could create a file with 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -49,3 +57,46 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, value: object) -> None:
     """Write ``value`` as indented JSON to ``path`` atomically (numbers like numpy's as floats)."""
     write_text_atomic(path, json.dumps(value, indent=2, default=float, ensure_ascii=False) + "\n")
+
+
+def check_destination(out: Path, overwrite: bool = False) -> None:
+    """Raise FileExistsError when ``out`` is a file, or a directory with files in it and
+    ``overwrite`` is False."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} already exists and is not empty; pass --overwrite (overwrite=True) "
+            "to replace it"
+        )
+
+
+@contextlib.contextmanager
+def staged_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A fresh directory to write ``out``'s files in; it becomes ``out`` once the block ends
+    without an error, and is deleted after an error, so ``out`` is complete or untouched.
+
+    Raises FileExistsError when ``out`` exists and is not an empty directory, unless
+    ``overwrite`` (then the old ``out`` is replaced, and deleted only once the new one is there).
+    """
+    out = Path(os.path.abspath(out))
+    check_destination(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
+        yield staging
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(trash / "old", out)
+                raise
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a success

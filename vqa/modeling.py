@@ -33,6 +33,7 @@ from hybrid_attention import (
     MovingAverageBaseline,
     TokenSelector,
     gather_regions,
+    num_kept,
     reinforce_loss,
     selection_entropy,
 )
@@ -53,9 +54,13 @@ class HybridVQAOutput(ModelOutput):
         loss: scalar training loss (answer loss, plus the REINFORCE term when it applies).
         answer_loss: (B,) per-question answer loss.
         logits: (B, num_labels) answer logits.
-        attention_scores: (B, H, N) fusion scores before selection.
-        attention_weights: (B, H, N) fusion weights, exactly 0 outside the selection.
+        attention_scores: (B, H, N) fusion scores before selection; -inf for the regions that
+            a selection inside the vision encoder dropped.
+        attention_weights: (B, H, N) fusion weights, exactly 0 outside the selection. With an
+            encoder selection that folds the dropped patches into one token, that token's
+            weight is not a region's, so a row sums to less than 1.
         selected_indices: (B, H, k) selected regions, best first; None in soft mode.
+            ``vqa.guided_vision.FOLDED`` (-1) where the fusion selected the folded token.
         log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
         encoder_kept: (B, N) bool, True for the regions whose tokens the vision encoder kept;
             None without a selection in the encoder, or in soft mode (which keeps them all).
@@ -190,12 +195,25 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             raise ValueError(
                 f"k={k} is outside 1..{self.config.num_regions} (the number of regions)"
             )
+        if k is not None and k > self.fusion_tokens():
+            raise ValueError(
+                f"k={k} is more than the {self.fusion_tokens()} tokens that the vision encoder "
+                f"keeps (encoder_k={self.config.encoder_k})"
+            )
         for name, value in (("mode", mode), ("k", k), ("estimator", estimator)):
             if value is not None:
                 setattr(self.fusion, name, value)
                 setattr(self.config, f"fusion_{name}", value)
         if estimator is not None and self.encoder_selector is not None:
             self.encoder_selector.estimator = estimator  # the encoder selects as the fusion does
+
+    def fusion_tokens(self) -> int:
+        """Region tokens the fusion reads in hard and hybrid modes: all N, or those that the
+        selection inside the vision encoder keeps (and its folded token); at most this k."""
+        if self.encoder_selector is None:
+            return self.config.num_regions
+        kept = num_kept(self.config.encoder_k, self.config.num_regions)
+        return kept + int(self.config.encoder_fold)
 
     def _build_encoder_selector(self, config: HybridVQAConfig) -> TokenSelector:
         """The question-guided token selector between the ViT's blocks."""
@@ -334,8 +352,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         )
 
     def region_logits(self, vision: VisionTokens) -> Tensor:
-        """(B, N, sum of classes): the region head on each region's token; 0 (no reading)
-        for the regions that the encoder dropped."""
+        """(B, N, sum of classes): the region head on each region's token; zeros (every class
+        equally likely) for the regions that the encoder dropped."""
         logits = self.region_head(vision.features)  # (B, M, classes)
         if vision.regions is None:
             return logits
@@ -348,7 +366,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         self, attended: AttentionOutput, vision: VisionTokens, target_regions: Tensor
     ) -> Tensor:
         """The pointing loss of the fusion over its M tokens, plus that of the encoder's
-        selection over all N regions when there is one: both learn where to look."""
+        selection over all N regions when there is one: both learn where to look (so with an
+        encoder selection the loss is the sum of two such terms)."""
         if vision.selection is None:
             return pointing_loss(attended.scores[:, :, 0], target_regions)
         kept = target_regions.gather(1, vision.regions.clamp_min(0))  # (B, M)
@@ -419,8 +438,14 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         return tokens, ~visible
 
     def _training_loss(self, output: HybridVQAOutput) -> Tensor:
-        """Mean answer loss, plus the region attribute, pointing and REINFORCE terms."""
+        """Mean answer loss, plus the region attribute, pointing and REINFORCE terms.
+
+        The encoder's selector enters with weight 0 too: in soft mode (or a soft warm-up) it
+        is not used, and DDP needs every trained parameter in every step's graph.
+        """
         loss = output.answer_loss.mean()
+        if self.encoder_selector is not None:
+            loss = loss + sum(p.sum() for p in self.encoder_selector.parameters()) * 0.0
         if output.region_loss is not None:
             loss = loss + self.config.region_loss_weight * output.region_loss
         if output.pointing_loss is not None:

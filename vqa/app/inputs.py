@@ -89,13 +89,19 @@ def check_question(question: str | None, max_chars: int = MAX_QUESTION_CHARS) ->
     return question[:max_chars]
 
 
-def check_k(k: object, num_regions: int) -> int:
-    """``k`` as an int in 1..num_regions; ``gr.Error`` otherwise."""
+def check_k(k: object, num_regions: int, kept: int | None = None) -> int:
+    """``k`` as an int in 1..num_regions, and at most ``kept`` (the patches that the vision
+    encoder keeps for a hard or hybrid fusion) when given; ``gr.Error`` otherwise."""
     number = isinstance(k, int | float) and not isinstance(k, bool)
     if not number or not 1 <= k <= num_regions or k != int(k):  # NaN and inf fail the range
         raise refuse(
             f"k={k!r} is not possible: this model has {num_regions} regions, "
             f"so k must be a whole number from 1 to {num_regions}."
+        )
+    if kept is not None and k > kept:
+        raise refuse(
+            f"k={k!r} is not possible in hard and hybrid modes: the vision encoder keeps "
+            f"{kept} patches, so k must be at most {kept}."
         )
     return int(k)
 
@@ -113,11 +119,13 @@ def check_inputs(
     k: float | None,
     num_regions: int,
     max_side: int = MAX_IMAGE_SIDE,
+    kept: int | None = None,
 ) -> tuple[Image.Image, str, int, list[str]]:
-    """Validated (image, question, k, notes) for one request, or a ``gr.Error``."""
+    """Validated (image, question, k, notes) for one request, or a ``gr.Error``; ``kept`` as
+    in :func:`check_k`."""
     if image is None:
         raise refuse("Add an image first: upload one, paste one or pick an example.")
     question = check_question(question)
-    k = check_k(k, num_regions)
+    k = check_k(k, num_regions, kept)
     image, note = prepare_image(image, max_side)
     return image, question, k, [note] if note else []

@@ -80,6 +80,11 @@ class AppModel:
         return self.model.config.num_regions
 
     @property
+    def encoder_kept_limit(self) -> int | None:
+        """The most k that hard and hybrid allow when the vision encoder keeps some patches."""
+        return self.model.fusion_tokens() if self.selects_in_encoder else None
+
+    @property
     def selects_in_encoder(self) -> bool:
         """Whether the vision encoder keeps some of the patches (in hard and hybrid modes)."""
         return self.model.encoder_selector is not None
@@ -126,7 +131,10 @@ def answer(
     """Handle "Ask": (top answers, attention picture, regions table, timing and notes)."""
     start = time.perf_counter()
     mode = check_mode(mode)
-    image, question, k, notes = check_inputs(image, question, k, app_model.num_regions, max_side)
+    kept = None if mode == "soft" else app_model.encoder_kept_limit
+    image, question, k, notes = check_inputs(
+        image, question, k, app_model.num_regions, max_side, kept
+    )
     prediction = app_model.predict(image, question, mode, k)
     picture = attention_overlay(image, prediction)
     notes = notify(notes, prediction.truncated, app_model.processor.max_question_length)
@@ -156,7 +164,9 @@ def compare(
     picture, Markdown table of mode, answer, probability, regions and model time, and for a
     model that selects in its vision encoder, the patches it kept).
     """
-    image, question, k, notes = check_inputs(image, question, k, app_model.num_regions, max_side)
+    image, question, k, notes = check_inputs(
+        image, question, k, app_model.num_regions, max_side, app_model.encoder_kept_limit
+    )
     outputs: list = []
     columns = ["mode", "answer", "probability", "regions", "model time"]
     if app_model.selects_in_encoder:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from vqa.files import staged_directory
 
 from .config import (
     COLOURS,
@@ -119,47 +119,11 @@ def write_synthetic_dataset(
     for split, n in sizes.items():
         check_int(split, n, 0)
     check_int("seed", seed, 0)
-    out = Path(os.path.abspath(out_dir))
-    _check_destination(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        staging.chmod(0o755)
+    with staged_directory(out_dir, overwrite) as staging:
         info = _dataset_info(config, seed)
         info["splits"] = _write_splits(staging, sizes, config, seed, progress)
         (staging / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return info
-
-
-def _check_destination(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if not overwrite and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out} already exists and is not empty; pass overwrite=True to replace it"
-        )
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging`; an existing `out` is moved aside first, then deleted."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, trash / "old")
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(trash / "old", out)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _dataset_info(config: SyntheticConfig, seed: int) -> dict[str, Any]:
