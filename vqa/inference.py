@@ -319,7 +319,7 @@ def describe_sight(attributes: dict[str, str]) -> str:
 
 def describe_encoder_selection(prediction: Prediction) -> str | None:
     """How many patches the vision encoder kept, and where, e.g. ``"encoder kept 8 of 16
-    patches after block 1"``; None when it kept them all (no selection, or soft mode)."""
+    patches after block 1"``; None without a selection in the encoder, or in soft mode."""
     if prediction.encoder_kept is None:
         return None
     where = (
