@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from hybrid_attention import num_kept
 from vqa.ablation.probes import count_flops
 from vqa.configuration import HybridVQAConfig
 from vqa.files import write_json
@@ -120,7 +121,7 @@ def run_case(case: tuple, batch_size: int, repeats: int, device: torch.device) -
         "regions": model.config.num_regions,
         "select_after": select_after,
         "keep": keep,
-        "kept_tokens": model.encoder_selector._num_kept(model.config.num_regions, None),
+        "kept_tokens": num_kept(keep, model.config.num_regions),
         "batch": batch_size,
         "soft_ms": round(milliseconds["soft"], 2),
         "hybrid_ms": round(milliseconds["hybrid"], 2),

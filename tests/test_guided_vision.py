@@ -258,3 +258,13 @@ def test_encoder_k_without_select_after_is_refused():
 
     with pytest.raises(ValueError, match=r"--encoder-k and --encoder-fold .* give --select-after"):
         TrainingArguments(output="run", encoder_k=8)
+
+
+def test_an_encoder_k_that_is_no_number_is_a_clear_flag_error(capsys):
+    from vqa.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--output", "run", "--select-after", "1", "--encoder-k", "half"])
+    assert (
+        "expected a count (16) or a ratio in (0, 1] (0.25), got 'half'" in capsys.readouterr().err
+    )
