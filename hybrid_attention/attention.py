@@ -11,6 +11,10 @@ regions only. The one exception is ``ste`` or ``gumbel`` while gradients are com
 straight-through gradient tells every region how the output would change if it were kept,
 which needs every region's value, so that path computes the dense (N-wide) form. Its forward
 value is the same.
+
+``k`` is an int, or an adaptive rule (``hybrid_attention.adaptive``): :class:`TopP` or
+:class:`LearnedBudget`. Then each row keeps its own number of regions: every row gathers
+``k_max`` regions and the slots past its own k are masked (weight exactly 0).
 """
 
 from __future__ import annotations
@@ -21,6 +25,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hybrid_attention.adaptive import (
+    AdaptiveK,
+    AdaptiveSelection,
+    BudgetHead,
+    LearnedBudget,
+    TopP,
+    check_budget_head,
+    masked_softmax,
+    most_kept,
+    select_adaptive,
+    slot_mask,
+    top_p_counts,
+)
 from hybrid_attention.selection import (
     Selection,
     check_estimator,
@@ -41,9 +58,14 @@ class AttentionOutput:
         output: (B, Lq, out_dim) the attended values, projected.
         weights: (B, H, Lq, N) attention weights, exactly 0 outside the selection.
         scores: (B, H, Lq, N) scaled dot-product scores (before masking), at least float32.
-        indices: (B, H, Lq, k) selected regions, best first; None in soft mode.
+        indices: (B, H, Lq, k) selected regions, best first; None in soft mode. With an
+            adaptive k it is k_max wide, and the slots past ``counts`` are padding.
         log_prob: (B, H, Lq) log-probability of a sampled selection (reinforce while
             training), else None.
+        counts: (B, H, Lq) long, the regions each row kept (k, or its adaptive k); None in
+            soft mode.
+        expected_counts: (B, H, Lq) E[k] under a learned budget, for its compute penalty;
+            else None.
     """
 
     output: Tensor
@@ -51,6 +73,8 @@ class AttentionOutput:
     scores: Tensor
     indices: Tensor | None = None
     log_prob: Tensor | None = None
+    counts: Tensor | None = None
+    expected_counts: Tensor | None = None
 
 
 def check_mode(mode: str) -> str:
@@ -86,7 +110,9 @@ class HybridAttention(nn.Module):
         out_dim: output size (default: ``query_dim``).
         num_heads: number of heads; each head selects its own k regions.
         mode: ``"soft"``, ``"hard"`` or ``"hybrid"``.
-        k: regions kept per head and query in hard and hybrid modes.
+        k: regions kept per head and query in hard and hybrid modes: an int, or an adaptive
+            rule, :class:`TopP` or :class:`LearnedBudget` (which builds ``self.budget``, the
+            head that predicts k; another rule can replace it later, and it can come back).
         estimator: gradient estimator of the selection, one of ``ESTIMATORS``.
         tau: temperature of the relaxed softmax used by ``ste`` and ``gumbel``.
         bias: whether the query, value and output projections have a bias. The key
@@ -106,7 +132,7 @@ class HybridAttention(nn.Module):
         out_dim: int | None = None,
         num_heads: int = 1,
         mode: str = "hybrid",
-        k: int = 8,
+        k: int | AdaptiveK = 8,
         estimator: str = "ste",
         tau: float = 1.0,
         bias: bool = True,
@@ -119,6 +145,9 @@ class HybridAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.query_dim, self.key_dim = query_dim, key_dim
+        self.budget = None
+        if isinstance(k, LearnedBudget):
+            self.budget = BudgetHead(query_dim, num_heads, k)
         self.mode, self.k, self.estimator, self.tau = mode, k, estimator, tau
         self.q_proj = nn.Linear(query_dim, dim, bias=bias)
         self.k_proj = nn.Linear(key_dim, dim, bias=False)
@@ -134,12 +163,16 @@ class HybridAttention(nn.Module):
         self._mode = check_mode(value)
 
     @property
-    def k(self) -> int:
+    def k(self) -> int | AdaptiveK:
         return self._k
 
     @k.setter
-    def k(self, value: int) -> None:
-        self._k = check_k(value)
+    def k(self, value: int | AdaptiveK) -> None:
+        if isinstance(value, LearnedBudget):
+            check_budget_head(self.budget, value)
+        elif not isinstance(value, TopP):
+            check_k(value)
+        self._k = value
 
     @property
     def estimator(self) -> str:
@@ -185,43 +218,78 @@ class HybridAttention(nn.Module):
             out = weights.to(values.dtype) @ values
             return AttentionOutput(self._merge_heads(out), weights, scores)
 
-        selection = select_topk(
-            scores,
-            self.k,
-            estimator=self.estimator,
-            mask=valid,
-            tau=self.tau,
-            training=self.training,
-        )
+        selection, slots, expected = self._select(query, scores, valid)
         if self.estimator in ("ste", "gumbel") and torch.is_grad_enabled():
-            weights, out = self._aggregate_straight_through(scores, valid, selection, regions)
+            weights, out = self._aggregate_straight_through(
+                scores, valid, selection, regions, slots
+            )
         else:
-            weights, out = self._aggregate_selected(scores, selection.indices, regions)
+            weights, out = self._aggregate_selected(scores, selection.indices, regions, slots)
+        if isinstance(selection, AdaptiveSelection):
+            counts = selection.counts
+        else:
+            counts = torch.full_like(selection.indices[..., 0], self.k)
         return AttentionOutput(
-            self._merge_heads(out), weights, scores, selection.indices, selection.log_prob
+            self._merge_heads(out),
+            weights,
+            scores,
+            selection.indices,
+            selection.log_prob,
+            counts,
+            expected,
         )
 
+    def _select(
+        self, query: Tensor, scores: Tensor, valid: Tensor | None
+    ) -> tuple[Selection, Tensor | None, Tensor | None]:
+        """The selection from (B, H, Lq, N) ``scores``; with an adaptive k, also its slots
+        (B, H, Lq, k_max), and under a learned budget E[k] (B, H, Lq); else None."""
+        options = {
+            "estimator": self.estimator,
+            "mask": valid,
+            "tau": self.tau,
+            "training": self.training,
+        }
+        if isinstance(self.k, int):
+            return select_topk(scores, self.k, **options), None, None
+        if isinstance(self.k, TopP):
+            slots = slot_mask(top_p_counts(scores, self.k, valid), self.k.k_max)
+            return select_adaptive(scores, slots, **options), slots, None
+        budget = self.budget(query)
+        return select_adaptive(scores, budget.slots, **options), budget.slots, budget.expected
+
     def _aggregate_selected(
-        self, scores: Tensor, indices: Tensor, regions: Tensor
+        self, scores: Tensor, indices: Tensor, regions: Tensor, slots: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """Weights (B, H, Lq, N) and output (B, H, Lq, d) from the k selected regions only."""
-        if self.mode == "hard":
+        """Weights (B, H, Lq, N) and output (B, H, Lq, d) from the k selected regions only
+        (with ``slots``, the kept slots of the k_max gathered)."""
+        if self.mode == "hard" and slots is None:
             selected_weights = scores.new_full(indices.shape, 1.0 / self.k)
-        else:
+        elif self.mode == "hard":
+            slots = slots.to(scores.dtype)
+            selected_weights = slots / slots.sum(-1, keepdim=True)
+        elif slots is None:
             selected_weights = scores.gather(-1, indices).softmax(-1)  # (B, H, Lq, k)
+        else:
+            selected_weights = masked_softmax(scores.gather(-1, indices), slots)
         values = self._project_selected_values(regions, indices)  # (B, H, Lq, k, d)
         out = torch.einsum("bhlk,bhlkd->bhld", selected_weights.to(values.dtype), values)
         weights = torch.zeros_like(scores).scatter(-1, indices, selected_weights)
         return weights, out
 
     def _aggregate_straight_through(
-        self, scores: Tensor, valid: Tensor | None, selection: Selection, regions: Tensor
+        self,
+        scores: Tensor,
+        valid: Tensor | None,
+        selection: Selection,
+        regions: Tensor,
+        slots: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """The dense form whose forward equals ``_aggregate_selected`` and whose backward
         carries the estimator's gradient to every region's score."""
         keep = selection.mask  # (B, H, Lq, N), forward exactly 0/1
         if self.mode == "hard":
-            weights = keep / self.k
+            weights = keep / (self.k if slots is None else slots.sum(-1, keepdim=True))
         else:
             probs = masked_scores(scores, valid).softmax(-1)
             kept = keep * probs
@@ -266,7 +334,7 @@ class HybridAttention(nn.Module):
                 f"query batch size {query.shape[0]} != regions batch size {regions.shape[0]}"
             )
         if self.mode != "soft":
-            check_k(self.k, regions.shape[1])
+            check_k(most_kept(self.k), regions.shape[1])
         if key_padding_mask is None:
             return None
         if key_padding_mask.shape != regions.shape[:2] or key_padding_mask.dtype != torch.bool:

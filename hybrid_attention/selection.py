@@ -91,13 +91,19 @@ def plackett_luce_log_prob(scores: Tensor, indices: Tensor) -> Tensor:
     Returns:
         (...) log-probabilities.
     """
+    return plackett_luce_steps(scores, indices).sum(-1)
+
+
+def plackett_luce_steps(scores: Tensor, indices: Tensor) -> Tensor:
+    """(..., k): the log-probability of each draw of ``indices`` given the draws before it
+    (the terms of :func:`plackett_luce_log_prob`). scores (..., N), indices (..., k)."""
     remaining = scores
-    log_prob = scores.new_zeros(indices.shape[:-1])
+    steps = []
     for step in range(indices.shape[-1]):
         drawn = indices[..., step : step + 1]
-        log_prob = log_prob + remaining.log_softmax(-1).gather(-1, drawn).squeeze(-1)
+        steps.append(remaining.log_softmax(-1).gather(-1, drawn).squeeze(-1))
         remaining = remaining.scatter(-1, drawn, float("-inf"))
-    return log_prob
+    return torch.stack(steps, dim=-1)
 
 
 def select_topk(
@@ -222,3 +228,59 @@ class MovingAverageBaseline(nn.Module):
             self.value.copy_(self.decay * baseline + (1.0 - self.decay) * mean)
             self.initialized.fill_(True)
         return baseline
+
+
+class GroupedMovingAverageBaseline(MovingAverageBaseline):
+    """A moving-average reward baseline per group of examples (a question type, say).
+
+    Rewards differ by group (some questions are easier than others): a baseline per group
+    takes that difference out of the advantage, where one global baseline leaves it in as
+    variance. Each row's baseline is the moving average of its group's past rewards; a group
+    not seen yet starts from the global moving average (of every group's rewards), which is
+    also kept. Without groups it is :class:`MovingAverageBaseline`. All are buffers, saved in
+    the ``state_dict``.
+
+    Args:
+        num_groups: G, the number of groups; group ids are 0..G-1.
+        decay: weight of the old value in each update, in [0, 1).
+    """
+
+    def __init__(self, num_groups: int, decay: float = 0.9) -> None:
+        super().__init__(decay)
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be an integer >= 1, got {num_groups!r}")
+        self.num_groups = num_groups
+        self.register_buffer("group_value", torch.zeros(num_groups))
+        self.register_buffer("group_initialized", torch.zeros(num_groups, dtype=torch.bool))
+
+    def forward(self, reward: Tensor, group: Tensor | None = None) -> Tensor:
+        """Return the baseline of each row, then fold this batch's rewards into the averages.
+
+        Args:
+            reward: (B,) rewards.
+            group: (B,) long group ids in 0..G-1, or None for the global baseline alone.
+
+        Returns:
+            (B,) each row's group baseline (the global one for a group not seen before), or
+            the scalar global baseline when ``group`` is None.
+        """
+        fallback = super().forward(reward)  # () the global baseline, before this batch
+        if group is None:
+            return fallback
+        if group.shape != reward.shape:
+            raise ValueError(
+                f"group shape {tuple(group.shape)} does not match reward shape "
+                f"{tuple(reward.shape)}"
+            )
+        baselines = torch.where(self.group_initialized, self.group_value, fallback)  # (G,)
+        if self.training:
+            rewards = reward.detach().float()
+            sums = rewards.new_zeros(self.num_groups).index_add_(0, group, rewards)  # (G,)
+            counts = rewards.new_zeros(self.num_groups).index_add_(
+                0, group, torch.ones_like(rewards)
+            )
+            present = counts > 0
+            updated = self.decay * baselines + (1.0 - self.decay) * sums / counts.clamp_min(1.0)
+            self.group_value.copy_(torch.where(present, updated, self.group_value))
+            self.group_initialized.logical_or_(present)
+        return baselines[group]

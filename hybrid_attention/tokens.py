@@ -172,6 +172,7 @@ class TokenSelector(nn.Module):
         *,
         scores: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
+        estimator: str | None = None,
     ) -> TokenSelection:
         """Select from ``tokens`` (B, P + N, D), scored by ``query`` or given ``scores``.
 
@@ -179,14 +180,19 @@ class TokenSelector(nn.Module):
             tokens: (B, P + N, D), the P = ``num_prefix`` prefix tokens first.
             query: (B, query_dim) or (B, 1, query_dim); scores the N tokens.
             scores: (B, N) scores to select by instead of a query (higher = kept); the
-                scorer is not used.
+                scorer is not used. The folded token weighs the dropped tokens by their
+                softmax(scores): log-probabilities (the log of an attention, say) weigh them
+                by those probabilities.
             key_padding_mask: (B, P + N) bool, True = padding (as in
                 ``nn.MultiheadAttention``); padding is never kept nor folded.
+            estimator: the estimator of this call instead of the module's, e.g. ``"none"``
+                for given scores that the selection must not train (plain top-k).
 
         Returns:
             A :class:`TokenSelection`.
         """
         valid = self._check_inputs(tokens, query, scores, key_padding_mask)  # (B, N) or None
+        estimator = self.estimator if estimator is None else check_estimator(estimator)
         batch = tokens.shape[0]
         prefix, scored = tokens[:, : self.num_prefix], tokens[:, self.num_prefix :]
         if scores is None:
@@ -198,12 +204,12 @@ class TokenSelector(nn.Module):
         num_tokens = scored.shape[1]
         k = self._num_kept(num_tokens, valid)
         if k == num_tokens:
-            return self._keep_everything(tokens, scores, key_padding_mask)
+            return self._keep_everything(tokens, scores, key_padding_mask, estimator)
 
         selection = select_topk(
             scores,
             k,
-            estimator=self.estimator,
+            estimator=estimator,
             mask=valid,
             tau=self.tau,
             training=self.training,
@@ -249,13 +255,13 @@ class TokenSelector(nn.Module):
         return folded, ~anything.squeeze(-1)
 
     def _keep_everything(
-        self, tokens: Tensor, scores: Tensor, key_padding_mask: Tensor
+        self, tokens: Tensor, scores: Tensor, key_padding_mask: Tensor, estimator: str
     ) -> TokenSelection:
         """The selection of every token: the input itself, padding still marked as such."""
         batch, num_tokens = scores.shape
         indices = torch.arange(num_tokens, device=tokens.device).expand(batch, num_tokens)
         # Keeping everything is certain (log 1 = 0), so a REINFORCE loop runs on unchanged.
-        sampling = self.estimator == "reinforce" and self.training
+        sampling = estimator == "reinforce" and self.training
         return TokenSelection(
             tokens=tokens,
             indices=indices,

@@ -1,19 +1,24 @@
 """End-to-end inference cost of soft against hybrid with the selection inside the vision encoder.
 
-One model per case, switched between two modes on the same weights:
+One model per case, switched between three settings on the same weights:
   - soft: every patch token runs through every ViT block, the fusion reads all of them;
   - hybrid: after ``select_after`` blocks the question keeps ``keep`` of the patch tokens, the
-    later blocks and the fusion run on those (then hybrid top-k in the fusion).
+    later blocks and the fusion run on those (then hybrid top-k in the fusion);
+  - evit: hybrid, but EViT's question-agnostic rule keeps as many patch tokens: those the CLS
+    token attends to most in the last block before the selection (``vqa.class_attention``),
+    at the same keep rate (``evit_*`` fields).
 For batch 1 and batch 32 (one question per image) it times the whole forward pass (encoders,
 fusion, reasoner, head) in eval mode under ``torch.inference_mode()``, the median of
-``--repeats`` runs with the two modes taking turns, and counts its FLOPs with
+``--repeats`` runs with the settings taking turns, and counts its FLOPs with
 ``vqa.ablation.probes.count_flops`` (``torch.utils.flop_counter``: matmuls, convolutions and
-attention; a multiply-add is 2).
+attention; a multiply-add is 2). ``speedup`` is soft_ms / hybrid_ms, ``evit_speedup`` soft_ms /
+evit_ms.
 
 Cases: (a) the default model at 64 px (64 regions, keep 50 % after block 1); (b) the default
 architecture at 128 px (256 regions, keep 25 % after block 1); (c) timm's
 ``vit_small_patch16_224`` architecture (random weights) at 224 px, keeping 25 % and 50 % after
-block 3 and 4.
+block 3 and 4. The default architecture gets a CLS token (``vision_class_token``), which EViT's
+rule needs; timm's ViT-S has its own.
 
     python scripts/bench_encoder.py --out docs/results/bench-encoder/cpu.json
     python scripts/bench_encoder.py --table docs/results/bench-encoder/cpu.json   # README table
@@ -40,8 +45,8 @@ from vqa.presets import get_preset
 VIT_SMALL = {"architecture": "vit_small_patch16_224"}
 # (name, image size, extra config fields, select_after, keep)
 CASES = [
-    ("default 64px", 64, {}, 1, 0.5),
-    ("default 128px", 128, {}, 1, 0.25),
+    ("default 64px", 64, {"vision_class_token": True}, 1, 0.5),
+    ("default 128px", 128, {"vision_class_token": True}, 1, 0.25),
     *[
         (f"vit_small 224px after {after}", 224, {"vision_config": VIT_SMALL}, after, keep)
         for after in (3, 4)
@@ -49,6 +54,11 @@ CASES = [
     ],
 ]
 QUESTION_LENGTH = 12  # tokens: about the length of an embedded-scene question
+SETTINGS = {  # name -> (fusion mode, encoder rule)
+    "soft": ("soft", "question"),
+    "hybrid": ("hybrid", "question"),
+    "evit": ("hybrid", "cls"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,8 +76,9 @@ def build_model(image_size: int, extra: dict, select_after: int, keep: int | flo
     """The default preset's model at ``image_size`` with an encoder selection, in eval mode."""
     fields = dict(get_preset("default").model)
     fields.update(image_size=image_size, encoder_select_after=select_after, encoder_k=keep)
+    fields.update(extra)
     if "vision_config" in extra:  # a timm architecture: its own widths and 16 px patches
-        fields.update(extra, vision_stem="patch", patch_size=16, vision_hidden_size=384)
+        fields.update(vision_stem="patch", patch_size=16, vision_hidden_size=384)
     torch.manual_seed(0)
     return HybridVQAModel(HybridVQAConfig(**fields, num_answers=20)).eval()
 
@@ -90,20 +101,27 @@ def count_gflops(model: HybridVQAModel, batch: dict) -> float:
     return per_question * batch["input_ids"].shape[0] / 1e9
 
 
-def time_modes(model: HybridVQAModel, batch: dict, repeats: int, device) -> dict[str, float]:
-    """Median milliseconds of one forward pass per mode, the modes taking turns."""
-    times: dict[str, list[float]] = {"soft": [], "hybrid": []}
+def use(model: HybridVQAModel, setting: str) -> None:
+    """Switch ``model`` to one of :data:`SETTINGS`."""
+    mode, rule = SETTINGS[setting]
+    model.set_fusion(mode=mode)
+    model.set_encoder_selection(rule=rule)
+
+
+def time_settings(model: HybridVQAModel, batch: dict, repeats: int, device) -> dict[str, float]:
+    """Median milliseconds of one forward pass per setting, the settings taking turns."""
+    times: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
     with torch.inference_mode():
         for repeat in range(repeats + 1):  # the first round warms up
-            for mode in times:
-                model.set_fusion(mode=mode)
+            for setting in times:
+                use(model, setting)
                 synchronize(device)
                 start = time.perf_counter()
                 model(**batch)
                 synchronize(device)
                 if repeat:
-                    times[mode].append(1000 * (time.perf_counter() - start))
-    return {mode: statistics.median(values) for mode, values in times.items()}
+                    times[setting].append(1000 * (time.perf_counter() - start))
+    return {setting: statistics.median(values) for setting, values in times.items()}
 
 
 def run_case(case: tuple, batch_size: int, repeats: int, device: torch.device) -> dict:
@@ -111,10 +129,10 @@ def run_case(case: tuple, batch_size: int, repeats: int, device: torch.device) -
     model = build_model(image_size, extra, select_after, keep).to(device)
     batch = inputs(model, batch_size, device)
     gflops = {}
-    for mode in ("soft", "hybrid"):
-        model.set_fusion(mode=mode)
-        gflops[mode] = count_gflops(model, batch)
-    milliseconds = time_modes(model, batch, repeats, device)
+    for setting in SETTINGS:
+        use(model, setting)
+        gflops[setting] = count_gflops(model, batch)
+    milliseconds = time_settings(model, batch, repeats, device)
     return {
         "name": name,
         "image_size": image_size,
@@ -129,22 +147,28 @@ def run_case(case: tuple, batch_size: int, repeats: int, device: torch.device) -
         "soft_gflops": round(gflops["soft"], 3),
         "hybrid_gflops": round(gflops["hybrid"], 3),
         "flops_ratio": round(gflops["soft"] / gflops["hybrid"], 3),
+        "evit_ms": round(milliseconds["evit"], 2),
+        "evit_speedup": round(milliseconds["soft"] / milliseconds["evit"], 3),
+        "evit_gflops": round(gflops["evit"], 3),
     }
 
 
 def markdown_table(result: dict) -> str:
-    """The README's table: one row per case and batch."""
+    """The README's table: one row per case and batch (EViT: the CLS rule at the same keep
+    rate)."""
     lines = [
-        "| case | tokens kept | batch | soft ms | hybrid ms | speedup | soft GFLOPs | "
-        "hybrid GFLOPs | FLOPs ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | tokens kept | batch | soft ms | hybrid ms | speedup | EViT ms | EViT speedup | "
+        "soft GFLOPs | hybrid GFLOPs | EViT GFLOPs | FLOPs ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in result["cases"]:
         kept = f"{case['kept_tokens']} of {case['regions']} after block {case['select_after']}"
         lines.append(
             f"| {case['name']} | {kept} | {case['batch']} | {case['soft_ms']:.1f} | "
-            f"{case['hybrid_ms']:.1f} | {case['speedup']:.2f}x | {case['soft_gflops']:.2f} | "
-            f"{case['hybrid_gflops']:.2f} | {case['flops_ratio']:.2f}x |"
+            f"{case['hybrid_ms']:.1f} | {case['speedup']:.2f}x | {case['evit_ms']:.1f} | "
+            f"{case['evit_speedup']:.2f}x | {case['soft_gflops']:.2f} | "
+            f"{case['hybrid_gflops']:.2f} | {case['evit_gflops']:.2f} | "
+            f"{case['flops_ratio']:.2f}x |"
         )
     return "\n".join(lines) + f"\n\nMachine: {describe(result['machine'])}."
 

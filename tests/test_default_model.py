@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from vqa.cache import BUILD_FILE, MODEL_VERSION, SHIPPED_MODEL_DIR, model_directory
@@ -96,3 +97,13 @@ def test_default_without_a_default_model_is_a_clear_error(monkeypatch, tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no default model: .*vqa demo --retrain"):
         model_directory("default")
     assert model_directory("runs/mine") == "runs/mine"
+
+
+def test_fine_tuning_the_default_model_trains_float32_weights():
+    from vqa.arguments import TrainingArguments
+    from vqa.data.answers import AnswerVocab
+    from vqa.init_from import model_from_run
+
+    args = TrainingArguments(output="unused", init_from=model_directory("default"))
+    model, _ = model_from_run(args, AnswerVocab.build([["red"], ["blue"]]))
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}

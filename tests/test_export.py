@@ -116,6 +116,21 @@ def test_hard_and_hybrid_select_with_a_topk_node(exported):
     assert [value.name for value in graph.input] == ["pixel_values", "input_ids", "attention_mask"]
 
 
+def test_a_selection_in_the_encoder_exports_the_patches_it_kept(
+    tiny_selecting_run, scenes, tmp_path
+):
+    out = tmp_path / "selecting"
+    assert main(["export", str(tiny_selecting_run), "--format", "onnx", "--out", str(out)]) == 0
+    got = run_onnx(out, *scenes)
+    model, processor = load_model(tiny_selecting_run, "cpu")
+    with torch.no_grad():
+        expected = model(**processor(*scenes))
+    assert list(got) == ["logits", "attention_weights", "selected_indices", "encoder_kept"]
+    np.testing.assert_array_equal(got["encoder_kept"], expected.encoder_kept.numpy())
+    assert (got["encoder_kept"].sum(-1) == 8).all()  # 8 of the 16 patches
+    np.testing.assert_allclose(got["logits"], expected.logits.numpy(), atol=1e-4, rtol=0)
+
+
 def test_export_directory_has_the_config_in_the_exported_mode(exported, run):
     mode, directory = exported
     config = json.loads((directory / "config.json").read_text())

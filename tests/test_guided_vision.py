@@ -256,7 +256,9 @@ def test_the_fusion_k_must_fit_in_what_the_encoder_keeps(processor):
 def test_encoder_k_without_select_after_is_refused():
     from vqa.arguments import TrainingArguments
 
-    with pytest.raises(ValueError, match=r"--encoder-k and --encoder-fold .* give --select-after"):
+    with pytest.raises(
+        ValueError, match=r"--encoder-k, --encoder-fold and --encoder-rule .* give --select-after"
+    ):
         TrainingArguments(output="run", encoder_k=8)
 
 

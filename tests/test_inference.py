@@ -159,6 +159,19 @@ def test_every_row_gets_one_line_in_order_each_equal_to_predict(run, questions, 
         assert_same_prediction(line, json.loads(json.dumps(asdict(expected))))
 
 
+def test_worker_processes_give_the_same_lines(run, questions, tmp_path):
+    """Images decoded in 2 worker processes: the same predictions, in the same order."""
+    lines = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"predictions-{workers}.jsonl"
+        options = ("--batch-size", "3", "--num-workers", workers)
+        assert main(batch_command(run, questions, out, *options)) == 0
+        lines[workers] = read_lines(out)
+    assert len(lines["2"]) == len(read_lines(questions))
+    for with_workers, without in zip(lines["2"], lines["0"], strict=True):
+        assert_same_prediction(with_workers, without)
+
+
 def test_rows_about_one_image_share_its_encoding(run, questions, tmp_path, monkeypatch):
     """Questions about one image in a batch make one image in the model call."""
     from vqa import inference
@@ -196,14 +209,19 @@ def test_a_bad_line_is_named_by_file_and_line_and_leaves_no_output(
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
 
 
-def test_an_image_that_does_not_decode_mid_file_leaves_no_output(run, questions, tmp_path, capsys):
-    """The batches before the bad image were written to the partial file: it goes too."""
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_an_image_that_does_not_decode_mid_file_leaves_no_output(
+    run, questions, tmp_path, capsys, workers
+):
+    """The batches before the bad image were written to the partial file: it goes too. With
+    workers, the error still names the file and line (not a worker's traceback)."""
     (tmp_path / "broken.png").write_bytes(b"not a png")
     lines = questions.read_text().splitlines()
     broken = json.dumps({"image": "broken.png", "question": "what colour is the circle?"})
     data = write_lines(questions, [*lines[:6], broken, *lines[6:]])
     out = tmp_path / "predictions.jsonl"
-    assert main(batch_command(run, data, out, "--batch-size", "2")) == 2
+    options = ("--batch-size", "2", "--num-workers", workers)
+    assert main(batch_command(run, data, out, *options)) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
     assert error.startswith(f"vqa predict: error: {data}:7: image 'broken.png' does not decode")
     assert not out.exists() and not list(tmp_path.glob("*.partial"))

@@ -102,9 +102,17 @@ def test_return_regions_gives_the_predicted_regions_with_pixel_boxes(pipe, loade
     prediction = predict(*loaded, image, question)
     assert pairs(output["answers"]) == prediction.answers
     assert output["regions"] == prediction.regions
+    assert output["kept"] == prediction.kept and output["encoder_kept"] is None
     assert all(
         0 <= region["box"][2] <= 96 and 0 <= region["box"][3] <= 64 for region in output["regions"]
     )
+
+
+def test_return_regions_gives_the_patches_the_encoder_kept(tiny_selecting_run, rows):
+    selecting = pipeline(TASK, model=str(tiny_selecting_run), device="cpu")
+    output = selecting(rows[0], return_regions=True)
+    assert len(output["encoder_kept"]) == 8  # of the 16 patches
+    assert {region["region"] for region in output["regions"]} <= set(output["encoder_kept"])
 
 
 def test_mode_and_k_override_the_selection_for_the_call(pipe, rows):

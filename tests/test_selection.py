@@ -9,6 +9,7 @@ import torch
 
 from hybrid_attention import (
     ESTIMATORS,
+    GroupedMovingAverageBaseline,
     MovingAverageBaseline,
     plackett_luce_log_prob,
     reinforce_loss,
@@ -326,6 +327,66 @@ def test_moving_average_baseline_state_dict_round_trip():
     assert restored(reward).item() == baseline(reward).item()
 
 
+def grouped_baseline_after_two_batches() -> tuple[GroupedMovingAverageBaseline, list]:
+    """A baseline of 3 groups (decay 0.5) and what it returned for two batches.
+
+    Batch 1, rewards [1, 3, 5] in groups [0, 0, 1]: no group seen yet, so every row gets the
+    global baseline, the batch mean 3. Then group 0 = 0.5 * 3 + 0.5 * 2 = 2.5 and group 1 =
+    0.5 * 3 + 0.5 * 5 = 4. Batch 2, rewards [0, 8, 2] in groups [0, 1, 2]: 2.5, 4 and, for the
+    new group 2, the global 3.
+    """
+    baseline = GroupedMovingAverageBaseline(num_groups=3, decay=0.5)
+    returned = [
+        baseline(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 1])),
+        baseline(torch.tensor([0.0, 8.0, 2.0]), torch.tensor([0, 1, 2])),
+    ]
+    return baseline, returned
+
+
+def test_grouped_baseline_gives_each_row_its_groups_running_mean():
+    baseline, (first, second) = grouped_baseline_after_two_batches()
+    assert first.tolist() == [3.0, 3.0, 3.0]
+    assert second.tolist() == [2.5, 4.0, 3.0]
+    # 0.5 * 2.5 + 0.5 * 0, 0.5 * 4 + 0.5 * 8, 0.5 * 3 + 0.5 * 2
+    assert baseline.group_value.tolist() == [1.25, 6.0, 2.5]
+    assert baseline.group_initialized.tolist() == [True, True, True]
+    assert math.isclose(baseline.value.item(), 0.5 * 3.0 + 0.5 * 10.0 / 3.0, rel_tol=1e-6)
+
+
+def test_grouped_baseline_without_groups_is_the_global_moving_average():
+    grouped, plain = (
+        GroupedMovingAverageBaseline(num_groups=4, decay=0.9),
+        MovingAverageBaseline(0.9),
+    )
+    for rewards in ([1.0, 3.0], [10.0, 12.0], [0.0]):
+        reward = torch.tensor(rewards)
+        assert grouped(reward).item() == plain(reward).item()
+    assert not grouped.group_initialized.any()
+
+
+def test_grouped_baseline_does_not_update_in_eval():
+    baseline, _ = grouped_baseline_after_two_batches()
+    baseline.eval()
+    reward, group = torch.tensor([100.0, 100.0]), torch.tensor([0, 2])
+    assert baseline(reward, group).tolist() == [1.25, 2.5]
+    assert baseline(reward, group).tolist() == [1.25, 2.5]
+    assert baseline.group_value.tolist() == [1.25, 6.0, 2.5]
+
+
+def test_grouped_baseline_state_dict_round_trip():
+    baseline, _ = grouped_baseline_after_two_batches()
+    assert set(baseline.state_dict()) == {
+        "value",
+        "initialized",
+        "group_value",
+        "group_initialized",
+    }
+    restored = GroupedMovingAverageBaseline(num_groups=3, decay=0.5)
+    restored.load_state_dict(baseline.state_dict())
+    reward, group = torch.tensor([-3.0, 7.0]), torch.tensor([1, 0])
+    assert restored(reward, group).tolist() == baseline(reward, group).tolist() == [6.0, 1.25]
+
+
 # Argument checks.
 
 
@@ -372,3 +433,16 @@ def test_select_topk_rejects_mask_of_wrong_shape():
 def test_moving_average_baseline_rejects_decay_outside_unit_interval(decay):
     with pytest.raises(ValueError, match=re.escape(f"decay must be in [0, 1), got {decay!r}")):
         MovingAverageBaseline(decay=decay)
+
+
+@pytest.mark.parametrize("num_groups", [0, 2.0, True])
+def test_grouped_baseline_rejects_a_group_count_below_one_or_not_int(num_groups):
+    with pytest.raises(ValueError, match="num_groups must be an integer >= 1"):
+        GroupedMovingAverageBaseline(num_groups=num_groups)
+
+
+def test_grouped_baseline_rejects_groups_of_another_shape_than_the_rewards():
+    with pytest.raises(
+        ValueError, match=re.escape("group shape (3,) does not match reward shape (2,)")
+    ):
+        GroupedMovingAverageBaseline(num_groups=4)(torch.zeros(2), torch.zeros(3, dtype=torch.long))

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from hybrid_attention import ESTIMATORS, MODES
+from vqa.class_attention import ENCODER_RULES
 from vqa.conditioning import CONDITIONINGS
+from vqa.estimators import ENTROPY_SCHEDULES, REINFORCE_BASELINES
 from vqa.presets import Preset
 
 DATA_HELP = (
@@ -27,6 +29,13 @@ DATA_HELP = (
     "(a directory or a JSON spec), a save_to_disk or parquet directory, or a hub id"
 )
 DATASET_FIELDS = ("image_column", "question_column", "answer_column", "on_bad_image")
+K_WORDS = {"auto": "top_p", "budget": "budget"}  # --k word -> HybridVQAConfig.fusion_k_rule
+K_HELP = (
+    "regions kept in hard and hybrid modes: a number, 'auto' (per question, the fewest whose "
+    "attention mass reaches --top-p) or 'budget' (per question, a learned k, penalised by "
+    "--k-penalty); adaptive k stays in --k-min..--k-max"
+)
+ADAPTIVE_K_FIELDS = ("k_min", "k_max", "top_p")
 
 
 def count_or_ratio(text: str) -> int | float:
@@ -41,6 +50,29 @@ def count_or_ratio(text: str) -> int | float:
         raise argparse.ArgumentTypeError(
             f"expected a count (16) or a ratio in (0, 1] (0.25), got {text!r}"
         ) from None
+
+
+def k_or_rule(text: str) -> int | str:
+    """``"8"`` -> 8; ``"auto"`` and ``"budget"`` stay words (argparse type of ``--k``)."""
+    if text in K_WORDS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of regions (8), 'auto' (top-p) or 'budget', got {text!r}"
+        ) from None
+
+
+def fusion_k_settings(args: object) -> dict:
+    """``HybridVQAModel.set_fusion``'s ``k``, ``k_rule``, ``k_min``, ``k_max`` and ``top_p`` from
+    the ``--k``, ``--k-min``, ``--k-max`` and ``--top-p`` of ``args`` (None where not given)."""
+    k = args.k
+    return {
+        "k": k if isinstance(k, int) else None,
+        "k_rule": K_WORDS.get(k) if isinstance(k, str) else None,
+        **{name: getattr(args, name) for name in ADAPTIVE_K_FIELDS},
+    }
 
 
 def option(default: Any, help: str, **argparse_options: Any) -> Any:
@@ -77,7 +109,26 @@ class TrainingArguments:
     max_answers: int = option(3129, "answer vocabulary size (the most frequent training answers)")
     preset: str = option("default", "bundle of model, training and data sizes (vqa.presets)")
     mode: str | None = option(None, "fusion mode (default: the preset's)", choices=MODES)
-    k: int | None = option(None, "regions kept in hard and hybrid modes")
+    k: int | str | None = option(None, K_HELP, type=k_or_rule)
+    k_min: int | None = option(
+        None, "fewest regions an adaptive k keeps (default 1)", group="adaptive k"
+    )
+    k_max: int | None = option(
+        None, "most regions an adaptive k keeps (default 16)", group="adaptive k"
+    )
+    top_p: float | None = option(
+        None,
+        "attention mass that --k auto keeps, in (0, 1] (default 0.9)",
+        metavar="P",
+        group="adaptive k",
+    )
+    k_penalty: float | None = option(
+        None,
+        "--k budget's compute penalty: LAMBDA times the expected k is added to the loss "
+        "(default 0)",
+        metavar="LAMBDA",
+        group="adaptive k",
+    )
     estimator: str | None = option(None, "gradient estimator of the selection", choices=ESTIMATORS)
     epochs: int | None = option(None, "training epochs (default: the preset's)")
     batch_size: int | None = option(None, "questions per batch, per process")
@@ -110,6 +161,9 @@ class TrainingArguments:
         "(blocks run per question; default: the preset's)",
         choices=CONDITIONINGS,
     )
+    vision_class_token: bool = option(
+        False, "give the built-in ViT a CLS token (--encoder-rule cls needs one)"
+    )
     select_after: int | None = option(
         None,
         "ViT blocks that run on every patch token before the question keeps the top "
@@ -129,6 +183,13 @@ class TrainingArguments:
         "fold the dropped tokens into one extra token, weighted by their scores (EViT)",
         group="selection in the vision encoder",
     )
+    encoder_rule: str | None = option(
+        None,
+        "what ranks the patch tokens: the question (default) or, question-agnostic, the "
+        "attention of the ViT's CLS token (EViT's rule; needs a CLS token)",
+        choices=ENCODER_RULES,
+        group="selection in the vision encoder",
+    )
     region_loss_weight: float | None = option(
         None,
         "weight of the auxiliary loss that teaches each region the attributes of the object "
@@ -138,6 +199,11 @@ class TrainingArguments:
         None,
         "weight of the auxiliary loss that teaches the fusion to look at the objects a "
         "question is about, where rows have targets (0: off; default: the preset's)",
+    )
+    reconstruction_loss_weight: float | None = option(
+        None,
+        "weight of the box-free auxiliary loss in which each region's vision token redraws "
+        "the pixels around it (any data; 0: off; default: the preset's)",
     )
     init_from: str | None = option(
         None,
@@ -192,6 +258,28 @@ class TrainingArguments:
         "share of the training steps that hard and hybrid runs train in soft mode first (the "
         "same weights), before their own mode takes over",
     )
+    tau_final: float | None = option(
+        None,
+        "anneal the temperature of the relaxed selection (ste, gumbel; in the fusion and the "
+        "encoder) exponentially from the model's fusion_tau to TAU over the training steps "
+        "(default: no annealing)",
+        metavar="TAU",
+        group="estimator training",
+    )
+    entropy_schedule: str = option(
+        "linear",
+        "REINFORCE's entropy bonus: the model's reinforce_entropy_weight throughout, or "
+        "decayed from it to 0 over the training steps (default: linear)",
+        choices=ENTROPY_SCHEDULES,
+        group="estimator training",
+    )
+    reinforce_baseline: str | None = option(
+        None,
+        "REINFORCE's reward baseline: a moving average per question type, or one for every "
+        "question (default: the model's; type for a new model)",
+        choices=REINFORCE_BASELINES,
+        group="estimator training",
+    )
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     eval_batch_size: int = option(128, "questions per validation batch")
@@ -208,19 +296,37 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("region_loss_weight", "pointing_loss_weight"):
+        for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if (self.encoder_k is not None or self.encoder_fold) and not (
-            self.select_after is not None or self.init_from
-        ):
+        shaped = self.encoder_k is not None or self.encoder_fold or self.encoder_rule is not None
+        if shaped and not (self.select_after is not None or self.init_from):
             raise ValueError(
-                "--encoder-k and --encoder-fold shape a selection inside the vision encoder: "
-                "give --select-after too"
+                "--encoder-k, --encoder-fold and --encoder-rule shape a selection inside the "
+                "vision encoder: give --select-after too"
+            )
+        shaping = [name for name in (*ADAPTIVE_K_FIELDS, "k_penalty") if getattr(self, name)]
+        adaptive = isinstance(self.k, str) or (self.k is None and self.init_from)
+        if shaping and not adaptive:
+            raise ValueError(
+                f"--{shaping[0].replace('_', '-')} shapes an adaptive k: give --k auto or "
+                "--k budget too"
             )
         if not 0.0 <= self.soft_warmup <= 1.0:
             raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
+        if self.tau_final is not None and not self.tau_final > 0:
+            raise ValueError(f"tau_final must be > 0, got {self.tau_final!r}")
+        if self.entropy_schedule not in ENTROPY_SCHEDULES:
+            raise ValueError(
+                f"entropy_schedule must be one of {ENTROPY_SCHEDULES}, got "
+                f"{self.entropy_schedule!r}"
+            )
+        if self.reinforce_baseline not in (None, *REINFORCE_BASELINES):
+            raise ValueError(
+                f"reinforce_baseline must be one of {REINFORCE_BASELINES}, got "
+                f"{self.reinforce_baseline!r}"
+            )
 
     def resolved(self, preset: Preset) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``preset``."""

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from hybrid_attention import MODES
+from hybrid_attention import MODES, describe_k
 from vqa import __version__
 from vqa.arguments import (
     DATA_HELP,
@@ -21,8 +21,11 @@ from vqa.arguments import (
     add_arguments,
     count_or_ratio,
     from_namespace,
+    fusion_k_settings,
+    k_or_rule,
 )
 from vqa.cache import model_directory
+from vqa.class_attention import ENCODER_RULES
 
 if TYPE_CHECKING:
     from vqa.modeling import HybridVQAModel
@@ -78,7 +81,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
         "--results", help="also write the predictions here: [{question_id, answer}] (official)"
     )
     evaluate.add_argument("--mode", choices=MODES, help="override the fusion mode")
-    evaluate.add_argument("--k", type=int, help="override k")
+    add_fusion_k_arguments(evaluate)
     add_encoder_selection_arguments(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=128)
     add_arguments(evaluate, TrainingArguments, ["num_workers"])
@@ -108,8 +111,14 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--batch-size", type=int, default=32, help="questions per model call with --data"
     )
+    predict.add_argument(
+        "--num-workers",
+        type=int,
+        help="processes that decode the images of --data ahead of the model "
+        "(default: half the cores, at most 8; none on 2 cores or fewer)",
+    )
     predict.add_argument("--mode", choices=MODES, help="override the fusion mode")
-    predict.add_argument("--k", type=int, help="override k")
+    add_fusion_k_arguments(predict)
     add_encoder_selection_arguments(predict)
     predict.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
@@ -118,8 +127,26 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=run_predict)
 
 
+def add_fusion_k_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--k``, ``--k-min``, ``--k-max`` and ``--top-p``: how many regions the fusion keeps,
+    switched on the same weights."""
+    parser.add_argument(
+        "--k",
+        type=k_or_rule,
+        help="override k: a number, 'auto' (per question, the fewest regions whose attention "
+        "mass reaches --top-p) or 'budget' (the learned k of a model trained with one)",
+    )
+    group = parser.add_argument_group("adaptive k (default: the model's)")
+    group.add_argument("--k-min", type=int, help="fewest regions an adaptive k keeps")
+    group.add_argument("--k-max", type=int, help="most regions an adaptive k keeps")
+    group.add_argument(
+        "--top-p", type=float, metavar="P", help="attention mass that --k auto keeps, in (0, 1]"
+    )
+
+
 def add_encoder_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--select-after`` and ``--encoder-k``: move or resize a model's encoder selection."""
+    """``--select-after``, ``--encoder-k`` and ``--encoder-rule``: move, resize or re-rank a
+    model's encoder selection."""
     parser.add_argument(
         "--select-after",
         type=int,
@@ -129,12 +156,21 @@ def add_encoder_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--encoder-k", type=count_or_ratio, help="patch tokens the encoder keeps: count or ratio"
     )
+    parser.add_argument(
+        "--encoder-rule",
+        choices=ENCODER_RULES,
+        help="what ranks the patch tokens: the question, or the CLS token's attention (EViT)",
+    )
 
 
 def set_encoder_selection(model: HybridVQAModel, args: argparse.Namespace) -> None:
-    """Apply ``--select-after`` / ``--encoder-k`` to ``model`` where given."""
-    if args.select_after is not None or args.encoder_k is not None:
-        model.set_encoder_selection(select_after=args.select_after, encoder_k=args.encoder_k)
+    """Apply ``--select-after`` / ``--encoder-k`` / ``--encoder-rule`` to ``model`` where
+    given."""
+    given = (args.select_after, args.encoder_k, args.encoder_rule)
+    if any(value is not None for value in given):
+        model.set_encoder_selection(
+            select_after=args.select_after, encoder_k=args.encoder_k, rule=args.encoder_rule
+        )
 
 
 def word_list(text: str) -> list[str]:
@@ -149,6 +185,16 @@ def integer_list(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def number_list(text: str) -> list[float]:
+    """``"0.8,0.9"`` -> ``[0.8, 0.9]`` (argparse type)."""
+    try:
+        return [float(part) for part in word_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
         ) from None
 
 
@@ -188,6 +234,37 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
         help="with --select-after: patch tokens the encoder keeps, counts or ratios, e.g. "
         "16,0.25 (default: the preset's)",
     )
+    ablate.add_argument(
+        "--encoder-rule",
+        type=word_list,
+        help="with --select-after: what ranks the patch tokens, e.g. question,cls (cls: EViT's "
+        "CLS attention, at the same keep rate; every run then gets a CLS token; default: "
+        "question)",
+    )
+    ablate.add_argument(
+        "--encoder-fold",
+        action="store_true",
+        help="with --select-after: fold the dropped patch tokens into one (EViT)",
+    )
+    ablate.add_argument(
+        "--k-rule",
+        type=word_list,
+        help="how many regions hard and hybrid keep, e.g. fixed,top_p,budget: each --k, "
+        "per question the fewest whose attention mass reaches each --top-p, or a learned k "
+        "per --k-penalty (default: fixed)",
+    )
+    ablate.add_argument(
+        "--top-p", type=number_list, metavar="P", help="with --k-rule top_p: e.g. 0.8,0.9"
+    )
+    ablate.add_argument(
+        "--k-penalty",
+        type=number_list,
+        metavar="LAMBDA",
+        help="with --k-rule budget: compute penalties of the expected k, e.g. 0,0.01",
+    )
+    ablate.add_argument(
+        "--k-max", type=int, help="with an adaptive --k-rule: most regions kept (default 16)"
+    )
     ablate.add_argument("--epochs", type=int, help="per run (default: the preset's)")
     ablate.add_argument(
         "--pointing-loss-weight",
@@ -226,6 +303,12 @@ def run_ablate(args: argparse.Namespace) -> None:
             seeds=args.seeds,
             select_after=args.select_after,
             encoder_k=args.encoder_k,
+            encoder_rule=args.encoder_rule,
+            encoder_fold=args.encoder_fold,
+            k_rule=args.k_rule,
+            top_p=args.top_p,
+            k_penalty=args.k_penalty,
+            k_max=args.k_max,
             epochs=args.epochs,
             pointing_loss_weight=args.pointing_loss_weight,
             resume=args.resume,
@@ -246,6 +329,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--share", action="store_true", help="also open a public gradio.live link (off by default)"
     )
+    add_fusion_k_arguments(serve)
     add_encoder_selection_arguments(serve)
     serve.add_argument(
         "--device", help="cpu, cuda or cuda:N (default: cuda if there is a GPU, else cpu)"
@@ -380,7 +464,7 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.update_card:
         check_run(args.model)  # before the evaluation rather than after it
     model, processor = load_model(args.model, args.device)
-    model.set_fusion(mode=args.mode, k=args.k)
+    model.set_fusion(mode=args.mode, **fusion_k_settings(args))
     set_encoder_selection(model, args)
     rows = load_vqa_dataset(
         evaluation_data(args.data, args.model),
@@ -401,7 +485,8 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.results:
         write_results(scores.pop("predictions"), args.results)
     device = str(model.device)
-    scores.update(mode=model.fusion.mode, k=model.fusion.k, split=args.split, device=device)
+    k = describe_k(model.fusion.k)
+    scores.update(mode=model.fusion.mode, k=k, split=args.split, device=device)
     if args.update_card:
         update_model_card_metrics(args.model, args.split, scores, data=args.data)
     if args.json:
@@ -415,6 +500,8 @@ def run_eval(args: argparse.Namespace) -> None:
             print(f"    {name:<16} {value:.4f}")
     print(f"  pointing accuracy  {scores['pointing_accuracy']:.4f}")
     print(f"  regions used       {scores['regions_used']:.1f}")
+    for name, value in scores["regions_used_by_type"].items():
+        print(f"    {name:<16} {value:.1f}")
     print(f"  ms per question    {scores['ms_per_question']:.2f}  ({scores['device']})")
 
 
@@ -439,14 +526,15 @@ def run_predict(args: argparse.Namespace) -> None:
         raise ValueError("give --image and --question (one question) or --data and --out (a file)")
     questions = read_questions(args.data) if args.data else []  # checked before the model loads
     model, processor = load_model(args.model, args.device)
+    model.set_fusion(mode=args.mode, **fusion_k_settings(args))
     set_encoder_selection(model, args)
     if questions:
-        options = {"batch_size": args.batch_size, "mode": args.mode, "k": args.k}
+        options = {"batch_size": args.batch_size, "num_workers": args.num_workers}
         write_predictions(model, processor, questions, args.out, **options)
         print(f"{len(questions)} predictions written to {args.out}")
         return
     with Image.open(args.image) as image:
-        result = predict(model, processor, image, args.question, mode=args.mode, k=args.k)
+        result = predict(model, processor, image, args.question)
     if args.json:
         print(json.dumps(asdict(result)))
         return
@@ -457,7 +545,8 @@ def run_predict(args: argparse.Namespace) -> None:
     encoder = describe_encoder_selection(result)
     if encoder is not None:
         print(encoder)
-    print(f"regions ({result.mode}, k={result.k}):")
+    kept = "" if result.kept is None else f", kept {', '.join(map(str, result.kept))}"
+    print(f"regions ({result.mode}, k={result.k}{kept}):")
     for region in result.regions:
         sees = f"  sees {describe_sight(region['sees'])}" if "sees" in region else ""
         print(f"  #{region['rank']:<3} box {region['box']}  weight {region['weight']:.3f}{sees}")
@@ -473,8 +562,10 @@ def run_serve(args: argparse.Namespace) -> None:
         examples_dir=args.examples,
         share=args.share,
         device=args.device,
+        fusion=fusion_k_settings(args),
         select_after=args.select_after,
         encoder_k=args.encoder_k,
+        encoder_rule=args.encoder_rule,
     )
 
 

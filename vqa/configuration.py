@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from hybrid_attention import ESTIMATORS, MODES, num_kept
+from hybrid_attention import (
+    ESTIMATORS,
+    MODES,
+    AdaptiveK,
+    LearnedBudget,
+    TopP,
+    most_kept,
+    num_kept,
+)
+from vqa.class_attention import ENCODER_RULES
 from vqa.conditioning import CONDITIONINGS
+from vqa.estimators import REINFORCE_BASELINES
 from vqa.transformers_blocks import BLOCKWISE_MODEL_TYPES
 
 VISION_BACKENDS = ("timm", "transformers")
 VISION_STEMS = ("patch", "conv")
+K_RULES = ("fixed", "top_p", "budget")
 NUMBERS = (
     "fusion_tau",
     "dropout",
@@ -18,6 +29,7 @@ NUMBERS = (
     "reinforce_baseline_decay",
     "initializer_range",
     "region_loss_weight",
+    "reconstruction_loss_weight",
     "pointing_loss_weight",
 )
 
@@ -34,6 +46,9 @@ class HybridVQAConfig(PreTrainedConfig):
         vision_conditioning: ``"none"`` or ``"film"``: the question scales and shifts the vision
             tokens' channels before each ViT block (``vqa.conditioning``). The blocks then run
             once per question instead of once per image.
+        vision_class_token: give the built-in ViT (timm, no ``vision_config``) a CLS token before
+            its patch tokens, as ``encoder_rule="cls"`` needs; other encoders have one or not
+            by their architecture.
     Selection inside the vision encoder (``vqa.guided_vision``):
         encoder_select_after: how many ViT blocks run on every patch token before the question
             scores them and the top ``encoder_k`` are kept for the remaining blocks; None: no
@@ -45,6 +60,10 @@ class HybridVQAConfig(PreTrainedConfig):
         encoder_k: patch tokens kept: an int count, or a float ratio in (0, 1].
         encoder_fold: also keep one token that folds the dropped ones, weighted by their
             softmax scores (EViT's inattentive-token fusion).
+        encoder_rule: what ranks the patch tokens: ``"question"`` (the question's query, a
+            learned scorer) or ``"cls"`` (EViT's question-agnostic rule: the attention of the
+            ViT's CLS token in the last block before the selection, ``vqa.class_attention``;
+            the selection then runs once per image, untrained; needs a CLS token).
     Text (a transformers BERT built from these sizes):
         text_vocab_size, text_hidden_size, text_layers, text_heads, max_question_length.
     Pretrained encoders (see ``vqa.encoders.pretrained_fields``, which fills these in):
@@ -58,13 +77,23 @@ class HybridVQAConfig(PreTrainedConfig):
     Fusion:
         fusion_mode, fusion_k, fusion_estimator, fusion_tau, fusion_heads: the
             ``HybridAttention`` settings (mode ``soft|hard|hybrid``).
+        fusion_k_rule: how many regions each question keeps: ``"fixed"`` (``fusion_k``),
+            ``"top_p"`` (the fewest whose softmax mass reaches ``fusion_top_p``) or
+            ``"budget"`` (a head predicts k from the question, trained with the penalty
+            ``fusion_k_penalty * E[k]``); both adaptive rules keep ``fusion_k_min`` to
+            ``fusion_k_max`` regions (``hybrid_attention.adaptive``). The rule switches at
+            inference on the same weights, except that only a model built with the budget
+            rule has its head.
         fusion_dim: width of the fusion and reasoning layers (a multiple of 4).
         reasoner_layers: transformer layers over [question tokens; attended; selected regions].
     Head and loss:
         num_answers: size of the answer vocabulary (``id2label`` holds the answers).
         dropout: dropout in the fusion layers and the head.
         reinforce_weight, reinforce_entropy_weight, reinforce_baseline_decay: the REINFORCE
-            term added to the loss when ``fusion_estimator == "reinforce"``.
+            term added to the loss when ``fusion_estimator == "reinforce"``. Training may
+            schedule the entropy weight (``--entropy-schedule``); this is its starting value.
+        reinforce_baseline: ``"type"``: the reward baseline is a moving average per question
+            type (hashed, ``vqa.processing.question_group``); ``"global"``: one moving average.
         region_attributes: object attribute name -> number of classes ("no object" included)
             that a linear head predicts from each region's vision token (see
             ``vqa.data.regions``); None: no such head. Set from the processor by training.
@@ -74,6 +103,11 @@ class HybridVQAConfig(PreTrainedConfig):
             fusion's softmax over all regions and an even spread over the regions of the
             objects each question is about (its ``targets``), for batches that carry
             ``target_regions`` (0: off).
+        reconstruction_loss_weight: weight of the box-free auxiliary loss in which each
+            region's final vision token predicts the normalised pixels of the
+            ``reconstruction_window`` x ``reconstruction_window`` regions around it
+            (``vqa.reconstruction``; 0: no such head).
+        reconstruction_window: an odd number of regions per side of that window.
     """
 
     model_type = "hybrid_vqa"
@@ -87,9 +121,11 @@ class HybridVQAConfig(PreTrainedConfig):
     vision_layers: int = 3
     vision_heads: int = 4
     vision_conditioning: str = "none"
+    vision_class_token: bool = False
     encoder_select_after: int | None = None
     encoder_k: int | float = 0.5
     encoder_fold: bool = False
+    encoder_rule: str = "question"
 
     text_vocab_size: int = 1000
     text_hidden_size: int = 128
@@ -108,6 +144,11 @@ class HybridVQAConfig(PreTrainedConfig):
     fusion_estimator: str = "ste"
     fusion_tau: float = 1.0
     fusion_heads: int = 1
+    fusion_k_rule: str = "fixed"
+    fusion_k_min: int = 1
+    fusion_k_max: int = 16
+    fusion_top_p: float = 0.9
+    fusion_k_penalty: float = 0.0
     fusion_dim: int = 128
     reasoner_layers: int = 2
 
@@ -116,10 +157,13 @@ class HybridVQAConfig(PreTrainedConfig):
     reinforce_weight: float = 1.0
     reinforce_entropy_weight: float = 0.01
     reinforce_baseline_decay: float = 0.9
+    reinforce_baseline: str = "type"
     initializer_range: float = 0.02
     region_attributes: dict | None = None
     region_loss_weight: float = 0.0
     pointing_loss_weight: float = 0.0
+    reconstruction_loss_weight: float = 0.0
+    reconstruction_window: int = 3
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -129,6 +173,15 @@ class HybridVQAConfig(PreTrainedConfig):
     def num_regions(self) -> int:
         """Number of patch tokens (regions) the vision encoder produces."""
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def fusion_rule(self) -> int | AdaptiveK:
+        """The fusion's k: ``fusion_k``, or the adaptive rule that ``fusion_k_rule`` names."""
+        if self.fusion_k_rule == "top_p":
+            return TopP(self.fusion_top_p, k_max=self.fusion_k_max, k_min=self.fusion_k_min)
+        if self.fusion_k_rule == "budget":
+            return LearnedBudget(k_max=self.fusion_k_max, k_min=self.fusion_k_min)
+        return self.fusion_k
 
     def check(self) -> None:
         """Raise a ValueError naming the first field whose value is invalid."""
@@ -145,6 +198,8 @@ class HybridVQAConfig(PreTrainedConfig):
             "text_heads",
             "max_question_length",
             "fusion_k",
+            "fusion_k_min",
+            "fusion_k_max",
             "fusion_heads",
             "fusion_dim",
             "num_answers",
@@ -159,6 +214,9 @@ class HybridVQAConfig(PreTrainedConfig):
             "vision_conditioning": CONDITIONINGS,
             "fusion_mode": MODES,
             "fusion_estimator": ESTIMATORS,
+            "fusion_k_rule": K_RULES,
+            "encoder_rule": ENCODER_RULES,
+            "reinforce_baseline": REINFORCE_BASELINES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -175,6 +233,7 @@ class HybridVQAConfig(PreTrainedConfig):
                 f"config field 'fusion_k' ({self.fusion_k}) is greater than the number of "
                 f"regions ({self.num_regions} = ({self.image_size} / {self.patch_size})^2)"
             )
+        self._check_adaptive_k()
         for hidden, heads in (
             ("vision_hidden_size", "vision_heads"),
             ("text_hidden_size", "text_heads"),
@@ -206,12 +265,36 @@ class HybridVQAConfig(PreTrainedConfig):
                 "config field 'reinforce_baseline_decay' must be in [0, 1), got "
                 f"{self.reinforce_baseline_decay!r}"
             )
-        for name in ("region_loss_weight", "pointing_loss_weight"):
+        for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"config field {name!r} must be >= 0, got {getattr(self, name)!r}")
+        window = self.reconstruction_window
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+            raise ValueError(
+                f"config field 'reconstruction_window' must be an odd int >= 1, got {window!r}"
+            )
         self._check_region_attributes()
         self._check_pretrained()
         self._check_encoder_selection()
+
+    def _check_adaptive_k(self) -> None:
+        """Raise a ValueError naming the first adaptive-k field that is invalid."""
+        if self.fusion_k_min > self.fusion_k_max:
+            raise ValueError(
+                f"config field 'fusion_k_min' ({self.fusion_k_min}) is greater than "
+                f"'fusion_k_max' ({self.fusion_k_max})"
+            )
+        if self.fusion_k_rule != "fixed" and self.fusion_k_max > self.num_regions:
+            raise ValueError(
+                f"config field 'fusion_k_max' ({self.fusion_k_max}) is greater than the number "
+                f"of regions ({self.num_regions})"
+            )
+        top_p = self.fusion_top_p
+        if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+            raise ValueError(f"config field 'fusion_top_p' must be in (0, 1], got {top_p!r}")
+        penalty = self.fusion_k_penalty
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty >= 0:
+            raise ValueError(f"config field 'fusion_k_penalty' must be >= 0, got {penalty!r}")
 
     def _check_encoder_selection(self) -> None:
         """Raise a ValueError naming the first encoder-selection field that is invalid."""
@@ -234,17 +317,24 @@ class HybridVQAConfig(PreTrainedConfig):
                 f"config field 'encoder_k' ({keep}) is greater than the number of regions "
                 f"({self.num_regions})"
             )
+        fusion_keeps = most_kept(self.fusion_rule)
         if (
             after is not None
-            and num_kept(keep, self.num_regions) + self.encoder_fold < self.fusion_k
+            and num_kept(keep, self.num_regions) + self.encoder_fold < fusion_keeps
         ):
             raise ValueError(
                 f"config field 'encoder_k' ({keep}) leaves fewer tokens than the fusion keeps "
-                f"(fusion_k={self.fusion_k})"
+                f"(up to {fusion_keeps})"
             )
-        if not isinstance(self.encoder_fold, bool):
+        for name in ("encoder_fold", "vision_class_token"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"config field {name!r} must be a bool, got {getattr(self, name)!r}"
+                )
+        if self.vision_class_token and self.vision_config is not None:
             raise ValueError(
-                f"config field 'encoder_fold' must be a bool, got {self.encoder_fold!r}"
+                "config field 'vision_class_token' is for the built-in ViT only: the vision "
+                "encoder that vision_config describes has a CLS token or not by its architecture"
             )
 
     def _check_blockwise_vision(self) -> None:

@@ -27,6 +27,7 @@ LOSS_SERIES = (
     ("step_losses", "loss"),
     ("step_region_losses", "region loss"),
     ("step_pointing_losses", "pointing loss"),
+    ("step_reconstruction_losses", "reconstruction loss"),
 )
 
 

@@ -116,6 +116,16 @@ class TimmVisionEncoder(nn.Module):
         """Tokens before the patch tokens (CLS, registers)."""
         return self.vit.num_prefix_tokens
 
+    @property
+    def class_token(self) -> bool:
+        """Whether a CLS token comes first, before any register tokens."""
+        return self.vit.cls_token is not None
+
+    def attention_parts(self, index: int) -> tuple[nn.Module, nn.Module]:
+        """(the norm before the self-attention, the self-attention) of block ``index``."""
+        block = self.vit.blocks[index]
+        return block.norm1, block.attn
+
     def embed(self, pixel_values: Tensor) -> Tensor:
         """(U, C, H, W) -> (U, P + N, D): the tokens before the first block, positions added."""
         vit = self.vit
@@ -145,7 +155,7 @@ def scratch_timm_vit(config: HybridVQAConfig) -> nn.Module:
         num_heads=config.vision_heads,
         num_classes=0,
         global_pool="",
-        class_token=False,
+        class_token=config.vision_class_token,
         **({"embed_layer": embed_layer} if embed_layer else {}),
     )
 
@@ -295,6 +305,17 @@ class TransformersVisionEncoder(nn.Module):
     def num_prefix_tokens(self) -> int:
         """Tokens before the patch tokens (CLS, registers)."""
         return self._block_layout().num_prefix_tokens(self.vit.config)
+
+    @property
+    def class_token(self) -> bool:
+        """Whether a CLS token comes first, before any register tokens."""
+        return self._block_layout().class_token
+
+    def attention_parts(self, index: int) -> tuple[nn.Module, nn.Module]:
+        """(the norm before the self-attention, the self-attention) of layer ``index``."""
+        layout = self._block_layout()
+        layer = self.vit.get_submodule(layout.layers)[index]
+        return layer.get_submodule(layout.attention_norm), layer.get_submodule(layout.attention)
 
     def embed(self, pixel_values: Tensor) -> Tensor:
         """(U, C, H, W) -> (U, P + N, D): the tokens before the first layer, positions added

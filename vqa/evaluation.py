@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -73,6 +74,13 @@ def row_labels(output: HybridVQAOutput, meta: list[dict], processor: HybridVQAPr
     ]
 
 
+def regions_histogram(regions_used: list[float]) -> dict[str, int]:
+    """How many questions used each number of regions, ``{"3": 12, "5": 40, ...}`` by count
+    (the distribution of k, per question, under an adaptive k)."""
+    counts = Counter(round(regions) for regions in regions_used)
+    return {str(regions): counts[regions] for regions in sorted(counts)}
+
+
 def scored_by_type(accuracy: list[float], types: list[str]) -> dict[str, float]:
     """``accuracy_by_type`` over the questions that have answers (accuracy not nan)."""
     kept = [
@@ -93,6 +101,7 @@ def evaluate(
     on_bad_image: str = "fail",
     progress: bool = True,
     predictions: bool = False,
+    histograms_by_type: bool = False,
 ) -> dict:
     """Score ``model`` on every row of ``dataset`` (common-format rows, see vqa.data.formats).
 
@@ -108,10 +117,13 @@ def evaluate(
 
     Returns:
         {"questions", "scored_questions", "accuracy", "accuracy_by_type",
-         "accuracy_by_answer_type", "pointing_accuracy", "regions_used", "attention_entropy",
-         "ms_per_question"}, and with ``predictions`` also "predictions":
-        [{"question_id", "answer"}] in dataset order. Accuracy is nan when no question has
-        answers; pointing accuracy is nan without targets.
+         "accuracy_by_answer_type", "pointing_accuracy", "regions_used",
+         "regions_used_by_type", "regions_used_histogram", "attention_entropy",
+         "ms_per_question"}, with ``predictions`` also "predictions": [{"question_id",
+         "answer"}] in dataset order, and with ``histograms_by_type`` also
+         "regions_used_histogram_by_type": {question type: its regions_used_histogram}.
+        Accuracy is nan when no question has answers; pointing accuracy is nan without
+        targets.
     """
     if accelerator is None:
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -160,6 +172,10 @@ def evaluate(
     by_type = scored_by_type(accuracy, [question_type for _, question_type, _, _ in labels])
     by_answer_type = scored_by_type(accuracy, [answer_type for _, _, answer_type, _ in labels])
     by_answer_type.pop("overall")
+    regions = scores["regions_used"].tolist()
+    kinds = [kind for _, kind, _, _ in labels]
+    regions_by_type = accuracy_by_type(regions, kinds)
+    regions_by_type.pop("overall")
     result = {
         "questions": len(labels),
         "scored_questions": sum(not math.isnan(score) for score in accuracy),
@@ -168,6 +184,8 @@ def evaluate(
         "accuracy_by_answer_type": by_answer_type,
         "pointing_accuracy": nanmean(scores["pointing"]),
         "regions_used": float(scores["regions_used"].mean()),
+        "regions_used_by_type": regions_by_type,
+        "regions_used_histogram": regions_histogram(regions),
         "attention_entropy": float(scores["entropy"].mean()),
         "ms_per_question": 1000 * seconds / len(labels) * accelerator.num_processes,
         "skipped_questions": int(
@@ -176,6 +194,13 @@ def evaluate(
             )
         ),
     }
+    if histograms_by_type:
+        result["regions_used_histogram_by_type"] = {
+            kind: regions_histogram(
+                [used for used, of in zip(regions, kinds, strict=True) if of == kind]
+            )
+            for kind in regions_by_type
+        }
     if predictions:
         result["predictions"] = [{"question_id": q, "answer": a} for q, _, _, a in labels]
     return result

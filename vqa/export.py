@@ -14,6 +14,9 @@ outputs  logits             (B, num_labels)        answer logits
                                                    exactly 0 outside the selection
          selected_indices   (B, H, k) int64        kept regions per head, best first (a TopK
                                                    node); hard and hybrid only
+         encoder_kept       (B, N) bool            the patches the vision encoder kept; hard
+                                                   and hybrid models with a selection in
+                                                   the encoder only
 ```
 B and L are dynamic (L up to the processor's ``max_question_length``). The fusion mode and k
 are fixed in the graph: export once per mode (``--mode``, ``--k``).
@@ -37,7 +40,7 @@ from vqa.processing import HybridVQAProcessor
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
-OUTPUT_NAMES = ("logits", "attention_weights", "selected_indices")
+OUTPUT_NAMES = ("logits", "attention_weights", "selected_indices", "encoder_kept")
 INSTALL_HINT = "pip install 'hybrid-attention-vqa[export]'"
 # two questions of different lengths, so the traced graph pads one of them
 EXAMPLE_QUESTIONS = ("what colour is the large circle?", "is there a square?")
@@ -73,21 +76,27 @@ class ExportableVQA(nn.Module):
         self.model = model
 
     def output_names(self) -> tuple[str, ...]:
-        """The names of :meth:`forward`'s outputs: no selected indices in soft mode."""
-        return OUTPUT_NAMES if self.model.fusion.mode != "soft" else OUTPUT_NAMES[:2]
+        """The names of :meth:`forward`'s outputs: no selected indices in soft mode, and
+        ``encoder_kept`` only where the vision encoder selects."""
+        if self.model.fusion.mode == "soft":
+            return OUTPUT_NAMES[:2]
+        return OUTPUT_NAMES if self.model.encoder_selector is not None else OUTPUT_NAMES[:3]
 
     def forward(
         self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, ...]:
         """(B, C, H, W) images and (B, L) questions -> logits (B, num_labels), attention
-        weights (B, N) and, in hard and hybrid modes, selected indices (B, H, k)."""
+        weights (B, N) and, in hard and hybrid modes, selected indices (B, H, k) and the
+        patches the encoder kept (B, N) where it selects."""
         output = self.model(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask
         )
         weights = output.attention_weights.mean(1)  # (B, H, N) -> (B, N)
         if output.selected_indices is None:
             return output.logits, weights
-        return output.logits, weights, output.selected_indices
+        if output.encoder_kept is None:
+            return output.logits, weights, output.selected_indices
+        return output.logits, weights, output.selected_indices, output.encoder_kept
 
 
 def check_format(format: str) -> str:

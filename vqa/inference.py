@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -13,8 +14,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hybrid_attention import describe_k, most_kept
 from vqa.data.formats import DatasetFormatError, check_row
 from vqa.files import atomic_writer
+from vqa.loading import loader_options
 from vqa.machine import synchronize
 from vqa.metrics import patch_boxes, rank_regions
 from vqa.modeling import HybridVQAModel
@@ -36,7 +39,10 @@ class Prediction:
             for models trained with the region attribute loss.
         weights: (N,) head-averaged weight of every region (0 outside the selection).
         grid: (rows, columns) of the region grid.
-        mode, k: the fusion settings used.
+        mode, k: the fusion settings used; k is an int, or an adaptive rule as text, e.g.
+            ``"top-p 0.9 (1..16)"``.
+        kept: how many regions the question kept, per fusion head (k, or what the adaptive
+            rule chose for it); None in soft mode, which weights every region.
         encoder_kept: the regions whose patch tokens the vision encoder kept, ascending (the
             fusion chose among these); None for a model without a selection in its encoder,
             and in soft mode, which keeps every patch.
@@ -51,7 +57,8 @@ class Prediction:
     weights: list[float]
     grid: tuple[int, int]
     mode: str
-    k: int
+    k: int | str
+    kept: list[int] | None = None
     encoder_kept: list[int] | None = None
     encoder_select_after: int | None = None
     truncated: bool = False
@@ -123,11 +130,27 @@ def predict(
     return predict_batch(model, processor, [image], [question], mode=mode, k=k, top=top)[0]
 
 
+@dataclass
+class PreparedImages:
+    """Images ready for the model: (U, 3, S, S) pixel values, and each image's (width, height)
+    before resizing (the region boxes are given in those pixels)."""
+
+    pixel_values: torch.Tensor
+    sizes: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, images: Sequence[Image.Image], processor: HybridVQAProcessor) -> PreparedImages:
+        return cls(processor.images(images), [image.size for image in images])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
 @torch.no_grad()
 def predict_batch(
     model: HybridVQAModel,
     processor: HybridVQAProcessor,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image] | PreparedImages,
     questions: Sequence[str],
     image_index: Sequence[int] | None = None,
     *,
@@ -138,8 +161,10 @@ def predict_batch(
     """Answer ``questions[b]`` about ``images[image_index[b]]`` in one model call.
 
     Each image is encoded once, however many questions are about it; ``image_index`` defaults
-    to one image per question. ``mode`` / ``k`` override the fusion for this call; the model's
-    own settings are restored afterwards. Returns one :class:`Prediction` per question.
+    to one image per question; ``images`` may also come prepared (:class:`PreparedImages`).
+    ``mode`` / a fixed ``k`` override the fusion for this call (None: the
+    model's own, which may be an adaptive k); the model's own settings are restored afterwards.
+    Returns one :class:`Prediction` per question.
     """
     questions = [question.strip() for question in questions]
     if not all(questions):
@@ -147,10 +172,12 @@ def predict_batch(
     image_index = list(range(len(questions)) if image_index is None else image_index)
     device = model.device
     inputs = processor.questions(questions)
-    inputs["pixel_values"] = processor.images(images)  # (U, 3, S, S)
+    if not isinstance(images, PreparedImages):
+        images = PreparedImages.of(images, processor)
+    inputs["pixel_values"] = images.pixel_values  # (U, 3, S, S)
     inputs["image_index"] = torch.tensor(image_index)  # (B,)
     inputs = inputs.to(device, non_blocking=True)
-    saved = (model.fusion.mode, model.fusion.k)
+    saved = model.fusion_settings()
     model.set_fusion(mode=mode, k=k)
     sees = model.region_head is not None and processor.region_attributes is not None
     try:
@@ -161,11 +188,14 @@ def predict_batch(
         milliseconds = 1000 * (time.perf_counter() - start)
         used_mode, used_k = model.fusion.mode, model.fusion.k
     finally:
-        model.set_fusion(mode=saved[0], k=saved[1])
+        model.set_fusion(**saved)
     probabilities = output.logits.float().softmax(-1).cpu()  # (B, A)
     best = probabilities.topk(min(top, probabilities.shape[-1]))
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
     scores = output.attention_scores.float().mean(1).cpu()  # (B, N)
+    kept = [None] * len(questions)  # per question: the regions each fusion head kept
+    if output.kept_regions is not None:  # (B, H)
+        kept = output.kept_regions.cpu().tolist()
     encoder_kept = [None] * len(questions)  # per question: the regions the encoder kept
     select_after = None
     if output.encoder_kept is not None:  # (B, N)
@@ -181,10 +211,10 @@ def predict_batch(
         regions = describe_regions(
             weights[row],
             scores[row],
-            images[slot].size,
+            images.sizes[slot],
             processor.image_size,
             model.config.patch_size,
-            used_k,
+            most_kept(used_k),
         )
         if sights is not None:
             for region in regions:
@@ -197,7 +227,8 @@ def predict_batch(
                 weights=weights[row].tolist(),
                 grid=(side, side),
                 mode=used_mode,
-                k=used_k,
+                k=describe_k(used_k),
+                kept=kept[row],
                 encoder_kept=encoder_kept[row],
                 encoder_select_after=select_after,
                 truncated=processor.is_truncated(question),
@@ -279,6 +310,7 @@ def write_predictions(
     k: int | None = None,
     top: int = 5,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> None:
     """Answer ``questions`` (from :func:`read_questions`) and write them to ``out``.
 
@@ -286,17 +318,24 @@ def write_predictions(
     ``image`` and ``question`` as the row gives them, then the fields of :class:`Prediction`,
     as ``vqa predict --json`` prints them. ``batch_size`` consecutive questions make one model
     call, each distinct image among them encoded once (so files that keep an image's questions
-    together run fastest). ``out`` is written atomically: a failure leaves no output.
+    together run fastest). ``num_workers`` processes decode and transform the images of the
+    next batches while the model answers (None: ``vqa.loading.default_workers``; 0: in this
+    process). ``out`` is written atomically: a failure leaves no output.
     """
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
+    batches = torch.utils.data.DataLoader(
+        QuestionBatches(questions, processor, batch_size),
+        batch_size=None,  # each item is already a batch
+        **loader_options(num_workers, model.device),
+    )
     with (
         atomic_writer(out) as lines,
         tqdm(total=len(questions), desc="Predicting", unit="question", disable=not progress) as bar,
     ):
-        for start in range(0, len(questions), batch_size):
-            batch = questions[start : start + batch_size]
-            images, image_index = open_images(batch)
+        for batch, images, image_index in batches:
+            if isinstance(images, DatasetFormatError):
+                raise images
             texts = [row["question"] for row in batch]
             predictions = predict_batch(
                 model, processor, images, texts, image_index, mode=mode, k=k, top=top
@@ -304,6 +343,38 @@ def write_predictions(
             for row, prediction in zip(batch, predictions, strict=True):
                 lines.write(json.dumps(prediction_record(row, prediction)) + "\n")
             bar.update(len(batch))
+
+
+class QuestionBatches(torch.utils.data.Dataset):
+    """``batch_size`` consecutive questions at a time, with the pixel values of their distinct
+    images: what a ``DataLoader`` worker prepares while the model answers another batch.
+
+    Item i: (its rows, its distinct :class:`PreparedImages`, which of them each row is about).
+    An image that does not decode makes the item (its rows, the DatasetFormatError, []), so
+    that :func:`write_predictions` raises the error naming the file and line in its own
+    process, rather than inside a worker's traceback.
+    """
+
+    def __init__(
+        self, questions: Sequence[dict], processor: HybridVQAProcessor, batch_size: int
+    ) -> None:
+        self.questions = questions
+        self.processor = processor
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.questions) / self.batch_size)
+
+    def __getitem__(
+        self, index: int
+    ) -> tuple[list[dict], PreparedImages | DatasetFormatError, list[int]]:
+        start = index * self.batch_size
+        batch = list(self.questions[start : start + self.batch_size])
+        try:
+            images, image_index = open_images(batch)
+        except DatasetFormatError as error:
+            return batch, error, []
+        return batch, PreparedImages.of(images, self.processor), image_index
 
 
 def prediction_record(row: dict, prediction: Prediction) -> dict:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from vqa.arguments import TrainingArguments
+from vqa.arguments import TrainingArguments, fusion_k_settings
 from vqa.data.answers import AnswerLists, AnswerVocab
 from vqa.data.regions import RegionAttributes
 from vqa.modeling import HybridVQAModel
@@ -43,6 +43,7 @@ from vqa.processing import ANSWERS_FILE, HybridVQAProcessor
 ARCHITECTURE_OPTIONS = (
     "vision_stem",
     "vision_conditioning",
+    "vision_class_token",
     "select_after",
     "encoder_fold",
     "image_size",
@@ -159,13 +160,21 @@ def model_from_run(
     :func:`adapt_region_head`, which needs the new data's objects.
     """
     run = Path(args.init_from)
-    model = HybridVQAModel.from_pretrained(run, use_safetensors=True, local_files_only=True)
-    model.set_fusion(mode=args.mode, k=args.k, estimator=args.estimator)
-    if args.encoder_k is not None:
-        model.set_encoder_selection(encoder_k=args.encoder_k)
+    model = HybridVQAModel.from_pretrained(
+        run, use_safetensors=True, local_files_only=True, dtype=torch.float32
+    )  # trains in float32 whatever the file stores (the shipped default model stores float16)
+    model.set_fusion(mode=args.mode, estimator=args.estimator, **fusion_k_settings(args))
+    if args.k_penalty is not None:
+        model.config.fusion_k_penalty = float(args.k_penalty)
+    if args.encoder_k is not None or args.encoder_rule is not None:
+        model.set_encoder_selection(encoder_k=args.encoder_k, rule=args.encoder_rule)
     for name in ("region_loss_weight", "pointing_loss_weight"):
         if getattr(args, name) is not None:
             setattr(model.config, name, float(getattr(args, name)))
+    if args.reconstruction_loss_weight is not None:
+        model.set_reconstruction_loss_weight(args.reconstruction_loss_weight)
+    if args.reinforce_baseline is not None:
+        model.config.reinforce_baseline = args.reinforce_baseline
     notes = [
         f"model: {run}'s architecture and weights (the preset's model sizes are not used)",
         adapt_answer_head(model, answers),

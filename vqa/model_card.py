@@ -18,7 +18,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hybrid_attention import describe_k
 from vqa.arguments import TrainingArguments
+from vqa.configuration import HybridVQAConfig
 from vqa.curves import CURVES_FILE
 from vqa.files import write_text_atomic
 from vqa.presets import PRESETS
@@ -173,11 +175,16 @@ def encoder_lines(config: dict, arguments: dict) -> list[str]:
     ]
 
 
+def configured_k(config: dict) -> int | str:
+    """The k of a saved config: ``fusion_k``, or its adaptive rule as text (``describe_k``)."""
+    return describe_k(HybridVQAConfig.from_dict(config).fusion_rule)
+
+
 def model_section(run: Path, config: dict, arguments: dict) -> list[str]:
     """``## Model``: the fusion, encoders, regions, answers and size of the model."""
     regions = (config["image_size"] // config["patch_size"]) ** 2
-    mode, k = config["fusion_mode"], config["fusion_k"]
-    forward = MODE_FORWARD[mode].format(n=regions, k=k)
+    mode, k = config["fusion_mode"], configured_k(config)
+    forward = MODE_FORWARD[mode].format(n=regions, k=k if isinstance(k, int) else "k")
     estimator = "" if mode == "soft" else f", `{config['fusion_estimator']}` estimator"
     parameters = parameter_count(run)
     lines = [
@@ -229,7 +236,8 @@ def training_section(metrics: dict, config: dict) -> list[str]:
         + (f", encoders {arguments['encoder_lr']}" if arguments.get("encoder_lr") else "")
         + f", warmup {arguments.get('warmup_ratio')}, weight decay {arguments.get('weight_decay')}",
         f"- Auxiliary losses: region attributes × {config.get('region_loss_weight', 0)}, "
-        f"pointing × {config.get('pointing_loss_weight', 0)}",
+        f"pointing × {config.get('pointing_loss_weight', 0)}, "
+        f"window reconstruction × {config.get('reconstruction_loss_weight', 0)}",
         f"- Precision: {PRECISIONS.get(precision, precision)} on `{metrics.get('device')}`, "
         f"{count(processes, 'process')}, seed {arguments.get('seed')}",
         f"- Training time: {duration(seconds)} (training steps; validation not counted)",
@@ -379,7 +387,7 @@ def write_model_card(run_dir: str | Path) -> Path:
         model_name=run.resolve().name,
         eval_results=results or None,
     )
-    mode, k = config["fusion_mode"], config["fusion_k"]
+    mode, k = config["fusion_mode"], configured_k(config)
     regions = (
         "all regions"
         if mode == "soft"
@@ -478,8 +486,8 @@ def update_model_card_metrics(
     data = data if data is not None else str(metrics.get("arguments", {}).get("data"))
     dataset = dataset_entry(data)
     card = ModelCard.load(path)
-    mode, k = scores.get("mode", config["fusion_mode"]), scores.get("k", config["fusion_k"])
-    if (mode, k) == (config["fusion_mode"], config["fusion_k"]):
+    mode, k = scores.get("mode", config["fusion_mode"]), scores.get("k", configured_k(config))
+    if (mode, k) == (config["fusion_mode"], configured_k(config)):
         kept = [
             result
             for result in card.data.eval_results or []

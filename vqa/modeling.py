@@ -12,7 +12,9 @@ loss, weighted by ``region_loss_weight``, when a batch carries ``region_labels``
 ``target_regions`` (the regions of the objects a question is about), training adds the pointing
 loss, weighted by ``pointing_loss_weight``: it teaches the fusion scores where to look.
 In hard and hybrid modes the reasoner sees ``fusion_heads * k`` region tokens, in soft mode
-all N: that is where selection saves compute downstream of the encoders.
+all N: that is where selection saves compute downstream of the encoders. With an adaptive k
+(``fusion_k_rule``) each question keeps its own k: the batch carries ``k_max`` slots and the
+reasoner's padding mask hides the slots past each question's k.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import torch.nn.functional as F
 from timm.layers import build_sincos2d_pos_embed
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from hybrid_attention import (
     AttentionOutput,
+    GroupedMovingAverageBaseline,
     HybridAttention,
-    MovingAverageBaseline,
     TokenSelector,
     gather_regions,
     num_kept,
@@ -41,6 +44,8 @@ from vqa.conditioning import FiLMGenerator
 from vqa.configuration import HybridVQAConfig
 from vqa.encoders import build_text_encoder, build_vision_encoder
 from vqa.guided_vision import FOLDED, VisionTokens, encode_guided, scatter_regions
+from vqa.processing import QUESTION_GROUPS
+from vqa.reconstruction import WindowReconstruction
 
 QUESTION, ATTENDED, REGION = 0, 1, 2  # token types of the reasoner's input
 POSITION_SCALE = 0.6  # of the region position embedding: std about 0.3
@@ -60,12 +65,19 @@ class HybridVQAOutput(ModelOutput):
             encoder selection that folds the dropped patches into one token, that token's
             weight is not a region's, so a row sums to less than 1.
         selected_indices: (B, H, k) selected regions, best first; None in soft mode.
-            ``vqa.guided_vision.FOLDED`` (-1) where the fusion selected the folded token.
+            ``vqa.guided_vision.FOLDED`` (-1) where the fusion selected the folded token. With
+            an adaptive k it is k_max wide, and the slots past ``kept_regions`` are padding.
+        kept_regions: (B, H) long, how many regions each question kept per head (k, or its
+            adaptive k); None in soft mode.
+        expected_regions: (B, H) E[k] under a learned budget (``fusion_k_rule="budget"``),
+            which training penalises by ``fusion_k_penalty``; else None.
         log_prob: (B, H) log-probability of a sampled selection (reinforce, training).
         encoder_kept: (B, N) bool, True for the regions whose tokens the vision encoder kept;
             None without a selection in the encoder, or in soft mode (which keeps them all).
         region_loss: scalar region attribute loss (when ``region_labels`` were given).
         pointing_loss: scalar pointing loss (when ``target_regions`` were given).
+        reconstruction_loss: scalar window reconstruction loss (``vqa.reconstruction``; when
+            ``labels`` were given to a model with a reconstruction weight).
         region_logits: (B, N, sum of attribute classes) the region head's logits for the image
             of each question (when asked for with ``return_region_logits``).
     """
@@ -74,11 +86,14 @@ class HybridVQAOutput(ModelOutput):
     answer_loss: Tensor | None = None
     region_loss: Tensor | None = None
     pointing_loss: Tensor | None = None
+    reconstruction_loss: Tensor | None = None
     region_logits: Tensor | None = None
     logits: Tensor | None = None
     attention_scores: Tensor | None = None
     attention_weights: Tensor | None = None
     selected_indices: Tensor | None = None
+    kept_regions: Tensor | None = None
+    expected_regions: Tensor | None = None
     log_prob: Tensor | None = None
     encoder_kept: Tensor | None = None
 
@@ -89,12 +104,17 @@ class HybridVQAPreTrainedModel(PreTrainedModel):
     config_class = HybridVQAConfig
     base_model_prefix = "hybrid_vqa"
     main_input_name = "pixel_values"
+    # Saved before the REINFORCE baseline per question type: its averages start empty.
+    _keys_to_ignore_on_load_missing = (r"^baseline\.group_",)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):  # He init keeps the image signal's scale
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, GroupedMovingAverageBaseline):  # no reward seen yet
+            for buffer in module.buffers():
+                init.zeros_(buffer)
         else:
             super()._init_weights(module)
         if isinstance(module, HybridVQAModel):  # visited after its children
@@ -156,7 +176,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             dim,
             num_heads=config.fusion_heads,
             mode=config.fusion_mode,
-            k=config.fusion_k,
+            k=config.fusion_rule,
             estimator=config.fusion_estimator,
             tau=config.fusion_tau,
         )
@@ -180,17 +200,36 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             nn.Dropout(config.dropout),
             nn.Linear(2 * dim, config.num_labels),
         )
-        self.baseline = MovingAverageBaseline(config.reinforce_baseline_decay)
+        self.baseline = GroupedMovingAverageBaseline(
+            QUESTION_GROUPS, config.reinforce_baseline_decay
+        )
+        self.entropy_weight = config.reinforce_entropy_weight  # training may schedule it
         self.region_head = None
         if config.region_attributes:
             classes = sum(config.region_attributes.values())
             self.region_head = nn.Linear(config.vision_hidden_size, classes)
+        self.reconstruction = None
+        if config.reconstruction_loss_weight > 0:
+            self.reconstruction = self._build_reconstruction(config)
         self.post_init()
 
     def set_fusion(
-        self, *, mode: str | None = None, k: int | None = None, estimator: str | None = None
+        self,
+        *,
+        mode: str | None = None,
+        k: int | None = None,
+        estimator: str | None = None,
+        k_rule: str | None = None,
+        k_min: int | None = None,
+        k_max: int | None = None,
+        top_p: float | None = None,
     ) -> None:
-        """Change the fusion mode, k or estimator of a (trained) model, in place."""
+        """Change the fusion of a (trained) model in place: its mode, its estimator, or how
+        many regions it keeps: a fixed ``k`` (given alone, it also switches to the fixed rule)
+        or the adaptive ``k_rule`` (``"top_p"``, ``"budget"``) with ``k_min``, ``k_max`` and
+        ``top_p`` (see ``HybridVQAConfig.fusion_k_rule``). None keeps a setting as it is."""
+        if k is not None and k_rule is None:
+            k_rule = "fixed"
         if k is not None and not 1 <= k <= self.config.num_regions:
             raise ValueError(
                 f"k={k} is outside 1..{self.config.num_regions} (the number of regions)"
@@ -200,12 +239,42 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 f"k={k} is more than the {self.fusion_tokens()} tokens that the vision encoder "
                 f"keeps (encoder_k={self.config.encoder_k})"
             )
-        for name, value in (("mode", mode), ("k", k), ("estimator", estimator)):
-            if value is not None:
-                setattr(self.fusion, name, value)
-                setattr(self.config, f"fusion_{name}", value)
+        settings = {"mode": mode, "k": k, "estimator": estimator, "k_rule": k_rule}
+        settings.update(k_min=k_min, k_max=k_max, top_p=top_p)
+        changes = {f"fusion_{name}": value for name, value in settings.items() if value is not None}
+        checked = HybridVQAConfig(**{**self.config.to_dict(), **changes})  # names a bad value
+        if checked.fusion_k_rule == "budget" and self.fusion.budget is None:
+            raise ValueError(
+                "this model has no budget head: only a model trained with the budget rule "
+                "(vqa train --k budget) predicts how many regions to keep"
+            )
+        self.fusion.k = checked.fusion_rule
+        self.fusion.mode, self.fusion.estimator = checked.fusion_mode, checked.fusion_estimator
+        for name in changes:
+            setattr(self.config, name, getattr(checked, name))
         if estimator is not None and self.encoder_selector is not None:
             self.encoder_selector.estimator = estimator  # the encoder selects as the fusion does
+
+    def fusion_settings(self) -> dict:
+        """The fusion's mode and k rule, as :meth:`set_fusion` takes them (to restore them)."""
+        config = self.config
+        return {
+            "mode": config.fusion_mode,
+            "k": config.fusion_k,
+            "k_rule": config.fusion_k_rule,
+            "k_min": config.fusion_k_min,
+            "k_max": config.fusion_k_max,
+            "top_p": config.fusion_top_p,
+        }
+
+    def set_schedule(self, *, tau: float, entropy_weight: float) -> None:
+        """Set the values that training schedules per step: the temperature of the relaxed
+        selection (ste, gumbel) in the fusion and in the encoder's selector, and the weight
+        of REINFORCE's entropy bonus. The config keeps the starting values."""
+        self.fusion.tau = tau
+        if self.encoder_selector is not None:
+            self.encoder_selector.tau = tau
+        self.entropy_weight = entropy_weight
 
     def fusion_tokens(self) -> int:
         """Region tokens the fusion reads in hard and hybrid modes: all N, or those that the
@@ -216,13 +285,15 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         return kept + int(self.config.encoder_fold)
 
     def _build_encoder_selector(self, config: HybridVQAConfig) -> TokenSelector:
-        """The question-guided token selector between the ViT's blocks."""
+        """The token selector between the ViT's blocks (its scorer ranks the tokens by the
+        question; the "cls" rule passes it the CLS attention instead)."""
         blocks = len(self.vision.blocks)
         if not 0 <= config.encoder_select_after <= blocks:
             raise ValueError(
                 f"config field 'encoder_select_after' ({config.encoder_select_after}) must be in "
                 f"0..{blocks} (the vision encoder's blocks)"
             )
+        self._check_encoder_rule(config.encoder_rule)
         return TokenSelector(
             dim=config.vision_hidden_size,
             keep=config.encoder_k,
@@ -233,11 +304,34 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             num_prefix=self.vision.num_prefix_tokens,
         )
 
+    def _check_encoder_rule(self, rule: str) -> None:
+        """Raise a ValueError naming the vision encoder if ``rule`` is "cls" and the encoder
+        has no CLS token."""
+        if rule != "cls" or self.vision.class_token:
+            return
+        vision = self.config.vision_config
+        if vision is None:
+            raise ValueError(
+                f"encoder_rule 'cls' ranks the patch tokens by the CLS token's attention, but "
+                f"the built-in {self.config.vision_backend} ViT was built without one: set "
+                "vision_class_token=True (vqa train --vision-class-token)"
+            )
+        name = vision.get("architecture") or vision.get("model_type")
+        raise ValueError(
+            f"encoder_rule 'cls' ranks the patch tokens by the CLS token's attention, but the "
+            f"vision encoder {name!r} has no CLS token"
+        )
+
     def set_encoder_selection(
-        self, *, select_after: int | None = None, encoder_k: int | float | None = None
+        self,
+        *,
+        select_after: int | None = None,
+        encoder_k: int | float | None = None,
+        rule: str | None = None,
     ) -> None:
-        """Move the encoder's token selection to after another block, or keep another number
-        of tokens, on a (trained) model with an encoder selector, in place."""
+        """Move the encoder's token selection to after another block, keep another number of
+        tokens, or rank them by another rule (``"question"`` or ``"cls"``), on a (trained)
+        model with an encoder selector, in place."""
         if self.encoder_selector is None:
             raise ValueError(
                 "this model has no token selection in its vision encoder (it was built with "
@@ -248,14 +342,18 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             fields["encoder_select_after"] = select_after
         if encoder_k is not None:
             fields["encoder_k"] = encoder_k
+        if rule is not None:
+            fields["encoder_rule"] = rule
         checked = HybridVQAConfig(**fields)  # raises a ValueError naming a bad value
         if not 0 <= checked.encoder_select_after <= len(self.vision.blocks):
             raise ValueError(
                 f"select_after={select_after} is outside 0..{len(self.vision.blocks)} (the "
                 "vision encoder's blocks)"
             )
+        self._check_encoder_rule(checked.encoder_rule)
         self.config.encoder_select_after = checked.encoder_select_after
         self.config.encoder_k = self.encoder_selector.keep = checked.encoder_k
+        self.config.encoder_rule = checked.encoder_rule
 
     def project_regions(self, vision: VisionTokens) -> Tensor:
         """(B, M, vision_hidden_size) vision tokens -> (B, M, fusion_dim) with the position of
@@ -281,6 +379,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         image_index: Tensor | None = None,
         region_labels: Tensor | None = None,
         target_regions: Tensor | None = None,
+        question_group: Tensor | None = None,
         return_region_logits: bool = False,
     ) -> HybridVQAOutput:
         """Answer B questions about U images.
@@ -296,6 +395,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
                 (``vqa.data.regions``; -100 = ignore), for the region attribute loss.
             target_regions: (B, N) 1 for the regions of the objects each question is about,
                 else 0 (``vqa.data.regions.target_regions``), for the pointing loss.
+            question_group: (B,) the bucket of each question's type (``VQACollator`` adds it),
+                for the REINFORCE baseline per type; None: one baseline for every question.
             return_region_logits: also return what the region head predicts for every region
                 (models with ``region_attributes`` only).
         """
@@ -317,9 +418,11 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             output.region_loss = self.region_loss(vision, region_labels)
         if target_regions is not None:
             output.pointing_loss = self.pointing_loss(attended, vision, target_regions)
+        if labels is not None and self.reconstruction is not None:
+            output.reconstruction_loss = self.reconstruction_loss(vision, pixel_values, image_index)
         if labels is not None:
             output.answer_loss = answer_loss(output.logits, labels)
-            output.loss = self._training_loss(output)
+            output.loss = self._training_loss(output, question_group)
         return output
 
     def encode_images(
@@ -329,7 +432,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
 
         Unguided, each of the U images is encoded once and its N tokens are shared by its
         questions. With FiLM or an encoder selection (hard and hybrid modes), the question's
-        CLS vector guides the blocks (``vqa.guided_vision``).
+        CLS vector guides the blocks (``vqa.guided_vision``); the selection of the "cls" rule
+        does without the question.
 
         Args:
             pixel_values: (U, C, H, W) images.
@@ -349,6 +453,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             film=None if self.film is None else self.film(query),
             selector=selector,
             select_after=self.config.encoder_select_after,
+            rule=self.config.encoder_rule,
         )
 
     def region_logits(self, vision: VisionTokens) -> Tensor:
@@ -366,14 +471,17 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         self, attended: AttentionOutput, vision: VisionTokens, target_regions: Tensor
     ) -> Tensor:
         """The pointing loss of the fusion over its M tokens, plus that of the encoder's
-        selection over all N regions when there is one: both learn where to look (so with an
-        encoder selection the loss is the sum of two such terms)."""
+        question-guided selection over all N regions when there is one: both learn where to
+        look (so with such a selection the loss is the sum of two such terms). EViT's "cls"
+        rule learns nothing: its CLS attention is not supervised."""
         if vision.selection is None:
             return pointing_loss(attended.scores[:, :, 0], target_regions)
         kept = target_regions.gather(1, vision.regions.clamp_min(0))  # (B, M)
         kept = kept * (vision.regions != FOLDED)
-        encoder = pointing_loss(vision.selection.scores[:, None], target_regions)
-        return pointing_loss(attended.scores[:, :, 0], kept) + encoder
+        fusion = pointing_loss(attended.scores[:, :, 0], kept)
+        if self.config.encoder_rule == "cls":
+            return fusion
+        return fusion + pointing_loss(vision.selection.scores[:, None], target_regions)
 
     def region_loss(self, vision: VisionTokens, region_labels: Tensor) -> Tensor:
         """Sum over attributes of the cross-entropy of each region's attribute classes.
@@ -403,6 +511,46 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             per_question = per_question + losses.sum(1) / (target != -100).sum(1).clamp_min(1)
         return per_question.mean()
 
+    @staticmethod
+    def _build_reconstruction(config: HybridVQAConfig) -> WindowReconstruction:
+        """The window reconstruction head of the config's regions and vision tokens."""
+        return WindowReconstruction(
+            config.vision_hidden_size,
+            config.num_channels,
+            config.patch_size,
+            config.reconstruction_window,
+        )
+
+    def set_reconstruction_loss_weight(self, weight: float) -> None:
+        """Set the window reconstruction loss's weight; a model without the head gets a new
+        one (to fine-tune with the loss a model trained without it)."""
+        if not weight >= 0:
+            raise ValueError(f"reconstruction_loss_weight must be >= 0, got {weight!r}")
+        self.config.reconstruction_loss_weight = float(weight)
+        if weight > 0 and self.reconstruction is None:
+            self.reconstruction = self._build_reconstruction(self.config).to(self.device)
+            self.reconstruction.apply(self._init_weights)
+
+    def reconstruction_loss(
+        self, vision: VisionTokens, pixel_values: Tensor, image_index: Tensor | None
+    ) -> Tensor:
+        """The window reconstruction loss (``vqa.reconstruction``) of each image once: on the
+        tokens of one of its questions (they are the same tokens unless the question guided
+        the encoder).
+
+        Args:
+            vision: the (B, M, vision_hidden_size) tokens of each question's image.
+            pixel_values: (U, C, H, W) images.
+            image_index: (B,) the image of each question, or None (image b for question b).
+        """
+        features, regions = vision.features, vision.regions
+        if image_index is not None:
+            questions = torch.arange(len(image_index), device=image_index.device)
+            rows = questions.new_zeros(len(pixel_values)).scatter(0, image_index, questions)
+            features = features[rows]  # (U, M, D): the last question about each image
+            regions = None if regions is None else regions[rows]
+        return self.reconstruction(features, regions, pixel_values)
+
     def _reasoner_inputs(
         self, question: Tensor, question_mask: Tensor, attended: AttentionOutput, regions: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -418,48 +566,59 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         if attended.indices is None:
             picked = regions  # soft: every region, (B, N, D)
             gate = weights.mean(1) * regions.shape[1]  # (B, N)
+            kept = torch.ones_like(gate, dtype=torch.bool)  # (B, N)
         else:
             indices = attended.indices[:, :, 0]  # (B, H, k)
+            counts = attended.counts[:, :, 0, None]  # (B, H, 1): k, or each row's adaptive k
             picked = gather_regions(regions, indices).flatten(1, 2)  # (B, H * k, D)
-            gate = (weights.gather(-1, indices) * indices.shape[-1]).flatten(1)  # (B, H * k)
+            gate = (weights.gather(-1, indices) * counts).flatten(1)  # (B, H * k)
+            # With an adaptive k, the slots past a row's k are padding the reasoner skips.
+            slots = torch.arange(indices.shape[-1], device=indices.device)
+            kept = (slots < counts).flatten(1)  # (B, H * k)
         picked = picked + gate.unsqueeze(-1).to(picked.dtype) * self.weight_embedding
         types = self.token_type.weight
         tokens = torch.cat(
             [question + types[QUESTION], attended.output + types[ATTENDED], picked + types[REGION]],
             dim=1,
         )
-        visible = torch.cat(
-            [
-                question_mask.bool(),
-                question_mask.new_ones(question_mask.shape[0], 1 + picked.shape[1]).bool(),
-            ],
-            dim=1,
-        )
+        attended_visible = question_mask.new_ones(question_mask.shape[0], 1).bool()
+        visible = torch.cat([question_mask.bool(), attended_visible, kept], dim=1)
         return tokens, ~visible
 
-    def _training_loss(self, output: HybridVQAOutput) -> Tensor:
-        """Mean answer loss, plus the region attribute, pointing and REINFORCE terms.
+    def _training_loss(self, output: HybridVQAOutput, question_group: Tensor | None) -> Tensor:
+        """Mean answer loss, plus the region attribute, pointing, window reconstruction,
+        compute (a learned budget's ``fusion_k_penalty * E[k]``) and REINFORCE terms.
 
-        The encoder's selector enters with weight 0 too: in soft mode (or a soft warm-up) it
-        is not used, and DDP needs every trained parameter in every step's graph.
+        REINFORCE's reward baseline is that of each question's group (its type) when the
+        config's ``reinforce_baseline`` is ``"type"`` and ``question_group`` (B,) is given.
+
+        The encoder's selector and the fusion's budget head enter with weight 0 too: in soft
+        mode (or a soft warm-up, or another k rule) they are not used, and DDP needs every
+        trained parameter in every step's graph.
         """
         loss = output.answer_loss.mean()
-        if self.encoder_selector is not None:
-            loss = loss + sum(p.sum() for p in self.encoder_selector.parameters()) * 0.0
+        for module in (self.encoder_selector, self.fusion.budget):
+            if module is not None:
+                loss = loss + sum(p.sum() for p in module.parameters()) * 0.0
+        if output.expected_regions is not None:
+            loss = loss + self.config.fusion_k_penalty * output.expected_regions.mean()
         if output.region_loss is not None:
             loss = loss + self.config.region_loss_weight * output.region_loss
         if output.pointing_loss is not None:
             loss = loss + self.config.pointing_loss_weight * output.pointing_loss
+        if output.reconstruction_loss is not None:
+            loss = loss + self.config.reconstruction_loss_weight * output.reconstruction_loss
         if output.log_prob is None:
             return loss
         reward = -output.answer_loss.detach()  # (B,)
+        group = question_group if self.config.reinforce_baseline == "type" else None
         entropy = selection_entropy(output.attention_scores)  # (B, H)
         policy = reinforce_loss(
             output.log_prob,
             reward,
-            self.baseline(reward),
+            self.baseline(reward, group),
             entropy=entropy,
-            entropy_weight=self.config.reinforce_entropy_weight,
+            entropy_weight=self.entropy_weight,
         )
         return loss + self.config.reinforce_weight * policy
 
@@ -476,6 +635,10 @@ def region_outputs(
     """
     scores, weights = attended.scores[:, :, 0], attended.weights[:, :, 0]  # (B, H, M)
     indices = None if attended.indices is None else attended.indices[:, :, 0]  # (B, H, k)
+    counts = None if attended.counts is None else attended.counts[:, :, 0]  # (B, H)
+    expected = None
+    if attended.expected_counts is not None:
+        expected = attended.expected_counts[:, :, 0]  # (B, H)
     log_prob = None if attended.log_prob is None else attended.log_prob[:, :, 0]  # (B, H)
     encoder_kept = None
     if vision.selection is not None:
@@ -495,6 +658,8 @@ def region_outputs(
         attention_scores=scores,
         attention_weights=weights,
         selected_indices=indices,
+        kept_regions=counts,
+        expected_regions=expected,
         encoder_kept=encoder_kept,
         log_prob=log_prob,
     )

@@ -79,7 +79,8 @@ class HybridVQAPipeline(Pipeline):
 
     Call parameters (also accepted by ``pipeline()``, as defaults for every call):
         top_k: how many answers to return, best first (default 5; at most the vocabulary).
-        return_regions: also return the regions the fusion selected (default False).
+        return_regions: also return the regions the fusion selected, how many each head
+            kept, and the patches the vision encoder kept (default False).
         mode, k: override the fusion mode (soft, hard, hybrid) and k for the call.
     """
 
@@ -120,9 +121,11 @@ class HybridVQAPipeline(Pipeline):
 
         Returns:
             For one question, ``[{"answer", "score"}]``, best first; with ``return_regions``,
-            ``{"answers": that list, "regions": [{"rank", "region", "box", "weight"}, ...]}``
-            (as :class:`vqa.inference.Prediction` has them: best first, boxes in the image's
-            pixels, and ``"sees"`` for models with a region head). For a list of questions, a
+            ``{"answers": that list, "regions": [{"rank", "region", "box", "weight"}, ...],
+            "kept", "encoder_kept"}`` (as :class:`vqa.inference.Prediction` has them: regions
+            best first, boxes in the image's pixels, and ``"sees"`` for models with a region
+            head; how many regions each fusion head kept; the patches the vision encoder kept,
+            or None). For a list of questions, a
             list of those, in order.
         """
         inputs = pair_inputs(image, question)
@@ -176,7 +179,14 @@ class HybridVQAPipeline(Pipeline):
     ) -> list[dict] | dict:
         prediction = outputs["prediction"]
         answers = [{"answer": answer, "score": score} for answer, score in prediction.answers]
-        return {"answers": answers, "regions": prediction.regions} if return_regions else answers
+        if not return_regions:
+            return answers
+        return {
+            "answers": answers,
+            "regions": prediction.regions,
+            "kept": prediction.kept,
+            "encoder_kept": prediction.encoder_kept,
+        }
 
 
 def pair_inputs(

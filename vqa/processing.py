@@ -13,6 +13,7 @@ import json
 import logging
 import multiprocessing
 import string
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ REGION_ATTRIBUTES_FILE = "region_attributes.json"
 ALPHABET = string.ascii_lowercase + string.digits + string.punctuation  # always in the vocab
 # What PIL raises for a missing, truncated or corrupt image file, or one too large to be safe.
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# Question types are hashed into this many buckets (see question_group).
+QUESTION_GROUPS = 1024
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
     "unk_token": "[UNK]",
@@ -91,6 +94,14 @@ def train_tokenizer(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def question_group(question_type: str) -> int:
+    """The bucket of a question type, in 0..QUESTION_GROUPS-1: its CRC-32, the same in every
+    process and run (Python's ``hash`` of a string is salted per process). The REINFORCE
+    baseline keeps one average per bucket; 65 types (VQAv2's) are expected to share a bucket
+    in about 2 pairs."""
+    return zlib.crc32(question_type.encode("utf-8")) % QUESTION_GROUPS
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -257,10 +268,12 @@ class VQACollator:
     Each distinct image in a batch is decoded and transformed once; ``image_index`` (B,)
     tells the model which image each question is about. The metadata (answers, question id,
     question and answer type, target boxes scaled to the model's input pixels) is what
-    evaluation scores against. With ``region_grid`` (regions per side) and a processor that
-    has region attributes, the inputs also hold ``region_labels`` (U, grid * grid, A): what lies
-    under each region. With ``target_grid``, they hold ``target_regions`` (B, grid * grid): the
-    regions of the objects each question is about (none for a row without ``target_boxes``).
+    evaluation scores against. ``question_group`` (B,) is the bucket of each question's type
+    (:func:`question_group`), for the REINFORCE baseline. With ``region_grid`` (regions per
+    side) and a processor that has region attributes, the inputs also hold ``region_labels``
+    (U, grid * grid, A): what lies under each region. With ``target_grid``, they hold
+    ``target_regions`` (B, grid * grid): the regions of the objects each question is about
+    (none for a row without ``target_boxes``).
 
     Images are checked here, when a batch first needs them, not when the dataset is read. An
     image that is missing or does not decode raises DatasetFormatError naming its question id
@@ -342,6 +355,9 @@ class VQACollator:
         inputs["pixel_values"] = self.processor.images(images)
         inputs["image_index"] = torch.tensor([slots[row["image_path"]] for row in rows])
         inputs["labels"] = self.processor.labels([row["answers"] for row in rows])
+        inputs["question_group"] = torch.tensor(
+            [question_group(row["question_type"]) for row in rows]
+        )
         if self.region_grid is not None:
             inputs["region_labels"] = self._region_labels(rows, slots, images)
         if self.target_grid is not None:

@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
 
-from vqa.arguments import TrainingArguments, loss_weight
+from vqa.arguments import TrainingArguments, fusion_k_settings, loss_weight
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
 from vqa.data.columns import ArrowColumn, arrow_column, distinct_codes, group_rows
@@ -196,21 +196,20 @@ def fresh_model(
     """A new model sized by the preset, the processor and the fusion overrides, with the
     pretrained encoders' weights where ``args`` names them."""
     fields = dict(preset.model)
-    fields.update(
-        {
-            f"fusion_{name}": value
-            for name, value in (("mode", args.mode), ("k", args.k), ("estimator", args.estimator))
-            if value is not None
-        }
-    )
-    for name in ("vision_stem", "vision_conditioning", "encoder_k"):
+    fusion = {"mode": args.mode, "estimator": args.estimator, "k_penalty": args.k_penalty}
+    fusion.update(fusion_k_settings(args))
+    fields.update({f"fusion_{name}": value for name, value in fusion.items() if value is not None})
+    for name in ("vision_stem", "vision_conditioning", "encoder_k", "reinforce_baseline"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if args.select_after is not None:
         fields["encoder_select_after"] = args.select_after
-    if args.encoder_fold:
-        fields["encoder_fold"] = True
-    for name in ("region_loss_weight", "pointing_loss_weight"):
+    if args.encoder_rule is not None:
+        fields["encoder_rule"] = args.encoder_rule
+    for name in ("encoder_fold", "vision_class_token"):
+        if getattr(args, name):
+            fields[name] = True
+    for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
         fields[name] = loss_weight(name, preset, args)
     # The processor has region attributes when the run started with the loss on; a resumed
     # run keeps the head it was saved with, even with the weight set to 0 now.

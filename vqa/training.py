@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from vqa.arguments import TrainingArguments
 from vqa.checkpoints import STATE_FILE, latest_checkpoint, save_checkpoint
+from vqa.configuration import HybridVQAConfig
 from vqa.curves import CURVES_FILE, plot_training_curves
+from vqa.estimators import annealed_tau, scheduled_entropy_weight
 from vqa.evaluation import evaluate
 from vqa.files import write_json
 from vqa.finetune import freeze_batchnorm_statistics
@@ -49,6 +51,7 @@ def epoch_progress() -> dict:
         "answer_losses": [],
         "region_losses": [],
         "pointing_losses": [],
+        "reconstruction_losses": [],
         "seconds": 0.0,
         "skipped_steps": 0,
         "skipped_bad_image_questions": 0,
@@ -155,14 +158,29 @@ def initial_state() -> dict:
     }
 
 
+def scheduled_values(
+    args: TrainingArguments, config: HybridVQAConfig, step: int, total_steps: int
+) -> dict[str, float]:
+    """The relaxed selection's ``tau`` and REINFORCE's ``entropy_weight`` at the 0-based
+    optimizer ``step`` of ``total_steps`` (``vqa.estimators``): functions of the step alone,
+    so a resumed run continues them exactly. Keywords of ``HybridVQAModel.set_schedule``."""
+    return {
+        "tau": annealed_tau(config.fusion_tau, args.tau_final, step, total_steps),
+        "entropy_weight": scheduled_entropy_weight(
+            args.entropy_schedule, config.reinforce_entropy_weight, step, total_steps
+        ),
+    }
+
+
 def batch_losses(output: object) -> torch.Tensor:
-    """(4,) total, answer, region and pointing loss of a batch on this process, detached.
+    """(5,) total, answer, region, pointing and reconstruction loss of a batch on this
+    process, detached.
 
     The answer loss is without REINFORCE's term; a loss the model does not have is 0.
     """
     parts = [output.loss, output.answer_loss.mean()] + [
         output.loss * 0 if part is None else part
-        for part in (output.region_loss, output.pointing_loss)
+        for part in (output.region_loss, output.pointing_loss, output.reconstruction_loss)
     ]
     return torch.stack(parts).detach().float()
 
@@ -178,11 +196,12 @@ def record_losses(accelerator: Accelerator, pending: list[torch.Tensor], progres
         return
     values = accelerator.reduce(torch.stack(pending), "mean").tolist()
     pending.clear()
-    for loss, answer_loss, region_loss, pointing_loss in values:
+    for loss, answer_loss, region_loss, pointing_loss, reconstruction_loss in values:
         progress["losses"].append(loss)
         progress["answer_losses"].append(answer_loss)
         progress["region_losses"].append(region_loss)
         progress["pointing_losses"].append(pointing_loss)
+        progress["reconstruction_losses"].append(reconstruction_loss)
 
 
 def train_epoch(
@@ -193,18 +212,21 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict,
     args: TrainingArguments,
-    soft_steps: int = 0,
+    total_steps: int,
 ) -> float:
-    """Train the epoch ``state["epoch"]`` (its rest, when resuming mid-epoch).
+    """Train the epoch ``state["epoch"]`` (its rest, when resuming mid-epoch) of a run of
+    ``total_steps`` optimizer steps.
 
     Updates ``state`` (steps, bad steps, the epoch's progress) and checkpoints every
-    ``args.save_every_steps``. The optimizer steps before ``soft_steps`` run the fusion in
-    soft mode (``--soft-warmup``); the model's own mode is back when the epoch ends. Returns
-    the epoch's training seconds.
+    ``args.save_every_steps``. The first ``args.soft_warmup`` of the steps run the fusion in
+    soft mode; each step sets the scheduled tau and entropy weight (:func:`scheduled_values`).
+    The model's own mode, tau and weight are back when the epoch ends. Returns the epoch's
+    training seconds.
     """
     run, epoch, progress = Path(args.output), state["epoch"], state["progress"]
-    fusion = accelerator.unwrap_model(model).fusion
-    mode = accelerator.unwrap_model(model).config.fusion_mode
+    unwrapped = accelerator.unwrap_model(model)
+    fusion, config = unwrapped.fusion, unwrapped.config
+    mode, soft_steps = config.fusion_mode, round(args.soft_warmup * total_steps)
     loader.set_epoch(epoch)  # sets the sampler's epoch too, rather than Accelerate's own count
     model.train()
     freeze_batchnorm_statistics(model)  # a frozen stem keeps its statistics too
@@ -222,6 +244,9 @@ def train_epoch(
     for inputs, _ in bar:
         if accelerator.sync_gradients:  # an optimizer step begins
             fusion.mode = "soft" if state["global_step"] < soft_steps else mode
+            unwrapped.set_schedule(
+                **scheduled_values(args, config, state["global_step"], total_steps)
+            )
             buffers = buffer_copies(model)
             non_finite = torch.zeros((), device=accelerator.device)
         with accelerator.accumulate(model):
@@ -255,6 +280,7 @@ def train_epoch(
             start = time.perf_counter()
             save_checkpoint(accelerator, run, state, args.keep_checkpoints)
     fusion.mode = mode
+    unwrapped.set_schedule(tau=config.fusion_tau, entropy_weight=config.reinforce_entropy_weight)
     record_losses(accelerator, pending, progress)
     skipped = torch.tensor(collator.skipped_rows - skipped_before, device=accelerator.device)
     progress["skipped_bad_image_questions"] += int(accelerator.reduce(skipped, "sum"))
@@ -272,6 +298,7 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
         "step_answer_losses": progress["answer_losses"],
         "step_region_losses": progress["region_losses"],
         "step_pointing_losses": progress["pointing_losses"],
+        "step_reconstruction_losses": progress["reconstruction_losses"],
         "skipped_steps": progress["skipped_steps"],
         "skipped_bad_image_questions": progress["skipped_bad_image_questions"],
         "train_seconds": seconds,
@@ -371,12 +398,15 @@ def train(args: TrainingArguments) -> dict:
         "config": accelerator.unwrap_model(model).config.to_dict(),
     }
 
-    soft_steps = round(args.soft_warmup * math.ceil(len(loader) / args.grad_accum) * args.epochs)
+    total_steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
+    config = accelerator.unwrap_model(model).config
     while state["epoch"] < args.epochs:
         seconds = train_epoch(
-            accelerator, model, loader, optimizer, scheduler, state, args, soft_steps
+            accelerator, model, loader, optimizer, scheduler, state, args, total_steps
         )
         record = epoch_record(state, seconds, len(setup.train_rows), scheduler.get_last_lr()[0])
+        # the schedules' values at the epoch's last step
+        record.update(scheduled_values(args, config, state["global_step"] - 1, total_steps))
         if setup.val_rows is not None:
             scores = evaluate(
                 model,  # as prepared: under FSDP only the wrapper holds whole weights

@@ -32,10 +32,14 @@ class BlockLayout:
         class_token: whether a CLS token comes before the patch tokens.
         registers: the config attribute giving the number of register tokens after the CLS
             token, or None.
+        attention_norm: path, in one layer, of the norm applied before its self-attention.
+        attention: path, in one layer, of its self-attention (``q_proj``, ``k_proj``).
     """
 
     layers: str
     final_norm: str
+    attention_norm: str
+    attention: str
     pre_norm: str | None = None
     class_token: bool = True
     registers: str | None = None
@@ -46,17 +50,26 @@ class BlockLayout:
         return int(self.class_token) + registers
 
 
+VIT_ATTENTION = {"attention_norm": "layernorm_before", "attention": "attention"}
+DINOV2_ATTENTION = {"attention_norm": "norm1", "attention": "attention"}
+CLIP_ATTENTION = {"attention_norm": "layer_norm1", "attention": "self_attn"}
 LAYOUTS = {
-    "vit": BlockLayout(layers="layers", final_norm="layernorm"),
-    "dinov2": BlockLayout(layers="encoder.layer", final_norm="layernorm"),
+    "vit": BlockLayout(layers="layers", final_norm="layernorm", **VIT_ATTENTION),
+    "dinov2": BlockLayout(layers="encoder.layer", final_norm="layernorm", **DINOV2_ATTENTION),
     "dinov2_with_registers": BlockLayout(
-        layers="encoder.layer", final_norm="layernorm", registers="num_register_tokens"
+        layers="encoder.layer",
+        final_norm="layernorm",
+        registers="num_register_tokens",
+        **DINOV2_ATTENTION,
     ),
     "clip_vision_model": BlockLayout(
-        layers="encoder.layers", final_norm="post_layernorm", pre_norm="pre_layrnorm"
+        layers="encoder.layers",
+        final_norm="post_layernorm",
+        pre_norm="pre_layrnorm",
+        **CLIP_ATTENTION,
     ),
     "siglip_vision_model": BlockLayout(
-        layers="encoder.layers", final_norm="post_layernorm", class_token=False
+        layers="encoder.layers", final_norm="post_layernorm", class_token=False, **CLIP_ATTENTION
     ),
 }
 BLOCKWISE_MODEL_TYPES = tuple(LAYOUTS)

@@ -10,16 +10,17 @@
 Hybrid (hard top-k, then softmax weights over the k) is meant to get the best of both.
 :func:`run_ablation` trains every (mode, k, estimator, seed) of a grid on the same data (hard and
 hybrid optionally crossed with selections inside the vision encoder: ``select_after``,
-``encoder_k``), measures each run and writes::
+``encoder_k``, ``encoder_rule``; and with adaptive k: ``k_rule``, ``top_p``, ``k_penalty``,
+``k_max``), measures each run and writes::
 
     OUT/
       ablation.json          the settings that a --resume must match, and the machine
       results.csv            one row per finished run, rewritten atomically after each run
-      runs/<name>/           each run's model, metrics.json and checkpoint
+      runs/<name>/           each run's model, metrics.json, checkpoint, regions_used.json
       table.md               mean ± standard deviation over seeds per configuration
       report.md              each claim, the tests of it (Welch's t-test), and a verdict
-      accuracy_vs_k.png  accuracy_vs_flops.png  training_curves.png  pointing.png
-      attention_gallery.png
+      accuracy_vs_k.png  accuracy_vs_mean_k.png  accuracy_vs_flops.png  training_curves.png
+      pointing.png  attention_gallery.png
 
 Modules: ``run`` (the grid and the loop), ``probes`` (FLOPs, gradient noise, blind baseline),
 ``statistics`` (results.csv, aggregation, the tests), ``claims`` (what each claim implies and
@@ -32,6 +33,7 @@ from vqa.ablation.claims import CLAIMS, Comparison, verdict
 from vqa.ablation.plots import (
     plot_accuracy_vs_flops,
     plot_accuracy_vs_k,
+    plot_accuracy_vs_mean_k,
     plot_attention_gallery,
     plot_pointing,
     plot_training_curves,
@@ -41,6 +43,7 @@ from vqa.ablation.report import DEFINITIONS, summarise, write_report
 from vqa.ablation.run import (
     DEFAULT_GRID,
     PLOT_FILES,
+    REGIONS_FILE,
     REPORT_FILE,
     RESULTS_FILE,
     RUNS_DIR,
@@ -65,6 +68,7 @@ __all__ = [
     "DEFAULT_GRID",
     "DEFINITIONS",
     "PLOT_FILES",
+    "REGIONS_FILE",
     "REPORT_FILE",
     "RESULTS_FILE",
     "RUNS_DIR",
@@ -81,6 +85,7 @@ __all__ = [
     "grid",
     "plot_accuracy_vs_flops",
     "plot_accuracy_vs_k",
+    "plot_accuracy_vs_mean_k",
     "plot_attention_gallery",
     "plot_pointing",
     "plot_training_curves",

@@ -15,7 +15,11 @@ from vqa.ablation.statistics import (
     Difference,
     config_label,
     encoder_setting,
+    is_adaptive,
+    k_label,
     mean_std,
+    measured,
+    selection_of,
     std_error,
     variance_test,
     welch_test,
@@ -28,6 +32,20 @@ FUSION_SAVING = "hard computes less after the encoders (fusion FLOPs)"
 ENCODER_SAVING = "hard computes less in the encoders when it selects inside them (encoder FLOPs)"
 TOTAL_SAVING = "hard computes less in total (total FLOPs)"
 LATENCY_SAVING = "hard answers faster (ms per question)"
+# The implications of the Adaptive k claim that report.md answers per configuration.
+EQUAL_COST = "adaptive k is at least as accurate as fixed k at the same mean k (accuracy)"
+# The question families whose regions the Adaptive k claim compares, each with the names of
+# its question type: the synthetic scenes' first, then VQAv2's (the first one present counts).
+FAMILIES = {
+    "counting": ("count", "how many"),
+    "comparison": ("compare",),
+    "colour": ("colour", "what color"),
+}
+# The implication of the Guidance claim that report.md states per keep rate.
+GUIDANCE = (
+    "the question-guided selection is more accurate than EViT's CLS rule at the same keep "
+    "rate (accuracy)"
+)
 
 CLAIMS = {
     "Training": "Hard: non-differentiable, needs REINFORCE, high variance. "
@@ -37,6 +55,12 @@ CLAIMS = {
     "Accuracy": "Hard: lower, less stable. Soft: higher, more stable.",
     "Hybrid": "Hybrid (hard top-k, then soft weights over the selected) gets the best of both: "
     "soft's accuracy, stability and focus at hard's compute.",
+    "Guidance": "Inside the vision encoder, letting the question choose the patches is worth "
+    "accuracy: it beats a question-agnostic rule that keeps as many at the same cost (EViT's: "
+    "the patches the CLS token attends to most).",
+    "Adaptive k": "Letting each question choose how many regions it keeps (top-p, or a learned "
+    "budget) is at least as accurate as a fixed k at the same mean number of regions, and "
+    "counting and comparison questions take more regions than colour questions.",
 }
 
 
@@ -106,22 +130,129 @@ def selects_in_encoder(entry: dict) -> bool:
 
 
 def same_selection(entry: dict) -> tuple:
-    """(k, selection inside the encoder): what two configurations share to be compared at
-    the same selection."""
-    return entry["k"], encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
+    """(k and its rule, selection inside the encoder): what two configurations share to be
+    compared at the same selection."""
+    return k_label(entry), encoder_setting(*selection_of(entry))
 
 
 def selection_label(entry: dict) -> str:
-    """e.g. ``hard k=4``, or ``hard k=4 enc=1x8`` with a selection inside the encoder."""
-    k, setting = same_selection(entry)
-    return f"{entry['mode']} k={k}" + (f" enc={setting}" if setting else "")
+    """e.g. ``hard k=4``, ``hard top_p=0.9 k_max=16``, or ``hard k=4 enc=1x8`` with a
+    selection inside the encoder."""
+    keeps, setting = same_selection(entry)
+    return f"{entry['mode']} {keeps}" + (f" enc={setting}" if setting else "")
+
+
+def rule_pairs(stats: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(question-guided, CLS rule) pairs of aggregated configurations that differ only in the
+    rule that ranks the patch tokens inside the vision encoder: same mode, k, estimator,
+    blocks before the selection and tokens kept."""
+
+    def keep_rate(entry: dict) -> tuple:
+        setting = encoder_setting(entry["select_after"], entry["encoder_k"])  # rule left out
+        return entry["mode"], k_label(entry), entry["estimator"], setting
+
+    agnostic = [entry for entry in stats if entry.get("encoder_rule") == "cls"]
+    return [
+        (guided, other)
+        for guided in stats
+        if selects_in_encoder(guided) and guided.get("encoder_rule") != "cls"
+        for other in agnostic
+        if keep_rate(other) == keep_rate(guided)
+    ]
+
+
+def fixed_curve(adaptive: dict, stats: Sequence[dict]) -> list[dict]:
+    """The fixed-k configurations that ``adaptive`` is measured against, by increasing k:
+    same mode, estimator and selection inside the encoder."""
+
+    def setting(entry: dict) -> tuple:
+        return entry["mode"], entry["estimator"], encoder_setting(*selection_of(entry))
+
+    curve = [
+        entry
+        for entry in stats
+        if entry["mode"] != "soft"
+        and not is_adaptive(entry)
+        and setting(entry) == setting(adaptive)
+    ]
+    return sorted(curve, key=lambda entry: entry["k"])
+
+
+def equal_cost_accuracy(adaptive: dict, curve: Sequence[dict]) -> tuple[float, ...] | None:
+    """Per seed (lowest first), the accuracy of fixed k at the mean k that ``adaptive`` kept
+    with that seed: linear in k between the two fixed k around it, same seed.
+
+    Args:
+        adaptive: an aggregated adaptive-k configuration (its ``regions_used`` is its mean k).
+        curve: :func:`fixed_curve` of it.
+
+    Returns:
+        One accuracy per seed of ``adaptive``; None when a seed's mean k is outside the
+        fixed k of ``curve``, or a fixed configuration lacks that seed.
+    """
+    import numpy as np
+
+    ks = [entry["k"] for entry in curve]
+    accuracies = [entry["values"]["accuracy"] for entry in curve]
+    references = []
+    for seed, mean_k in enumerate(adaptive["values"].get("regions_used", ())):
+        if not ks or not ks[0] <= mean_k <= ks[-1] or min(map(len, accuracies)) <= seed:
+            return None
+        references.append(float(np.interp(mean_k, ks, [values[seed] for values in accuracies])))
+    return tuple(references) or None
+
+
+def family_column(entry: dict, family: str) -> str | None:
+    """The ``regions_used_<type>`` column of ``family`` (:data:`FAMILIES`) that ``entry``
+    measured (at some seed), or None."""
+    columns = (f"regions_used_{kind}" for kind in FAMILIES[family])
+    return next((column for column in columns if measured(entry["values"].get(column, ()))), None)
+
+
+def adaptive_comparisons(stats: Sequence[dict]) -> dict[str, list[Comparison]]:
+    """The implications of the Adaptive k claim and their comparisons, for each adaptive-k
+    configuration: its accuracy against fixed k at the same mean k
+    (:func:`equal_cost_accuracy`), and the mean k of its counting and comparison questions
+    against that of its colour questions."""
+    adaptive = [entry for entry in stats if is_adaptive(entry)]
+    equal_cost = []
+    for entry in adaptive:
+        reference = equal_cost_accuracy(entry, fixed_curve(entry, stats))
+        if reference is not None:
+            label = f"{config_label(entry)} vs fixed k at its mean k"
+            accuracy = entry["values"]["accuracy"]
+            equal_cost.append(Comparison(label, "accuracy", accuracy, reference, "not lower"))
+    implications = {EQUAL_COST: equal_cost}
+    for family in ("counting", "comparison"):
+        comparisons = []
+        for entry in adaptive:
+            column, colour = family_column(entry, family), family_column(entry, "colour")
+            if column is None or colour is None:
+                continue
+            comparisons.append(
+                Comparison(
+                    f"{config_label(entry)}: {column.removeprefix('regions_used_')} vs "
+                    f"{colour.removeprefix('regions_used_')}",
+                    "regions_used",
+                    entry["values"][column],
+                    entry["values"][colour],
+                    "higher",
+                )
+            )
+        implications[f"{family} questions keep more regions than colour questions (mean k)"] = (
+            comparisons
+        )
+    return implications
 
 
 def claim_comparisons(stats: Sequence[dict]) -> dict[str, dict[str, list[Comparison]]]:
     """For each claim of :data:`CLAIMS`, what it implies (one sentence per measurement) and
     the comparisons of aggregated configurations that test each implication: hard and hybrid
     against soft, hybrid against hard at the same k, estimator and encoder selection,
-    REINFORCE against the other estimators at the same k and encoder selection."""
+    REINFORCE against the other estimators at the same k and encoder selection; and, when the
+    ablation crossed the encoder selection with EViT's CLS rule, the question-guided selection
+    against that rule at the same keep rate (the Guidance claim, left out otherwise); and,
+    when it has adaptive-k runs, :func:`adaptive_comparisons` (the Adaptive k claim)."""
     soft = next((entry for entry in stats if entry["mode"] == "soft"), None)
     hard = [entry for entry in stats if entry["mode"] == "hard"]
     hybrid = [entry for entry in stats if entry["mode"] == "hybrid"]
@@ -162,7 +293,7 @@ def claim_comparisons(stats: Sequence[dict]) -> dict[str, dict[str, list[Compari
         if (same_selection(plain), plain["estimator"])
         == (same_selection(mixed), mixed["estimator"])
     ]
-    return {
+    claims = {
         "Training": {
             "hard's estimator makes the score gradient noisy (estimator noise/signal)": versus(
                 hard, "score_grad_noise", "higher"
@@ -208,3 +339,11 @@ def claim_comparisons(stats: Sequence[dict]) -> dict[str, dict[str, list[Compari
             ),
         },
     }
+    pairs = rule_pairs(stats)
+    if pairs:
+        claims["Guidance"] = {
+            GUIDANCE: [compare(guided, other, "accuracy", "higher") for guided, other in pairs]
+        }
+    if any(map(is_adaptive, stats)):
+        claims["Adaptive k"] = adaptive_comparisons(stats)
+    return claims

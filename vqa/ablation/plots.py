@@ -1,5 +1,5 @@
-"""The ablation's plots: accuracy against k and against FLOPs, training curves, pointing, and
-a gallery of where each mode looked.
+"""The ablation's plots: accuracy against k, against the mean k and against FLOPs, training
+curves, pointing, and a gallery of where each mode looked.
 
 Each function takes the configurations of ``statistics.aggregate``, saves a PNG and returns the
 matplotlib Figure, so that callers (and the tests) can read back what was drawn. Figures are
@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 from vqa.ablation.probes import answer_losses, collate
 from vqa.ablation.report import METRIC_FORMATS
-from vqa.ablation.statistics import SOFT_ESTIMATOR, config_label, encoder_setting
+from vqa.ablation.statistics import (
+    SOFT_ESTIMATOR,
+    config_label,
+    encoder_setting,
+    is_adaptive,
+    k_label,
+    selection_of,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,6 +34,7 @@ if TYPE_CHECKING:
 
 MODE_COLOURS = {"soft": "tab:blue", "hard": "tab:orange", "hybrid": "tab:green"}
 ESTIMATOR_MARKERS = {"ste": "o", "gumbel": "s", "reinforce": "^", "none": "x", SOFT_ESTIMATOR: "D"}
+RULE_MARKERS = {"top_p": "*", "budget": "P"}  # adaptive-k points of accuracy vs mean k
 GALLERY_QUESTIONS = 4
 
 
@@ -67,7 +75,7 @@ def series_label(entry: dict) -> str:
     if entry["mode"] == "soft":
         return "soft"
     label = f"{entry['mode']} {entry['estimator']}"
-    setting = encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
+    setting = encoder_setting(*selection_of(entry))
     return f"{label} enc={setting}" if setting else label
 
 
@@ -78,7 +86,8 @@ def selection_style(entry: dict) -> dict:
 
 def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
     """Accuracy against k, one errorbar line per (mode, estimator, encoder selection) labelled
-    as :func:`series_label`; soft (all N regions) as a horizontal line with a ± std band."""
+    as :func:`series_label`; soft (all N regions) as a horizontal line with a ± std band.
+    Adaptive-k configurations are left out: :func:`plot_accuracy_vs_mean_k` draws them."""
     figure, axes = new_axes()
     ax = axes[0][0]
     for entry in stats:
@@ -89,7 +98,7 @@ def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
                 ax.axhspan(mean - std, mean + std, color=MODE_COLOURS["soft"], alpha=0.15)
     lines: dict[str, list[dict]] = {}
     for entry in stats:
-        if entry["mode"] != "soft":
+        if entry["mode"] != "soft" and not is_adaptive(entry):
             lines.setdefault(series_label(entry), []).append(entry)
     for label, entries in lines.items():
         entries = sorted(entries, key=lambda entry: entry["k"])
@@ -105,7 +114,9 @@ def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
             label=label,
             **selection_style(entries[0]),
         )
-    ks = sorted({entry["k"] for entry in stats if entry["mode"] != "soft"})
+    ks = sorted(
+        {entry["k"] for entry in stats if entry["mode"] != "soft" and not is_adaptive(entry)}
+    )
     if ks:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
@@ -118,7 +129,8 @@ def plot_accuracy_vs_k(stats: Sequence[dict], path: str | Path) -> Figure:
 def plot_accuracy_vs_flops(stats: Sequence[dict], path: str | Path) -> Figure:
     """Accuracy against MFLOPs per question: after the encoders (left axes) and in total,
     encoders included (right), one errorbar point per configuration, annotated with its k
-    (and its selection inside the vision encoder, ``enc=SxK``)."""
+    (an adaptive rule with its k_max, whose slots it computes) and its selection inside the
+    vision encoder, ``enc=SxK``."""
     figure, axes = new_axes(columns=2)
     for ax, metric in zip(axes[0], ("fusion_flops", "total_flops"), strict=True):
         seen = set()
@@ -136,9 +148,9 @@ def plot_accuracy_vs_flops(stats: Sequence[dict], path: str | Path) -> Figure:
                 **selection_style(entry),
             )
             seen.add(label)
-            setting = encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
+            setting = encoder_setting(*selection_of(entry))
             ax.annotate(
-                f"k={entry['k']}" + (f" enc={setting}" if setting else ""),
+                k_label(entry) + (f" enc={setting}" if setting else ""),
                 (entry[metric][0] * 1e-6, entry["accuracy"][0]),
                 fontsize=7,
                 xytext=(4, 4),
@@ -148,6 +160,56 @@ def plot_accuracy_vs_flops(stats: Sequence[dict], path: str | Path) -> Figure:
     axes[0][0].set_title("Accuracy vs FLOPs after the encoders")
     axes[0][1].set_title("Accuracy vs FLOPs of the whole model")
     axes[0][0].legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+    return figure
+
+
+def plot_accuracy_vs_mean_k(stats: Sequence[dict], path: str | Path) -> Figure:
+    """Accuracy against the mean k (regions used) of hard and hybrid configurations: fixed k
+    as one errorbar line per :func:`series_label`, each adaptive-k configuration as a point
+    (a star for top-p, a plus for a budget) with the seed standard deviation of its mean k
+    as horizontal error bar, in the legend under its :func:`config_label`."""
+    figure, axes = new_axes()
+    ax = axes[0][0]
+    lines: dict[str, list[dict]] = {}
+    for entry in stats:
+        if entry["mode"] != "soft" and not is_adaptive(entry):
+            lines.setdefault(series_label(entry), []).append(entry)
+    for label, entries in lines.items():
+        entries = sorted(entries, key=lambda entry: entry["regions_used"][0])
+        errorbar(
+            ax,
+            entries,
+            [entry["regions_used"][0] for entry in entries],
+            "accuracy",
+            color=MODE_COLOURS.get(entries[0]["mode"]),
+            marker=ESTIMATOR_MARKERS.get(entries[0]["estimator"], "o"),
+            ls="-" if entries[0]["mode"] == "hybrid" else ":",
+            label=f"{label} (fixed k)",
+            **selection_style(entries[0]),
+        )
+    for entry in (entry for entry in stats if is_adaptive(entry)):
+        mean_k, spread = entry["regions_used"]
+        ax.errorbar(
+            [mean_k],
+            [entry["accuracy"][0]],
+            xerr=[0.0 if math.isnan(spread) else spread],
+            yerr=[0.0 if math.isnan(entry["accuracy"][1]) else entry["accuracy"][1]],
+            capsize=3,
+            color=MODE_COLOURS.get(entry["mode"]),
+            marker=RULE_MARKERS.get(entry["k_rule"], "o"),
+            markersize=10,
+            ls="none",
+            label=config_label(entry),
+            **selection_style(entry),
+        )
+    ax.set(
+        xlabel="mean k (regions used per question)",
+        ylabel="accuracy",
+        title="Accuracy vs mean k: fixed k (lines), adaptive k (points)",
+    )
+    if lines or any(map(is_adaptive, stats)):  # an ablation of soft runs alone draws nothing
+        ax.legend(fontsize="small")
     figure.savefig(path, dpi=120)
     return figure
 

@@ -39,8 +39,12 @@ def collate(
 def count_flops(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float, float]:
     """FLOPs per question of one eval-mode forward pass: (after the encoders, total).
 
+    What the model computes is counted: with an adaptive k every question runs on k_max
+    slots, those past its own k masked, so the count is that of k = k_max (the mean kept k is
+    ``vqa.evaluation``'s ``regions_used``).
+
     Args:
-        model: the model; its fusion mode and k decide what runs.
+        model: the model; its fusion mode and k (or adaptive rule) decide what runs.
         inputs: a batch of B questions without labels: ``pixel_values`` (U, C, H, W),
             ``input_ids`` and ``attention_mask`` (B, L), ``image_index`` (B,).
 
@@ -68,6 +72,13 @@ def count_flops(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float
     prefix = type(model).__name__
     fusion = sum(sum(by_module.get(f"{prefix}.{name}", {}).values()) for name in FUSION_MODULES)
     return fusion / questions, counter.get_total_flops() / questions
+
+
+def regions_spread(histogram: dict[str, int]) -> float:
+    """Standard deviation over the questions of the regions each used (its k), from
+    ``vqa.evaluation.regions_histogram``'s ``{"3": 12, "5": 40}``; nan without questions."""
+    values = [int(regions) for regions, count in histogram.items() for _ in range(count)]
+    return statistics.pstdev(values) if values else math.nan
 
 
 def score_gradient_noise(

@@ -18,6 +18,10 @@ from vqa.ablation.claims import (
     TOTAL_SAVING,
     Comparison,
     claim_comparisons,
+    equal_cost_accuracy,
+    family_column,
+    fixed_curve,
+    rule_pairs,
     selects_in_encoder,
     verdict,
 )
@@ -29,8 +33,13 @@ from vqa.ablation.statistics import (
     aggregate,
     config_label,
     encoder_setting,
+    is_adaptive,
+    mean_std,
     one_sample_test,
     read_results,
+    rule_setting,
+    selection_of,
+    welch_test,
 )
 
 # (results.csv column, table header, scale, format) of the numbers that table.md shows.
@@ -64,12 +73,22 @@ DEFINITIONS = f"""\
   by the selection score.
 - **entropy**: entropy in nats of the head-averaged attention weights over the N regions
   (log k for hard attention, at most log N).
-- **regions used**: regions with a non-zero weight.
+- **regions used**: regions with a non-zero weight (of the head-averaged weights: with
+  several fusion heads, the regions that any head kept). Per question this is its k, so its
+  mean is the **mean k**; `regions_used_<type>` and `regions_spread_<type>` in results.csv
+  are its mean and its standard deviation over the questions of each type, and
+  `runs/<name>/regions_used.json` its distribution (questions per number of regions).
+- **k rule** (`k_rule`, `top_p`, `k_penalty` in results.csv): how many regions hard and hybrid
+  runs keep: a fixed k; `top_p=P k_max=K`, per question the fewest regions whose attention
+  mass reaches P, at most K; `budget=L k_max=K`, a learned k per question, trained with the
+  compute penalty L · E[k]. For an adaptive rule the k column is K.
 - **fusion MFLOP/q**: FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` (matrix
   products, convolutions, attention; element-wise operations are not counted) in one eval-mode
   forward pass over the first questions of the evaluation split, divided by their number, in
   the modules after the encoders and their projections: `model.{", model.".join(FUSION_MODULES)}`
-  (everything whose cost depends on the fusion's selection). **total MFLOP/q** counts the whole
+  (everything whose cost depends on the fusion's selection). An adaptive k is counted as the
+  model computes it: every question runs on k_max slots, those past its own k masked, so its
+  FLOPs are those of k = k_max; its mean k is beside them. **total MFLOP/q** counts the whole
   forward pass; questions about one image share its encoding, as in evaluation, except for the
   ViT blocks after a selection inside the vision encoder, which run per question.
   **encoder MFLOP/q** is total minus fusion: the vision and text encoders, their projections
@@ -142,13 +161,24 @@ def summarise(results_csv: str | Path) -> str:
     # The encoder column only when a run selects inside the vision encoder, so that the
     # tables of ablations without one stay as they were.
     encoder = any(selects_in_encoder(entry) for entry in stats)
-    config = ["mode", "k", "estimator", *(["encoder"] if encoder else []), "seeds"]
+    # Likewise the k rule's column and table only when a run keeps an adaptive k.
+    adaptive = any(map(is_adaptive, stats))
+    config = [
+        "mode",
+        "k",
+        *(["k rule"] if adaptive else []),
+        "estimator",
+        *(["encoder"] if encoder else []),
+        "seeds",
+    ]
 
     def configuration(entry: dict) -> list[str]:
-        setting = encoder_setting(entry["select_after"], entry["encoder_k"]) or "-"
+        setting = encoder_setting(*selection_of(entry)) or "-"
+        rule = rule_setting(entry) or "-"
         return [
             entry["mode"],
             str(entry["k"]),
+            *([rule] if adaptive else []),
             entry["estimator"],
             *([setting] if encoder else []),
             str(entry["seeds"]),
@@ -173,12 +203,53 @@ def summarise(results_csv: str | Path) -> str:
         ),
     )
     legend = (
-        " encoder SxK: K patch tokens kept after S ViT blocks (- : every token)." if encoder else ""
+        " encoder SxK: K patch tokens kept after S ViT blocks, ranked by the question (SxK-cls: "
+        "by the CLS token's attention, EViT's rule; - : every token)."
+        if encoder
+        else ""
     )
-    return (
+    if adaptive:
+        legend += (
+            " k rule: top_p=P keeps per question the fewest regions whose attention mass "
+            "reaches P, budget=L a learned k trained with the compute penalty L; k is then the "
+            "most regions kept (k_max), and regions used the mean k."
+        )
+    text = (
         "# Ablation: mean ± standard deviation over seeds\n\n"
         f"k is the number of regions kept (all N for soft).{legend} Definitions: see "
         f"report.md.\n\n{main}\n## Accuracy per question type\n\n{by_type}"
+    )
+    if adaptive:
+        text += f"\n## Regions used (mean k) per question type\n\n{regions_by_type(stats)}"
+    return text
+
+
+def regions_by_type(stats: Sequence[dict]) -> str:
+    """A markdown table of each adaptive-k configuration's mean k per question type: mean ±
+    std over seeds, and in brackets the standard deviation of k over the questions of that
+    type (mean over seeds)."""
+    adaptive = [entry for entry in stats if is_adaptive(entry)]
+    prefix = "regions_used_"
+    types = [
+        column.removeprefix(prefix)
+        for column in dict.fromkeys(c for e in adaptive for c in e if c.startswith(prefix))
+    ]
+    missing = (math.nan, math.nan)
+
+    def spread(entry: dict, kind: str) -> str:
+        mean = entry.get(f"regions_spread_{kind}", missing)[0]
+        return "" if math.isnan(mean) else f" ({mean:.1f})"
+
+    return markdown_table(
+        ["configuration", *types],
+        (
+            [config_label(entry)]
+            + [
+                cell(entry.get(prefix + kind, missing), 1.0, ".1f") + spread(entry, kind)
+                for kind in types
+            ]
+            for entry in adaptive
+        ),
     )
 
 
@@ -283,6 +354,134 @@ def end_to_end(stats: Sequence[dict], verdicts: dict[str, str]) -> list[str]:
     return [text, ""]
 
 
+def guidance(stats: Sequence[dict]) -> list[str]:
+    """What the question's guidance inside the vision encoder is worth, per keep rate: the
+    accuracy of the question-guided selection minus that of EViT's CLS rule keeping as many
+    patches, with Welch's t-test (a tie when p >= ALPHA), and the total FLOPs of both.
+
+    Returns:
+        report.md's lines (a list and a blank line); none without such pairs.
+    """
+    outcomes = {
+        "higher": "the question's guidance is worth accuracy",
+        "lower": "the CLS rule is more accurate",
+        "tie": "a tie, within the noise",
+        "not tested": "not tested (fewer than 2 seeds on a side)",
+    }
+    lines = []
+    for guided, other in rule_pairs(stats):
+        test = welch_test(guided["values"]["accuracy"], other["values"]["accuracy"])
+        difference = guided["accuracy"][0] - other["accuracy"][0]
+        flops = [
+            cell(entry.get("total_flops", (math.nan, math.nan)), 1e-6, ".2f")
+            for entry in (guided, other)
+        ]
+        lines.append(
+            f"- {config_label(guided)}: question − CLS = {difference:+.3f} accuracy "
+            f"({cell(guided['accuracy'])} vs {cell(other['accuracy'])}; {test.test}, p = "
+            f"{p_text(test.p_value)}): **{outcomes.get(test.direction, test.direction)}**; "
+            f"total MFLOP/q {flops[0]} vs {flops[1]}."
+        )
+    if not lines:
+        return []
+    return [
+        "**What the question's guidance is worth**, per keep rate (accuracy of the "
+        "question-guided selection minus that of EViT's CLS rule keeping as many patches):",
+        "",
+        *lines,
+        "",
+    ]
+
+
+def adaptive_k(stats: Sequence[dict]) -> list[str]:
+    """The Adaptive k claim's answers, per adaptive-k configuration: its accuracy against
+    fixed k at the same mean k (:func:`equal_cost_line`), and its mean k per question type
+    with the tests of counting and comparison questions against colour ones
+    (:func:`family_line`).
+
+    Returns:
+        report.md's lines; none without an adaptive-k configuration.
+    """
+    adaptive = [entry for entry in stats if is_adaptive(entry)]
+    if not adaptive:
+        return []
+    return [
+        "**At equal mean cost**: each adaptive-k configuration against fixed k of the same mode "
+        "and estimator at its mean k (regions used), the fixed k's accuracy interpolated "
+        f"linearly in k between the fixed k around it, seed by seed; {MEAN_TEST}, a *tie* when "
+        f"p ≥ {ALPHA}. Fusion FLOPs are counted as the model computes them: an adaptive rule "
+        "runs every question on k_max slots, masking those past its own k, so they are the "
+        "FLOPs of k = k_max; the mean k is the cost that the comparison holds equal.",
+        "",
+        *(equal_cost_line(entry, stats) for entry in adaptive),
+        "",
+        "**Regions per question type**: mean k ± std over seeds, in brackets the standard "
+        "deviation of k over the questions of the type (mean over seeds):",
+        "",
+        regions_by_type(stats),
+        *(family_line(entry) for entry in adaptive),
+        "",
+    ]
+
+
+def equal_cost_line(entry: dict, stats: Sequence[dict]) -> str:
+    """One adaptive-k configuration against fixed k at its mean k: a list item that says
+    whether adaptive k beats fixed k, ties with it or is worse, or why it cannot be told."""
+    outcomes = {
+        "higher": "adaptive k beats fixed k",
+        "lower": "adaptive k is worse than fixed k",
+        "tie": "a tie, within the noise",
+        "not tested": "not tested (fewer than 2 seeds on a side)",
+    }
+    missing = (math.nan, math.nan)
+    text = (
+        f"- {config_label(entry)}: mean k {cell(entry.get('regions_used', missing), 1.0, '.1f')} "
+        f"(fusion MFLOP/q {cell(entry.get('fusion_flops', missing), 1e-6, '.3f')}, counted at "
+        f"k_max = {entry['k']})"
+    )
+    curve = fixed_curve(entry, stats)
+    reference = equal_cost_accuracy(entry, curve)
+    if reference is None:
+        ks = ", ".join(str(fixed["k"]) for fixed in curve) or "none"
+        return text + (
+            f"; **not compared**: its mean k is not within the fixed k of the grid at every "
+            f"seed (fixed k of the same mode and estimator: {ks})."
+        )
+    test = welch_test(entry["values"]["accuracy"], reference)
+    return text + (
+        f"; accuracy {cell(entry['accuracy'])} vs {cell(mean_std(reference))} for fixed k at "
+        f"the same mean k ({test.test}, p = {p_text(test.p_value)}): "
+        f"**{outcomes.get(test.direction, test.direction)}**."
+    )
+
+
+def family_line(entry: dict) -> str:
+    """A list item: the mean k of one adaptive-k configuration's counting and comparison
+    questions minus that of its colour questions, each with Welch's t-test over seeds."""
+    colour = family_column(entry, "colour")
+    parts = []
+    for family in ("counting", "comparison"):
+        column = family_column(entry, family)
+        if column is None or colour is None:
+            continue
+        test = welch_test(entry["values"][column], entry["values"][colour])
+        outcome = {
+            "higher": f"{family} questions take more regions",
+            "lower": f"{family} questions take fewer regions",
+            "tie": "a tie, within the noise",
+            "not tested": "not tested (fewer than 2 seeds on a side)",
+        }.get(test.direction, test.direction)
+        names = column.removeprefix("regions_used_"), colour.removeprefix("regions_used_")
+        parts.append(
+            f"{names[0]} − {names[1]} = {entry[column][0] - entry[colour][0]:+.1f} regions "
+            f"({cell(entry[column], 1.0, '.1f')} vs {cell(entry[colour], 1.0, '.1f')}; "
+            f"{test.test}, p = {p_text(test.p_value)}): **{outcome}**"
+        )
+    if not parts:
+        return f"- {config_label(entry)}: no counting or comparison questions beside colour ones."
+    return f"- {config_label(entry)}: " + "; ".join(parts) + "."
+
+
 def saving_source(encoder: str, after: str) -> str:
     """Where hard attention's saving is, from the verdicts of its encoder FLOPs and its FLOPs
     after the encoders against soft's (``mixed``: for some configurations)."""
@@ -353,6 +552,8 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
             f"**Verdict: {verdict(verdicts.values())}**",
             "",
             *(end_to_end(stats, verdicts) if title == "Compute" else []),
+            *(guidance(stats) if title == "Guidance" else []),
+            *(adaptive_k(stats) if title == "Adaptive k" else []),
             markdown_table(
                 ["what the claim implies", "verdict", "hold", "ties", "not tested", "contradict"],
                 (

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from vqa.ablation.plots import (
     plot_accuracy_vs_flops,
     plot_accuracy_vs_k,
+    plot_accuracy_vs_mean_k,
     plot_attention_gallery,
     plot_pointing,
     plot_training_curves,
@@ -26,14 +27,17 @@ from vqa.ablation.probes import (
     collate,
     count_flops,
     final_loss,
+    regions_spread,
     score_gradient_noise,
 )
 from vqa.ablation.report import summarise, write_report
 from vqa.ablation.statistics import (
+    FIXED,
     SOFT_ESTIMATOR,
     aggregate,
     append_result,
     encoder_setting,
+    k_name,
     read_results,
 )
 from vqa.files import write_json
@@ -47,8 +51,12 @@ RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"
 REPORT_FILE = "report.md"
 RUNS_DIR = "runs"
+# In each run's directory: how many questions used each number of regions, overall and per
+# question type (the distribution of k).
+REGIONS_FILE = "regions_used.json"
 PLOT_FILES = {
     "accuracy_vs_k": "accuracy_vs_k.png",
+    "accuracy_vs_mean_k": "accuracy_vs_mean_k.png",
     "accuracy_vs_flops": "accuracy_vs_flops.png",
     "training_curves": "training_curves.png",
     "pointing": "pointing.png",
@@ -73,11 +81,20 @@ class AblationArguments:
         preset: model, training and data sizes and the default grid (see ``vqa.presets``).
         modes, k, estimators, seeds: the grid. Estimators and k apply to hard and hybrid
             runs; soft runs once per seed.
-        select_after, encoder_k: the selection inside the vision encoder (None: none, the
-            grid of earlier versions). Hard and hybrid runs are crossed with every pair of
-            ViT blocks before the selection and patch tokens kept (a count, or a ratio in
-            (0, 1]); ``encoder_k`` needs ``select_after`` and defaults to the preset's. Soft
-            keeps every token, so it still runs once per seed.
+        select_after, encoder_k, encoder_rule: the selection inside the vision encoder (None:
+            none, the grid of earlier versions). Hard and hybrid runs are crossed with every
+            ViT blocks before the selection, patch tokens kept (a count, or a ratio in
+            (0, 1]) and rule that ranks them (``question``, or ``cls``: EViT's CLS attention);
+            ``encoder_k`` and ``encoder_rule`` need ``select_after`` and default to the
+            preset's and ``question``. Soft keeps every token, so it still runs once per seed.
+            With the ``cls`` rule every run of the grid, soft included, gets a CLS token
+            (``vision_class_token``), so that all of them share one architecture.
+        k_rule: how many regions hard and hybrid runs keep (None: ``fixed`` alone, the grid of
+            earlier versions): ``fixed`` (each value of ``k``), ``top_p`` (each value of
+            ``top_p``) or ``budget`` (a learned k, each compute penalty of ``k_penalty``).
+        top_p, k_penalty: the settings of the adaptive rules (None: the preset's, 0.9 and 0).
+        k_max: the most regions an adaptive rule keeps (None: the preset's, 16).
+        encoder_fold: every selection inside the encoder folds the dropped tokens into one.
         epochs: training epochs of every run.
         pointing_loss_weight: weight of the pointing loss in every run (None: the preset's,
             0 in ``quick`` and ``full``, so that pointing accuracy measures where each mode
@@ -97,6 +114,12 @@ class AblationArguments:
     seeds: Sequence[int] | None = None
     select_after: Sequence[int] | None = None
     encoder_k: Sequence[int | float] | None = None
+    encoder_rule: Sequence[str] | None = None
+    k_rule: Sequence[str] | None = None
+    top_p: Sequence[float] | None = None
+    k_penalty: Sequence[float] | None = None
+    k_max: int | None = None
+    encoder_fold: bool = False
     epochs: int | None = None
     pointing_loss_weight: float | None = None
     resume: bool = False
@@ -107,10 +130,12 @@ class AblationArguments:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of the grid; ``k`` is the number of regions for soft (it keeps all).
+    """One training run of the grid; ``k`` is the number of regions for soft (it keeps all),
+    and the most regions (k_max) for an adaptive ``k_rule``.
 
-    ``select_after`` and ``encoder_k`` are the selection inside the vision encoder (ViT
-    blocks before it, patch tokens kept), None without one.
+    ``select_after``, ``encoder_k`` and ``encoder_rule`` are the selection inside the vision
+    encoder (ViT blocks before it, patch tokens kept, what ranks them), None without one.
+    ``k_rule`` is ``fixed``, ``top_p`` (with ``top_p``) or ``budget`` (with ``k_penalty``).
     """
 
     mode: str
@@ -119,16 +144,23 @@ class RunSpec:
     seed: int
     select_after: int | None = None
     encoder_k: int | float | None = None
+    encoder_rule: str | None = None
+    k_rule: str = FIXED
+    top_p: float | None = None
+    k_penalty: float | None = None
 
     @property
     def name(self) -> str:
-        """Directory name of the run, e.g. ``hybrid-k4-ste-seed0``, ``soft-seed0``, or with a
-        selection of 16 tokens after 1 ViT block ``hybrid-k4-ste-enc1x16-seed0``."""
+        """Directory name of the run, e.g. ``hybrid-k4-ste-seed0``, ``soft-seed0``, with an
+        adaptive k ``hybrid-topp0.9-kmax16-ste-seed0`` or ``hybrid-budget0.01-kmax16-ste-seed0``,
+        or with a selection of 16 tokens after 1 ViT block ``hybrid-k4-ste-enc1x16-seed0``
+        (ranked by the CLS attention: ``hybrid-k4-ste-enc1x16-cls-seed0``)."""
         if self.mode == "soft":
             return f"soft-seed{self.seed}"
-        setting = encoder_setting(self.select_after, self.encoder_k)
+        setting = encoder_setting(self.select_after, self.encoder_k, self.encoder_rule)
         encoder = f"-enc{setting}" if setting else ""
-        return f"{self.mode}-k{self.k}-{self.estimator}{encoder}-seed{self.seed}"
+        keeps = k_name(self.k, self.k_rule, self.top_p, self.k_penalty)
+        return f"{self.mode}-{keeps}-{self.estimator}{encoder}-seed{self.seed}"
 
 
 def num_regions(preset: Preset) -> int:
@@ -150,13 +182,14 @@ def listed(name: str, given: Sequence | None, defaults: dict) -> list:
 
 def grid(args: AblationArguments) -> list[RunSpec]:
     """The runs of ``args``: seeds outermost (a partial ablation covers every configuration
-    with its first seeds), then modes, k, estimators and the encoder selections
-    (select_after, then encoder_k) in the order given.
+    with its first seeds), then modes, k and its rule (see :func:`k_grid`), estimators and
+    the encoder selections (select_after, then encoder_k, then encoder_rule) in the order
+    given.
 
     Raises:
-        ValueError: an empty list, an unknown mode or estimator, a k outside 1..N, or a bad
-            encoder selection (see :func:`encoder_grid`); the message names the argument and
-            the value.
+        ValueError: an empty list, an unknown mode or estimator, a bad k or k rule (see
+            :func:`k_grid`), or a bad encoder selection (see :func:`encoder_grid`); the
+            message names the argument and the value.
     """
     from hybrid_attention import ESTIMATORS, MODES
 
@@ -171,16 +204,10 @@ def grid(args: AblationArguments) -> list[RunSpec]:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seeds: {seed!r} is not an integer >= 0")
     regions = num_regions(preset)
-    ks: list[int] = []
+    keeps: list[tuple[int, str, float | None, float | None]] = []
     estimators: list[str] = []
     if any(mode != "soft" for mode in modes):
-        ks = listed("k", args.k, defaults)
-        for k in ks:
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= regions:
-                raise ValueError(
-                    f"k: {k!r} is not between 1 and the number of regions ({regions}) of the "
-                    f"{args.preset!r} preset"
-                )
+        keeps = k_grid(args, defaults)
         estimators = listed("estimators", args.estimators, defaults)
         for estimator in estimators:
             if estimator not in ESTIMATORS:
@@ -188,7 +215,8 @@ def grid(args: AblationArguments) -> list[RunSpec]:
                     f"estimators: unknown estimator {estimator!r}; choose from "
                     f"{', '.join(ESTIMATORS)}"
                 )
-    encoders = encoder_grid(args, preset, ks) if ks else [(None, None)]
+    most = [k for k, _, _, _ in keeps]  # the most regions each setting keeps
+    encoders = encoder_grid(args, preset, most) if keeps else [(None, None, None)]
     specs = []
     for seed in seeds:
         for mode in modes:
@@ -196,35 +224,107 @@ def grid(args: AblationArguments) -> list[RunSpec]:
                 specs.append(RunSpec("soft", regions, SOFT_ESTIMATOR, seed))
             else:
                 specs.extend(
-                    RunSpec(mode, k, e, seed, after, keep)
-                    for k in ks
+                    RunSpec(mode, k, e, seed, after, keep, rule, k_rule, top_p, penalty)
+                    for k, k_rule, top_p, penalty in keeps
                     for e in estimators
-                    for after, keep in encoders
+                    for after, keep, rule in encoders
                 )
     return specs
 
 
-def encoder_grid(
-    args: AblationArguments, preset: Preset, ks: Sequence[int]
-) -> list[tuple[int | None, int | float | None]]:
-    """The (select_after, encoder_k) pairs that hard and hybrid runs are crossed with:
-    ``[(None, None)]`` (no selection in the encoder) unless ``args.select_after`` is given.
+def k_grid(
+    args: AblationArguments, defaults: dict
+) -> list[tuple[int, str, float | None, float | None]]:
+    """The (k, k_rule, top_p, k_penalty) settings that hard and hybrid runs are crossed with,
+    rule by rule in the order of ``args.k_rule`` (default: ``fixed`` alone): each k of a
+    fixed rule, each top_p of the top-p rule, each compute penalty of the budget rule. The
+    adaptive rules keep at most k = ``args.k_max`` (default: the preset's) regions.
 
     Raises:
-        ValueError: ``encoder_k`` without ``select_after``; a select_after outside 0..the
-            preset's ViT blocks or that its model refuses (a vision encoder that cannot run
-            block by block); an encoder_k that is neither a count in 1..N nor a ratio in
-            (0, 1], or keeps fewer tokens than a k of the fusion.
+        ValueError: an empty list; an unknown rule; a k or k_max outside 1..N; a top_p outside
+            (0, 1]; a negative k_penalty; k, top_p, k_penalty or k_max without a rule that
+            reads it. The message names the argument and the value.
     """
+    from vqa.configuration import K_RULES, HybridVQAConfig
+
+    preset = get_preset(args.preset)
+    config = HybridVQAConfig(**preset.model)
+    rules = listed("k_rule", args.k_rule, {"k_rule": (FIXED,)})
+    for rule in rules:
+        if rule not in K_RULES:
+            raise ValueError(f"k_rule: unknown rule {rule!r}; choose from {', '.join(K_RULES)}")
+    readers = {
+        "k": (FIXED,),
+        "top_p": ("top_p",),
+        "k_penalty": ("budget",),
+        "k_max": ("top_p", "budget"),
+    }
+    for name, readable in readers.items():
+        value = getattr(args, name)
+        if value is not None and not set(readable) & set(rules):
+            raise ValueError(f"{name}: {value!r} needs the {' or '.join(readable)} rule in k_rule")
+
+    def check_count(name: str, k: object) -> None:
+        """Raise a ValueError unless ``k`` is a number of regions, 1..N."""
+        regions = config.num_regions
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= regions:
+            raise ValueError(
+                f"{name}: {k!r} is not between 1 and the number of regions ({regions}) of the "
+                f"{args.preset!r} preset"
+            )
+
+    keeps: list[tuple[int, str, float | None, float | None]] = []
+    for rule in rules:
+        if rule == FIXED:
+            ks = listed("k", args.k, defaults)
+            for k in ks:
+                check_count("k", k)
+            keeps += [(k, FIXED, None, None) for k in ks]
+            continue
+        k_max = config.fusion_k_max if args.k_max is None else args.k_max
+        check_count("k_max", k_max)
+        if rule == "top_p":
+            for top_p in listed("top_p", args.top_p, {"top_p": (config.fusion_top_p,)}):
+                real = isinstance(top_p, int | float) and not isinstance(top_p, bool)
+                if not (real and 0 < top_p <= 1):
+                    raise ValueError(f"top_p: {top_p!r} is not in (0, 1]")
+                keeps.append((k_max, rule, top_p, None))
+        else:
+            default = {"k_penalty": (config.fusion_k_penalty,)}
+            for penalty in listed("k_penalty", args.k_penalty, default):
+                real = isinstance(penalty, int | float) and not isinstance(penalty, bool)
+                if not (real and penalty >= 0):
+                    raise ValueError(f"k_penalty: {penalty!r} is not a number >= 0")
+                keeps.append((k_max, rule, None, penalty))
+    return keeps
+
+
+def encoder_grid(
+    args: AblationArguments, preset: Preset, ks: Sequence[int]
+) -> list[tuple[int | None, int | float | None, str | None]]:
+    """The (select_after, encoder_k, encoder_rule) triples that hard and hybrid runs are
+    crossed with: ``[(None, None, None)]`` (no selection in the encoder) unless
+    ``args.select_after`` is given. ``ks``: the most regions each k setting of the fusion
+    keeps (k, or k_max).
+
+    Raises:
+        ValueError: ``encoder_k``, ``encoder_rule`` or ``encoder_fold`` without
+            ``select_after``; a select_after outside 0..the preset's ViT blocks or that its
+            model refuses (a vision encoder that cannot run block by block); an encoder_k that
+            is neither a count in 1..N nor a ratio in (0, 1], or keeps fewer tokens than a k
+            of the fusion; an unknown rule.
+    """
+    from vqa.class_attention import ENCODER_RULES
     from vqa.configuration import HybridVQAConfig
 
     if args.select_after is None:
-        if args.encoder_k is not None:
-            raise ValueError(
-                f"encoder_k: {list(args.encoder_k)!r} needs select_after (the ViT blocks that "
-                "run on every patch token before the encoder keeps encoder_k of them)"
-            )
-        return [(None, None)]
+        for name in ("encoder_k", "encoder_rule", "encoder_fold"):
+            if getattr(args, name):
+                raise ValueError(
+                    f"{name}: {getattr(args, name)!r} needs select_after (the ViT blocks that "
+                    "run on every patch token before the encoder keeps some of them)"
+                )
+        return [(None, None, None)]
     config = HybridVQAConfig(**preset.model)
     afters = listed("select_after", args.select_after, {})
     for after in afters:
@@ -260,7 +360,13 @@ def encoder_grid(
                 f"the fusion keeps (k={max(ks)}); give an encoder_k of at least {max(ks)} or "
                 "smaller values of k"
             )
-    return [(after, keep) for after in afters for keep in keeps]
+    rules = listed("encoder_rule", args.encoder_rule, {"encoder_rule": ("question",)})
+    for rule in rules:
+        if rule not in ENCODER_RULES:
+            raise ValueError(
+                f"encoder_rule: unknown rule {rule!r}; choose from {', '.join(ENCODER_RULES)}"
+            )
+    return [(after, keep, rule) for after in afters for keep in keeps for rule in rules]
 
 
 def run_ablation(args: AblationArguments) -> Path:
@@ -297,9 +403,14 @@ def run_ablation(args: AblationArguments) -> Path:
     if pointing < 0:
         raise ValueError(f"pointing_loss_weight must be >= 0, got {pointing!r}")
     # Recorded only when used, so that the ablation.json of runs without the pointing loss,
-    # written before the option existed, still matches on --resume.
+    # written before the option existed, still matches on --resume; so are the CLS token and
+    # the folding of every encoder selection.
     if pointing > 0:
         settings["pointing_loss_weight"] = pointing
+    if class_token(args):
+        settings["vision_class_token"] = True
+    if args.encoder_fold:
+        settings["encoder_fold"] = True
     check_settings(out, settings, args.resume)
     data_dir = resolve_data_dir(args.data, preset, args.progress)
     split = evaluation_split(data_dir)
@@ -328,6 +439,11 @@ def run_ablation(args: AblationArguments) -> Path:
             bar.update()
     write_outputs(out, splits[split])
     return out
+
+
+def class_token(args: AblationArguments) -> bool:
+    """Whether every run gets a CLS token: when some run ranks the patches by its attention."""
+    return "cls" in (args.encoder_rule or ())
 
 
 def check_settings(out: Path, settings: dict, resume: bool) -> None:
@@ -364,7 +480,7 @@ def measure_run(
     """Train one run (or finish it, on resume) and measure it: one ``results.csv`` row."""
     import torch
 
-    from vqa.arguments import TrainingArguments
+    from vqa.arguments import K_WORDS, TrainingArguments
     from vqa.checkpoints import CHECKPOINT_DIR
     from vqa.evaluation import evaluate
     from vqa.inference import load_model
@@ -372,16 +488,24 @@ def measure_run(
 
     run_dir = Path(args.out) / RUNS_DIR / spec.name
     selective = spec.mode != "soft"
+    adaptive = spec.k_rule != FIXED
+    k_word = {rule: word for word, rule in K_WORDS.items()}.get(spec.k_rule)  # "auto", "budget"
     summary = train(
         TrainingArguments(
             output=str(run_dir),
             data=args.data,
             preset=args.preset,
             mode=spec.mode,
-            k=spec.k if selective else None,
+            k=(k_word if adaptive else spec.k) if selective else None,
+            k_max=spec.k if adaptive else None,
+            top_p=spec.top_p,
+            k_penalty=spec.k_penalty,
             estimator=spec.estimator if selective else None,
             select_after=spec.select_after,
             encoder_k=spec.encoder_k,
+            encoder_rule=spec.encoder_rule,
+            encoder_fold=args.encoder_fold and spec.select_after is not None,
+            vision_class_token=class_token(args),
             epochs=args.epochs,
             pointing_loss_weight=args.pointing_loss_weight,
             seed=spec.seed,
@@ -392,7 +516,12 @@ def measure_run(
     model, processor = load_model(run_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    scores = evaluate(model, processor, eval_rows, progress=args.progress)
+    scores = evaluate(model, processor, eval_rows, progress=args.progress, histograms_by_type=True)
+    histograms = scores["regions_used_histogram_by_type"]  # the distribution of k per type
+    write_json(
+        run_dir / REGIONS_FILE,
+        {"histogram": scores["regions_used_histogram"], "histogram_by_type": histograms},
+    )
 
     size = min(args.probe_batch_size, len(eval_rows))
     inputs = collate(processor, eval_rows, range(size), device)
@@ -419,9 +548,13 @@ def measure_run(
         "name": spec.name,
         "mode": spec.mode,
         "k": spec.k,
+        "k_rule": spec.k_rule,
+        "top_p": spec.top_p,
+        "k_penalty": spec.k_penalty,
         "estimator": spec.estimator,
         "select_after": spec.select_after,
         "encoder_k": spec.encoder_k,
+        "encoder_rule": spec.encoder_rule,
         "seed": spec.seed,
         "epochs": len(summary["history"]),
         "questions": scores["questions"],
@@ -430,6 +563,9 @@ def measure_run(
         "pointing_accuracy": scores["pointing_accuracy"],
         "attention_entropy": scores["attention_entropy"],
         "regions_used": scores["regions_used"],
+        "regions_spread": regions_spread(scores["regions_used_histogram"]),
+        **{f"regions_used_{kind}": value for kind, value in scores["regions_used_by_type"].items()},
+        **{f"regions_spread_{kind}": regions_spread(counts) for kind, counts in histograms.items()},
         "encoder_flops": total_flops - fusion_flops,
         "fusion_flops": fusion_flops,
         "total_flops": total_flops,
@@ -450,6 +586,7 @@ def write_outputs(out: Path, eval_rows: Dataset) -> None:
     (out / TABLE_FILE).write_text(summarise(results), encoding="utf-8")
     write_report(results, out / REPORT_FILE, json.loads((out / SETTINGS_FILE).read_text()))
     plot_accuracy_vs_k(stats, out / PLOT_FILES["accuracy_vs_k"])
+    plot_accuracy_vs_mean_k(stats, out / PLOT_FILES["accuracy_vs_mean_k"])
     plot_accuracy_vs_flops(stats, out / PLOT_FILES["accuracy_vs_flops"])
     plot_training_curves(stats, out / RUNS_DIR, out / PLOT_FILES["training_curves"])
     plot_pointing(stats, out / PLOT_FILES["pointing"])

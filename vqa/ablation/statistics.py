@@ -23,8 +23,15 @@ SOFT_ESTIMATOR = "-"  # the estimator column of soft runs: soft selects nothing
 TEXT_COLUMNS = ("name", "mode", "estimator")
 INT_COLUMNS = ("k", "seed", "epochs", "questions")
 # The selection inside the vision encoder: empty cells (None) for runs without one, and
-# absent from the results.csv of ablations made before these axes.
-ENCODER_COLUMNS = ("select_after", "encoder_k")
+# absent from the results.csv of ablations made before these axes (encoder_rule: before the
+# CLS rule, when every selection was the question's).
+ENCODER_COLUMNS = ("select_after", "encoder_k", "encoder_rule")
+# How many regions each question keeps: ``fixed`` (``k``), or an adaptive rule with its
+# setting (``top_p``; ``budget`` and its compute penalty ``k_penalty``) that keeps at most
+# ``k`` (k_max) regions. Absent from the results.csv of ablations made before the k rule:
+# those runs read as fixed.
+FIXED = "fixed"
+K_RULE_COLUMNS = ("k_rule", "top_p", "k_penalty")
 ALPHA = 0.05  # significance level of every comparison
 MEAN_TEST = "Welch's t-test"
 SPREAD_TEST = "F-test of the variance ratio"
@@ -32,11 +39,14 @@ SPREAD_TEST = "F-test of the variance ratio"
 
 def read_results(path: str | Path) -> list[dict]:
     """The rows of a ``results.csv``: text columns as str, counts as int, the encoder
-    selection (``select_after``, ``encoder_k``) as int, float or None, the rest as float (an
-    empty cell, e.g. a question type that one dataset lacks, reads as nan).
+    selection (``select_after``, ``encoder_k``) as int, float or None and its ``encoder_rule``
+    as str or None, the k rule as str (``fixed`` when empty) with its ``top_p`` and
+    ``k_penalty`` as float or None, the rest as float (an empty cell, e.g. a question type
+    that one dataset lacks, reads as nan).
 
-    Rows of ablations made before the encoder selection get ``select_after`` and ``encoder_k``
-    None, and ``encoder_flops`` = ``total_flops`` - ``fusion_flops`` where it is missing.
+    Rows of ablations made before the encoder selection get ``select_after``, ``encoder_k``
+    and ``encoder_rule`` None, and ``encoder_flops`` = ``total_flops`` - ``fusion_flops``
+    where it is missing; rows made before the k rule get ``k_rule`` ``fixed``.
     """
     with Path(path).open(newline="", encoding="utf-8") as file:
         rows = [
@@ -46,6 +56,9 @@ def read_results(path: str | Path) -> list[dict]:
     for row in rows:
         for name in ENCODER_COLUMNS:
             row.setdefault(name, None)
+        row.setdefault("k_rule", FIXED)
+        row.setdefault("top_p", None)
+        row.setdefault("k_penalty", None)
         missing = math.isnan(row.get("encoder_flops", math.nan))
         if missing and "total_flops" in row and "fusion_flops" in row:
             row["encoder_flops"] = row["total_flops"] - row["fusion_flops"]
@@ -56,6 +69,12 @@ def parse_cell(name: str, value: str) -> str | int | float | None:
     """One cell of ``results.csv`` as the type of its column (see :func:`read_results`)."""
     if name in TEXT_COLUMNS:
         return value
+    if name == "encoder_rule":
+        return value or None
+    if name == "k_rule":
+        return value or FIXED
+    if name in ("top_p", "k_penalty"):
+        return None if value == "" else float(value)
     if name in INT_COLUMNS:
         return int(value)
     if name in ENCODER_COLUMNS:
@@ -64,10 +83,53 @@ def parse_cell(name: str, value: str) -> str | int | float | None:
     return float(value or "nan")
 
 
-def encoder_setting(select_after: int | None, encoder_k: int | float | None) -> str:
+def encoder_setting(
+    select_after: int | None, encoder_k: int | float | None, rule: str | None = None
+) -> str:
     """``1x8`` for a selection that keeps 8 patch tokens (or a ratio, ``1x0.25``) after 1 ViT
-    block; ``""`` without a selection inside the vision encoder."""
-    return "" if select_after is None else f"{select_after}x{encoder_k}"
+    block, ranked by the question; ``1x8-cls`` when EViT's CLS attention ranks them; ``""``
+    without a selection inside the vision encoder."""
+    if select_after is None:
+        return ""
+    return f"{select_after}x{encoder_k}" + ("-cls" if rule == "cls" else "")
+
+
+def rule_setting(entry: dict) -> str:
+    """The adaptive k rule of a results row or an aggregated configuration with its setting,
+    ``top_p=0.9`` or ``budget=0.01`` (the budget's compute penalty); ``""`` for a fixed k."""
+    rule = entry.get("k_rule", FIXED)
+    if rule == FIXED:
+        return ""
+    return f"{rule}={entry['top_p'] if rule == 'top_p' else entry['k_penalty']:g}"
+
+
+def k_label(entry: dict) -> str:
+    """How many regions a results row or an aggregated configuration keeps: ``k=4``, or an
+    adaptive rule with its most regions, ``top_p=0.9 k_max=16``."""
+    setting = rule_setting(entry)
+    return f"{setting} k_max={entry['k']}" if setting else f"k={entry['k']}"
+
+
+def k_name(
+    k: int, rule: str = FIXED, top_p: float | None = None, k_penalty: float | None = None
+) -> str:
+    """The k part of a run's name: ``k4``, ``topp0.9-kmax16`` or ``budget0.01-kmax16``."""
+    if rule == FIXED:
+        return f"k{k}"
+    if rule == "top_p":
+        return f"topp{top_p:g}-kmax{k}"
+    return f"budget{k_penalty:g}-kmax{k}"
+
+
+def is_adaptive(entry: dict) -> bool:
+    """Whether a results row or an aggregated configuration keeps an adaptive k."""
+    return entry.get("k_rule", FIXED) != FIXED
+
+
+def selection_of(entry: dict) -> tuple:
+    """(select_after, encoder_k, encoder_rule) of a results row or an aggregated
+    configuration: the arguments of :func:`encoder_setting`."""
+    return entry.get("select_after"), entry.get("encoder_k"), entry.get("encoder_rule")
 
 
 def append_result(path: Path, row: dict) -> None:
@@ -106,45 +168,49 @@ def std_error(values: Sequence[float]) -> tuple[float, float]:
 
 
 def config_label(entry: dict) -> str:
-    """The name of an aggregated configuration: ``soft``, e.g. ``hybrid k=4 ste``, or with a
-    selection inside the vision encoder e.g. ``hybrid k=4 ste enc=1x8``."""
+    """The name of an aggregated configuration: ``soft``, e.g. ``hybrid k=4 ste``, with an
+    adaptive k e.g. ``hybrid top_p=0.9 k_max=16 ste``, or with a selection inside the vision
+    encoder e.g. ``hybrid k=4 ste enc=1x8`` (``enc=1x8-cls`` for EViT's CLS rule)."""
     if entry["mode"] == "soft":
         return "soft"
-    label = f"{entry['mode']} k={entry['k']} {entry['estimator']}"
-    setting = encoder_setting(entry.get("select_after"), entry.get("encoder_k"))
+    label = f"{entry['mode']} {k_label(entry)} {entry['estimator']}"
+    setting = encoder_setting(*selection_of(entry))
     return f"{label} enc={setting}" if setting else label
 
 
 def aggregate(rows: Iterable[dict]) -> list[dict]:
-    """Rows grouped per configuration (mode, k, estimator and the encoder selection), in
-    order of first appearance.
+    """Rows grouped per configuration (mode, k and its rule, estimator and the encoder
+    selection), in order of first appearance.
 
     Returns:
-        One dict per configuration: ``mode``, ``k``, ``estimator``, ``select_after`` and
-        ``encoder_k`` (None without a selection in the encoder), ``seeds`` (how many runs),
+        One dict per configuration: ``mode``, ``k``, ``k_rule``, ``top_p``, ``k_penalty``,
+        ``estimator``, ``select_after``, ``encoder_k`` and ``encoder_rule`` (None without a
+        selection in the encoder; the rule also in ablations made before it), ``seeds`` (how
+        many runs),
         ``names`` (the runs, lowest seed first), for every numeric column its (mean, std) over
         the seeds, and ``values``: for every numeric column the per-seed values, lowest seed
         first, for the tests.
     """
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        setting = encoder_setting(row.get("select_after"), row.get("encoder_k"))
-        groups.setdefault((row["mode"], row["k"], row["estimator"], setting), []).append(row)
+        setting = encoder_setting(*selection_of(row))
+        key = (row["mode"], row["k"], k_label(row), row["estimator"], setting)
+        groups.setdefault(key, []).append(row)
     stats = []
-    for (mode, k, estimator, _), members in groups.items():
+    for (mode, k, _, estimator, _), members in groups.items():
         members = sorted(members, key=lambda row: row["seed"])
         entry = {
             "mode": mode,
             "k": k,
             "estimator": estimator,
-            **{name: members[0].get(name) for name in ENCODER_COLUMNS},
+            **{name: members[0].get(name) for name in (*K_RULE_COLUMNS, *ENCODER_COLUMNS)},
             "seeds": len(members),
             "names": [row["name"] for row in members],
             "values": {},
         }
         columns = dict.fromkeys(name for row in members for name in row)
         for column in columns:
-            if column not in (*TEXT_COLUMNS, *ENCODER_COLUMNS, "k", "seed"):
+            if column not in (*TEXT_COLUMNS, *K_RULE_COLUMNS, *ENCODER_COLUMNS, "k", "seed"):
                 values = tuple(row.get(column, math.nan) for row in members)
                 entry["values"][column] = values
                 entry[column] = mean_std(values)

@@ -44,16 +44,24 @@ Brighter regions got more weight; dimmed ones got little or none.
 """
 ENCODER_EXPLANATION = """
 This model also selects inside its vision encoder (hard and hybrid modes): after a few ViT
-blocks the question keeps some of the patches for the remaining blocks, and the fusion chooses
-among those. **Hatched** patches are the ones the encoder dropped.
+blocks the question (or, with EViT's question-agnostic rule, the attention of the ViT's CLS
+token) keeps some of the patches for the remaining blocks, and the fusion chooses among those.
+**Hatched** patches are the ones the encoder dropped.
+"""
+ADAPTIVE_EXPLANATION = """
+This model keeps an **adaptive k**: each question keeps its own number of regions, within the
+rule's bounds. Untick *adaptive k* to use the slider's fixed k instead; the details under the
+answer say how many regions the question kept.
 """
 
 
 class AppModel:
     """A model directory loaded once, on ``device`` (default: the best available, see
-    :func:`vqa.inference.resolve_device`), and shared by every request. ``select_after`` and
-    ``encoder_k`` move or resize the selection in its vision encoder (see
-    :meth:`vqa.modeling.HybridVQAModel.set_encoder_selection`).
+    :func:`vqa.inference.resolve_device`), and shared by every request. ``fusion`` changes how
+    many regions its fusion keeps (``set_fusion``'s ``k``, ``k_rule``, ``k_min``, ``k_max``,
+    ``top_p``); ``select_after``, ``encoder_k`` and ``encoder_rule`` move, resize or re-rank
+    the selection in its vision encoder (see :meth:`vqa.modeling.HybridVQAModel.set_fusion`
+    and ``set_encoder_selection``).
 
     ``predict`` switches the model's fusion mode and k for the duration of one call, so two
     requests with different settings must not run the model at the same time: a lock makes
@@ -66,13 +74,19 @@ class AppModel:
         directory: str | Path,
         device: str | torch.device | None = None,
         *,
+        fusion: dict | None = None,
         select_after: int | None = None,
         encoder_k: int | float | None = None,
+        encoder_rule: str | None = None,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.model, self.processor = load_model(self.directory, device)
-        if select_after is not None or encoder_k is not None:
-            self.model.set_encoder_selection(select_after=select_after, encoder_k=encoder_k)
+        if fusion:
+            self.model.set_fusion(**fusion)
+        if any(value is not None for value in (select_after, encoder_k, encoder_rule)):
+            self.model.set_encoder_selection(
+                select_after=select_after, encoder_k=encoder_k, rule=encoder_rule
+            )
         self._lock = threading.Lock()
 
     @property
@@ -96,11 +110,21 @@ class AppModel:
 
     @property
     def k(self) -> int:
-        """The k the model was trained with."""
-        return self.model.fusion.k
+        """The model's fixed k (the one it was trained with, unless that was adaptive)."""
+        return self.model.config.fusion_k
 
-    def predict(self, image: Image.Image, question: str, mode: str, k: int) -> Prediction:
-        """Answer one question with this mode and k (see :func:`vqa.inference.predict`)."""
+    @property
+    def adaptive(self) -> str | None:
+        """The model's adaptive k rule as text, e.g. "top-p 0.9 (1..16)"; None for a fixed k."""
+        k = self.model.fusion.k
+        return None if isinstance(k, int) else str(k)
+
+    def predict(
+        self, image: Image.Image, question: str, mode: str, k: int, adaptive: bool = False
+    ) -> Prediction:
+        """Answer one question with this mode and k, or with the model's adaptive k (see
+        :func:`vqa.inference.predict`)."""
+        k = None if adaptive and self.adaptive else k
         with self._lock:
             return predict(
                 self.model, self.processor, image, question, mode=mode, k=k, top=TOP_ANSWERS
@@ -125,17 +149,19 @@ def answer(
     question: str | None,
     mode: str | None,
     k: float | None,
+    adaptive: bool = False,
     *,
     max_side: int = MAX_IMAGE_SIDE,
 ) -> tuple[dict[str, float], Image.Image, list[list], str]:
-    """Handle "Ask": (top answers, attention picture, regions table, timing and notes)."""
+    """Handle "Ask": (top answers, attention picture, regions table, timing and notes); with
+    ``adaptive``, the model's adaptive k instead of ``k``."""
     start = time.perf_counter()
     mode = check_mode(mode)
     kept = None if mode == "soft" else app_model.encoder_kept_limit
     image, question, k, notes = check_inputs(
         image, question, k, app_model.num_regions, max_side, kept
     )
-    prediction = app_model.predict(image, question, mode, k)
+    prediction = app_model.predict(image, question, mode, k, adaptive)
     picture = attention_overlay(image, prediction)
     notes = notify(notes, prediction.truncated, app_model.processor.max_question_length)
     total = 1000 * (time.perf_counter() - start)
@@ -143,6 +169,8 @@ def answer(
         f"**{prediction.milliseconds:.1f} ms** in the model, {total:.0f} ms for the request "
         f"· mode **{prediction.mode}**, k = {prediction.k}"
     )
+    if prediction.kept is not None:
+        details += f", kept {', '.join(map(str, prediction.kept))} of {app_model.num_regions}"
     encoder = describe_encoder_selection(prediction)
     if encoder is not None:
         details += f" · {encoder} (hatched: dropped)"
@@ -155,10 +183,12 @@ def compare(
     image: Image.Image | None,
     question: str | None,
     k: float | None,
+    adaptive: bool = False,
     *,
     max_side: int = MAX_IMAGE_SIDE,
 ) -> tuple:
-    """Handle "Compare modes": answers and picture per mode, then a summary table.
+    """Handle "Compare modes": answers and picture per mode, then a summary table (with
+    ``adaptive``, the model's adaptive k instead of ``k``).
 
     Returns (soft answers, soft picture, hard answers, hard picture, hybrid answers, hybrid
     picture, Markdown table of mode, answer, probability, regions and model time, and for a
@@ -174,7 +204,7 @@ def compare(
     summary = [f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
     truncated = False
     for mode in MODES:
-        prediction = app_model.predict(image, question, mode, k)
+        prediction = app_model.predict(image, question, mode, k, adaptive)
         outputs += [answer_confidences(prediction), attention_overlay(image, prediction)]
         best, probability = prediction.answers[0]
         cells = [mode, best, f"{probability:.1%}", str(len(prediction.regions))]
@@ -225,8 +255,10 @@ def build_app(
     max_image_side: int = MAX_IMAGE_SIDE,
     concurrency_limit: int = CONCURRENCY_LIMIT,
     device: str | torch.device | None = None,
+    fusion: dict | None = None,
     select_after: int | None = None,
     encoder_k: int | float | None = None,
+    encoder_rule: str | None = None,
 ) -> gr.Blocks:
     """The app for one model directory, with its queue set up; launch it with :func:`launch`.
 
@@ -238,24 +270,33 @@ def build_app(
         concurrency_limit: requests handled at once; more wait in the queue.
         device: where the model runs (``cpu``, ``cuda``, ``cuda:N``); default: the best
             available.
-        select_after, encoder_k: move or resize the selection in the vision encoder, for a
-            model trained with one (default: as trained).
+        fusion: how many regions the fusion keeps, as ``set_fusion`` takes it (``k``,
+            ``k_rule``, ``k_min``, ``k_max``, ``top_p``; default: as trained).
+        select_after, encoder_k, encoder_rule: move, resize or re-rank the selection in the
+            vision encoder, for a model trained with one (default: as trained).
     """
-    app_model = AppModel(model_dir, device, select_after=select_after, encoder_k=encoder_k)
+    app_model = AppModel(
+        model_dir,
+        device,
+        fusion=fusion,
+        select_after=select_after,
+        encoder_k=encoder_k,
+        encoder_rule=encoder_rule,
+    )
     examples_dir = examples_dir or training_data_dir(app_model.directory)
     examples = find_examples(examples_dir, images=4) if examples_dir else []
 
     def on_answer(
-        image: dict | None, question: str, mode: str, k: float
+        image: dict | None, question: str, mode: str, k: float, adaptive: bool
     ) -> tuple[dict[str, float], Image.Image, list[list], str]:
         """Answer a question about an image with the chosen fusion mode and k."""
         with open_upload(image) as opened:
-            return answer(app_model, opened, question, mode, k, max_side=max_image_side)
+            return answer(app_model, opened, question, mode, k, adaptive, max_side=max_image_side)
 
-    def on_compare(image: dict | None, question: str, k: float) -> tuple:
+    def on_compare(image: dict | None, question: str, k: float, adaptive: bool) -> tuple:
         """Answer a question about an image in soft, hard and hybrid mode."""
         with open_upload(image) as opened:
-            return compare(app_model, opened, question, k, max_side=max_image_side)
+            return compare(app_model, opened, question, k, adaptive, max_side=max_image_side)
 
     with gr.Blocks(
         title="Hybrid-attention VQA",
@@ -263,6 +304,7 @@ def build_app(
         delete_cache=(3600, 86400),  # uploads and pictures go after a day (examples stay)
     ) as app:
         explanation = EXPLANATION + (ENCODER_EXPLANATION if app_model.selects_in_encoder else "")
+        explanation += ADAPTIVE_EXPLANATION if app_model.adaptive else ""
         gr.Markdown("# Where did the model look?\n" + explanation)
         with gr.Row():
             with gr.Column(scale=1):
@@ -289,6 +331,12 @@ def build_app(
                         label="k (regions kept)",
                         info=f"of {app_model.num_regions}; in soft mode, how many to list",
                     )
+                adaptive = gr.Checkbox(
+                    value=app_model.adaptive is not None,
+                    visible=app_model.adaptive is not None,
+                    label=f"adaptive k: {app_model.adaptive}",
+                    info="each question keeps its own number of regions (the slider is ignored)",
+                )
                 with gr.Row():
                     ask = gr.Button("Ask", variant="primary", elem_id="ask")
                     compare_modes = gr.Button("Compare modes")
@@ -325,14 +373,14 @@ def build_app(
         gr.on(
             [ask.click, question.submit],
             on_answer,
-            inputs=[image, question, mode, k],
+            inputs=[image, question, mode, k, adaptive],
             outputs=[label, picture, table, details],
             api_name="answer",
             preprocess=False,  # the handler checks every input and says what is wrong
         )
         compare_modes.click(
             on_compare,
-            inputs=[image, question, k],
+            inputs=[image, question, k, adaptive],
             outputs=[*compared, summary],
             api_name="compare",
             preprocess=False,
@@ -380,12 +428,15 @@ def serve(
     examples_dir: str | Path | None = None,
     share: bool = False,
     device: str | torch.device | None = None,
+    fusion: dict | None = None,
     select_after: int | None = None,
     encoder_k: int | float | None = None,
+    encoder_rule: str | None = None,
 ) -> None:
     """Build the app for ``model_dir`` and serve it until interrupted (``vqa serve``); the
-    model runs on ``device`` (default: the best available), with its encoder selection moved
-    or resized by ``select_after`` / ``encoder_k`` when given (see :func:`build_app`)."""
+    model runs on ``device`` (default: the best available), with the fusion's k changed by
+    ``fusion`` and its encoder selection moved, resized or re-ranked by ``select_after`` /
+    ``encoder_k`` / ``encoder_rule`` when given (see :func:`build_app`)."""
     # One request at a time holds the model (see AppModel): give it half the cores and leave
     # the rest to the web server, rather than have torch's threads spin against it.
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
@@ -393,8 +444,10 @@ def serve(
         model_dir,
         examples_dir=examples_dir,
         device=device,
+        fusion=fusion,
         select_after=select_after,
         encoder_k=encoder_k,
+        encoder_rule=encoder_rule,
     )
     url = launch(app, host=host, port=port, share=share, quiet=True)
     print(f"Serving {Path(model_dir)} at {url} (Ctrl+C to stop)", flush=True)

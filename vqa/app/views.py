@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from hybrid_attention import describe_k
 from vqa.configuration import HybridVQAConfig
 from vqa.inference import Prediction, describe_sight
 from vqa.processing import to_rgb
@@ -106,7 +107,10 @@ def encoder_selection_info(config: HybridVQAConfig) -> str:
     after = config.encoder_select_after
     where = "before the first block" if after == 0 else f"after block {after}"
     folded = ", the rest folded into one token" if config.encoder_fold else ""
-    return f"keeps {kept} {config.num_regions} patches {where}{folded} (hard and hybrid modes)"
+    rule = " by the CLS token's attention (EViT)" if config.encoder_rule == "cls" else ""
+    return (
+        f"keeps {kept} {config.num_regions} patches{rule} {where}{folded} (hard and hybrid modes)"
+    )
 
 
 def text_encoder_name(config: HybridVQAConfig) -> str:
@@ -123,7 +127,8 @@ def model_info(app_model: AppModel) -> str:
         ("checkpoint", f"`{app_model.directory}`"),
         (
             "fusion",
-            f"{config.fusion_mode}, k = {config.fusion_k} of {config.num_regions} regions, "
+            f"{config.fusion_mode}, k = {describe_k(app_model.model.fusion.k)} of "
+            f"{config.num_regions} regions, "
             f"estimator {config.fusion_estimator}, {config.fusion_heads} head(s)",
         ),
         (

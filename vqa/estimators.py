@@ -1,0 +1,48 @@
+"""How the selection's estimators train: REINFORCE's reward baseline and entropy schedule,
+and the annealing of the relaxed selection's temperature (ste, gumbel).
+
+The schedules are pure functions of the optimizer step, so that a resumed run continues them
+exactly where it stopped:
+
+- ``tau`` (``--tau-final``): exponential annealing from the config's ``fusion_tau`` to a final
+  temperature over the training steps, as Jang et al. (2017) anneal the Gumbel-softmax's:
+  a sharper relaxation, closer to the hard selection, as training goes on.
+- REINFORCE's entropy bonus (``--entropy-schedule``): the config's
+  ``reinforce_entropy_weight`` throughout (``constant``), or decayed from it to 0 at the last
+  step, ``linear``-ly or along a half ``cosine``: explore early, exploit late.
+"""
+
+from __future__ import annotations
+
+import math
+
+REINFORCE_BASELINES = ("type", "global")
+ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def training_progress(step: int, total_steps: int) -> float:
+    """Share of training done at the 0-based optimizer ``step`` of ``total_steps``: 0 at the
+    first step, 1 at the last (and after it)."""
+    return min(step / max(total_steps - 1, 1), 1.0)
+
+
+def annealed_tau(start: float, final: float | None, step: int, total_steps: int) -> float:
+    """The temperature at ``step``: ``start * (final / start) ** progress``, from ``start`` at
+    the first step to ``final`` at the last; ``start`` throughout when ``final`` is None."""
+    if final is None:
+        return start
+    return start * (final / start) ** training_progress(step, total_steps)
+
+
+def scheduled_entropy_weight(schedule: str, start: float, step: int, total_steps: int) -> float:
+    """The weight of the entropy bonus at ``step``: ``start`` (``constant``), or
+    ``start * (1 - progress)`` (``linear``), or ``start * (1 + cos(pi * progress)) / 2``
+    (``cosine``), which reach 0 at the last step."""
+    if schedule not in ENTROPY_SCHEDULES:
+        raise ValueError(f"entropy schedule must be one of {ENTROPY_SCHEDULES}, got {schedule!r}")
+    progress = training_progress(step, total_steps)
+    if schedule == "linear":
+        return start * (1.0 - progress)
+    if schedule == "cosine":
+        return start * (1.0 + math.cos(math.pi * progress)) / 2.0
+    return start
