@@ -131,3 +131,13 @@ def test_a_model_trained_without_the_loss_gets_a_head_to_fine_tune_with_it(tiny_
     assert torch.isfinite(output.reconstruction_loss)
     with pytest.raises(ValueError, match="reconstruction_loss_weight must be >= 0"):
         model.set_reconstruction_loss_weight(-1)
+
+
+def test_an_image_no_question_is_about_is_left_out(tiny_fields):
+    model = _model(tiny_fields, reconstruction_loss_weight=1.0).eval()  # no batch statistics
+    images = torch.randn(3, 3, 32, 32)
+    questions = torch.randint(3, 50, (2, 6))
+    labels = torch.tensor([0, 1])
+    with_extra = model(images, questions, labels=labels, image_index=torch.tensor([0, 2]))
+    without = model(images[[0, 2]], questions, labels=labels, image_index=torch.tensor([0, 1]))
+    torch.testing.assert_close(with_extra.reconstruction_loss, without.reconstruction_loss)

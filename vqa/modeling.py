@@ -547,7 +547,9 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         if image_index is not None:
             questions = torch.arange(len(image_index), device=image_index.device)
             rows = questions.new_zeros(len(pixel_values)).scatter(0, image_index, questions)
-            features = features[rows]  # (U, M, D): the last question about each image
+            asked = torch.zeros_like(rows, dtype=torch.bool).scatter(0, image_index, True)
+            rows = rows[asked]  # one question about each image that has one
+            features, pixel_values = features[rows], pixel_values[asked]  # (U', M, D), (U', ...)
             regions = None if regions is None else regions[rows]
         return self.reconstruction(features, regions, pixel_values)
 
