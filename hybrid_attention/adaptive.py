@@ -11,9 +11,12 @@ Two rules sit beside a fixed int k:
   pass treats the slot mask as its expectation, ``P(k > j)`` for slot j. Training adds a
   compute penalty ``lambda * E[k]`` (:attr:`Budget.expected`) to the task loss.
 
-Every row runs on ``k_max`` slots, its regions best (or first drawn) first, and the slots past
-its own k are masked: batches with different k per row are padded, never looped over. The
-forward value of every mask is exactly 0 or 1, and masked slots get exactly zero weight.
+Every row of a batch runs on as many slots as the batch's largest k (:func:`slot_width`; k_max
+while training a learned budget, whose gradient needs every slot, and while exporting), its
+regions best (or first drawn) first, and the slots past its own k are masked: batches with
+different k per row are padded, never looped over, and a single question computes exactly its
+own k. The forward value of every mask is exactly 0 or 1, and masked slots get exactly zero
+weight.
 """
 
 from __future__ import annotations
@@ -89,6 +92,20 @@ def slot_mask(counts: Tensor, k_max: int) -> Tensor:
     """(...) long counts -> (..., k_max) float, 1 for the first ``counts`` slots, else 0."""
     slots = torch.arange(k_max, device=counts.device)
     return (slots < counts.unsqueeze(-1)).float()
+
+
+def slot_width(counts: Tensor, k_max: int) -> int:
+    """How many slots a batch of adaptive rows runs on: its largest k, so that a batch (or a
+    single question) of small k computes only that many; ``k_max`` while exporting or
+    compiling, where the shape must not depend on the data.
+
+    Args:
+        counts: (...) long, the k of each row.
+        k_max: the rule's largest k.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or counts.numel() == 0:
+        return k_max
+    return int(counts.max())
 
 
 def top_p_counts(scores: Tensor, rule: TopP, mask: Tensor | None = None) -> Tensor:
@@ -182,9 +199,10 @@ class AdaptiveSelection(Selection):
     """A :class:`Selection` whose rows keep different numbers of regions.
 
     Attributes:
-        indices: (..., k_max) the ``k_max`` best (or first drawn) regions of each row; only
-            the first ``counts`` of them are kept, the rest are padding.
-        slots: (..., k_max) float, exactly 1 for the kept slots and 0 for the padding (with a
+        indices: (..., w) the w best (or first drawn) regions of each row, w the width of
+            ``slots`` (k_max, or the batch's largest k); only the first ``counts`` of them are
+            kept, the rest are padding.
+        slots: (..., w) float, exactly 1 for the kept slots and 0 for the padding (with a
             learned budget's straight-through gradient).
         counts: (...) long, how many regions each row keeps.
     """

@@ -13,8 +13,10 @@ which needs every region's value, so that path computes the dense (N-wide) form.
 value is the same.
 
 ``k`` is an int, or an adaptive rule (``hybrid_attention.adaptive``): :class:`TopP` or
-:class:`LearnedBudget`. Then each row keeps its own number of regions: every row gathers
-``k_max`` regions and the slots past its own k are masked (weight exactly 0).
+:class:`LearnedBudget`. Then each row keeps its own number of regions: every row of a batch
+gathers as many regions as the batch's largest k, and the slots past its own k are masked
+(weight exactly 0). So a single question computes exactly its own k. Training a learned
+budget, and exporting, run on ``k_max`` slots instead (see :func:`slot_width`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from hybrid_attention.adaptive import (
     most_kept,
     select_adaptive,
     slot_mask,
+    slot_width,
     top_p_counts,
 )
 from hybrid_attention.selection import (
@@ -59,7 +62,8 @@ class AttentionOutput:
         weights: (B, H, Lq, N) attention weights, exactly 0 outside the selection.
         scores: (B, H, Lq, N) scaled dot-product scores (before masking), at least float32.
         indices: (B, H, Lq, k) selected regions, best first; None in soft mode. With an
-            adaptive k it is k_max wide, and the slots past ``counts`` are padding.
+            adaptive k it is as wide as the batch's largest k (:func:`slot_width`), and the
+            slots past ``counts`` are padding.
         log_prob: (B, H, Lq) log-probability of a sampled selection (reinforce while
             training), else None.
         counts: (B, H, Lq) long, the regions each row kept (k, or its adaptive k); None in
@@ -253,10 +257,14 @@ class HybridAttention(nn.Module):
         if isinstance(self.k, int):
             return select_topk(scores, self.k, **options), None, None
         if isinstance(self.k, TopP):
-            slots = slot_mask(top_p_counts(scores, self.k, valid), self.k.k_max)
+            counts = top_p_counts(scores, self.k, valid)
+            slots = slot_mask(counts, slot_width(counts, self.k.k_max))
             return select_adaptive(scores, slots, **options), slots, None
         budget = self.budget(query)
-        return select_adaptive(scores, budget.slots, **options), budget.slots, budget.expected
+        slots = budget.slots
+        if not self.training:  # while training, every slot carries the budget's gradient
+            slots = slots[..., : slot_width(budget.counts, self.k.k_max)]
+        return select_adaptive(scores, slots, **options), slots, budget.expected
 
     def _aggregate_selected(
         self, scores: Tensor, indices: Tensor, regions: Tensor, slots: Tensor | None

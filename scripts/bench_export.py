@@ -82,7 +82,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
-        exported = export_run(args.model, Path(directory) / "onnx", mode=args.mode, k=args.k)
+        exported = export_run(
+            args.model, Path(directory) / "onnx", mode=args.mode, fusion={"k": args.k}
+        )
         export_seconds = time.perf_counter() - start
         session = onnxruntime.InferenceSession(
             str(exported.model_file), options, providers=["CPUExecutionProvider"]

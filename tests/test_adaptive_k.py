@@ -16,7 +16,7 @@ from hybrid_attention import (
     select_adaptive,
     top_p_counts,
 )
-from hybrid_attention.adaptive import prefix_log_prob, slot_mask
+from hybrid_attention.adaptive import prefix_log_prob, slot_mask, slot_width
 
 QUERY_DIM, KEY_DIM, DIM = 6, 8, 8
 PATHS = pytest.mark.parametrize("grad", [True, False], ids=["dense", "gathered"])
@@ -179,6 +179,41 @@ def test_each_row_of_a_mixed_k_batch_equals_that_row_alone_with_its_k(mode, esti
             alone = fixed(query[row : row + 1], regions[row : row + 1])
         torch.testing.assert_close(out.output[row : row + 1], alone.output)
         torch.testing.assert_close(out.weights[row : row + 1], alone.weights)
+
+
+@PATHS
+def test_a_batch_gathers_as_many_slots_as_its_largest_k(grad):
+    attn = make_attention(TopP(0.5, k_max=8)).eval()
+    query, regions = make_inputs(batch=6)
+    with torch.set_grad_enabled(grad):
+        out = attn(query, regions)
+        alone = attn(query[:1], regions[:1])
+    largest = int(out.counts.max())
+    assert largest < 8
+    assert out.indices.shape[-1] == largest
+    assert alone.indices.shape[-1] == int(out.counts[0].max())
+
+
+def test_a_learned_budget_trains_on_k_max_slots_and_answers_on_its_largest_k():
+    attn = make_attention(LearnedBudget(k_min=1, k_max=8)).train()
+    assert attn(*make_inputs()).indices.shape[-1] == 8  # every slot carries the gradient
+    out = attn.eval()(*make_inputs())
+    assert out.indices.shape[-1] == int(out.counts.max())
+
+
+def test_slot_width_is_k_max_while_exporting():
+    """An exported graph's shapes must not depend on the data: it runs on k_max slots."""
+    counts = torch.tensor([2, 3])
+    assert slot_width(counts, 8) == 3
+    widths = []
+
+    class Width(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            widths.append(slot_width(x, 8))
+            return x + 1
+
+    torch.export.export(Width(), (counts,))
+    assert set(widths) == {8}
 
 
 def test_mixed_k_batch_with_padded_regions():

@@ -122,7 +122,55 @@ def test_each_question_reports_the_regions_it_kept(processor, mode, rule):
     assert kept.shape == (len(QUESTIONS), 1)
     assert kept.min() >= rule.get("fusion_k_min", 1) and kept.max() <= 8
     assert torch.equal((output.attention_weights > 0).sum(-1), kept)
-    assert output.selected_indices.shape == (len(QUESTIONS), 1, 8)
+    # the batch runs on as many slots as its largest k
+    assert output.selected_indices.shape == (len(QUESTIONS), 1, int(kept.max()))
+
+
+def test_a_question_asked_alone_runs_on_exactly_its_own_k_slots(processor):
+    model = make_model(processor, fusion_mode="hybrid", **TOP_P)
+    with torch.no_grad():
+        together = model(**batch(processor))
+        counts = together.kept_regions[:, 0].tolist()
+        assert len(set(counts)) > 1 and max(counts) < 8  # mixed, and fewer than k_max
+        for row, count in enumerate(counts):
+            alone = model(**batch(processor, slice(row, row + 1)))
+            assert alone.selected_indices.shape == (1, 1, count)
+            assert alone.kept_regions.item() == count
+            torch.testing.assert_close(together.logits[row : row + 1], alone.logits)
+            kept = together.selected_indices[row, :, :count]
+            assert torch.equal(alone.selected_indices[0], kept)
+
+
+def test_a_learned_budget_trains_on_all_k_max_slots_and_answers_on_its_largest_k(processor):
+    """While training, the slots past every question's k still carry the budget's gradient."""
+    model = make_model(processor, **BUDGET).train()
+    output = model(**batch(processor), labels=processor.labels(ANSWERS))
+    assert output.selected_indices.shape[-1] == 8
+    model.eval()
+    with torch.no_grad():
+        output = model(**batch(processor))
+    largest = int(output.kept_regions.max())
+    assert largest < 8  # the untrained head's most likely k
+    assert output.selected_indices.shape[-1] == largest
+
+
+def test_fusion_flops_of_a_question_follow_its_adaptive_k(processor):
+    """Counted alone, a top-p question costs what a fixed k equal to its k costs."""
+    from vqa.ablation.probes import count_flops
+
+    model = make_model(processor, fusion_mode="hybrid", **TOP_P)
+    inputs = batch(processor)
+    with torch.no_grad():
+        counts = model(**inputs).kept_regions[:, 0].tolist()
+    adaptive, _ = count_flops(model, inputs)
+    fixed = []
+    for row, count in enumerate(counts):
+        model.set_fusion(k=count)
+        fixed.append(count_flops(model, batch(processor, slice(row, row + 1)))[0])
+    assert adaptive == pytest.approx(sum(fixed) / len(fixed))
+    model.set_fusion(k=8)
+    at_k_max, _ = count_flops(model, inputs)
+    assert adaptive < at_k_max
 
 
 @pytest.mark.parametrize("mode", ["hard", "hybrid"])

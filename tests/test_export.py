@@ -131,6 +131,42 @@ def test_a_selection_in_the_encoder_exports_the_patches_it_kept(
     np.testing.assert_allclose(got["logits"], expected.logits.numpy(), atol=1e-4, rtol=0)
 
 
+def test_an_adaptive_k_exports_k_max_slots_and_the_regions_each_question_kept(
+    run, scenes, tmp_path, capsys
+):
+    out = tmp_path / "auto"
+    command = ["export", str(run), "--out", str(out), "--k", "auto", "--top-p", "0.5"]
+    assert main([*command, "--k-max", "8"]) == 0
+    assert "k=top-p 0.5 (1..8)" in capsys.readouterr().out
+    got = run_onnx(out, *scenes)
+    model, processor = load_model(run, "cpu")
+    model.set_fusion(k_rule="top_p", top_p=0.5, k_max=8)
+    with torch.no_grad():
+        expected = model(**processor(*scenes))
+    assert list(got) == ["logits", "attention_weights", "selected_indices", "kept_regions"]
+    kept = expected.kept_regions.numpy()
+    np.testing.assert_array_equal(got["kept_regions"], kept)
+    assert len(np.unique(kept)) > 1  # questions kept different numbers of regions
+    np.testing.assert_allclose(got["logits"], expected.logits.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        got["attention_weights"], expected.attention_weights.mean(1).numpy(), atol=1e-5, rtol=0
+    )
+    # the graph runs on k_max slots; PyTorch on the batch's largest k: the kept ones agree
+    assert got["selected_indices"].shape[-1] == 8
+    for row, heads in enumerate(kept):
+        for head, count in enumerate(heads):
+            np.testing.assert_array_equal(
+                got["selected_indices"][row, head, :count],
+                expected.selected_indices[row, head, :count].numpy(),
+            )
+    config = json.loads((out / "config.json").read_text())
+    assert (config["fusion_k_rule"], config["fusion_top_p"], config["fusion_k_max"]) == (
+        "top_p",
+        0.5,
+        8,
+    )
+
+
 def test_export_directory_has_the_config_in_the_exported_mode(exported, run):
     mode, directory = exported
     config = json.loads((directory / "config.json").read_text())

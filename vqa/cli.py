@@ -361,9 +361,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--mode", choices=MODES, help="fusion mode fixed in the graph (default: the model's)"
     )
-    export.add_argument(
-        "--k", type=int, help="regions kept, fixed in the graph (default: the model's)"
-    )
+    add_fusion_k_arguments(export)
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     export.set_defaults(run=run_export)
 
@@ -579,10 +577,16 @@ def run_export(args: argparse.Namespace) -> None:
     from vqa.export import export_run
 
     export = export_run(
-        args.model, args.out, format=args.format, mode=args.mode, k=args.k, overwrite=args.overwrite
+        args.model,
+        args.out,
+        format=args.format,
+        mode=args.mode,
+        fusion=fusion_k_settings(args),
+        overwrite=args.overwrite,
     )
     print(
-        f"{export.model_file} ({export.mode}, k={export.k}; outputs {', '.join(export.outputs)}) "
+        f"{export.model_file} ({export.mode}, k={describe_k(export.k)}; "
+        f"outputs {', '.join(export.outputs)}) "
         f"and its config, tokenizer, image processor and answers written to {export.directory}"
     )
 

@@ -17,9 +17,13 @@ outputs  logits             (B, num_labels)        answer logits
          encoder_kept       (B, N) bool            the patches the vision encoder kept; hard
                                                    and hybrid models with a selection in
                                                    the encoder only
+         kept_regions       (B, H) int64           how many regions each question kept per
+                                                   head; adaptive k only
 ```
 B and L are dynamic (L up to the processor's ``max_question_length``). The fusion mode and k
-are fixed in the graph: export once per mode (``--mode``, ``--k``).
+are fixed in the graph: export once per mode (``--mode``, ``--k``). An adaptive k (``--k auto``
+or ``budget``) is exported with ``k_max`` slots: ``selected_indices`` is k_max wide and only its
+first ``kept_regions`` slots were kept (PyTorch trims a batch to its largest k instead).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from hybrid_attention import AdaptiveK
 from vqa.files import check_destination, staged_directory
 from vqa.inference import load_model
 from vqa.modeling import HybridVQAModel
@@ -40,7 +45,13 @@ from vqa.processing import HybridVQAProcessor
 FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
 INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
-OUTPUT_NAMES = ("logits", "attention_weights", "selected_indices", "encoder_kept")
+OUTPUT_NAMES = (
+    "logits",
+    "attention_weights",
+    "selected_indices",
+    "encoder_kept",
+    "kept_regions",
+)
 INSTALL_HINT = "pip install 'hybrid-attention-vqa[export]'"
 # two questions of different lengths, so the traced graph pads one of them
 EXAMPLE_QUESTIONS = ("what colour is the large circle?", "is there a square?")
@@ -53,14 +64,14 @@ class Export:
     Attributes:
         directory: the output directory.
         model_file: the ONNX graph in it.
-        mode, k: the fusion settings fixed in the graph.
+        mode, k: the fusion settings fixed in the graph (k an int or an adaptive rule).
         outputs: the graph's output names, in order.
     """
 
     directory: Path
     model_file: Path
     mode: str
-    k: int
+    k: int | AdaptiveK
     outputs: tuple[str, ...]
 
 
@@ -76,27 +87,36 @@ class ExportableVQA(nn.Module):
         self.model = model
 
     def output_names(self) -> tuple[str, ...]:
-        """The names of :meth:`forward`'s outputs: no selected indices in soft mode, and
-        ``encoder_kept`` only where the vision encoder selects."""
-        if self.model.fusion.mode == "soft":
+        """The names of :meth:`forward`'s outputs: no selected indices in soft mode,
+        ``encoder_kept`` only where the vision encoder selects, ``kept_regions`` only with an
+        adaptive k."""
+        fusion = self.model.fusion
+        if fusion.mode == "soft":
             return OUTPUT_NAMES[:2]
-        return OUTPUT_NAMES if self.model.encoder_selector is not None else OUTPUT_NAMES[:3]
+        wanted = {
+            "encoder_kept": self.model.encoder_selector is not None,
+            "kept_regions": not isinstance(fusion.k, int),
+        }
+        return tuple(name for name in OUTPUT_NAMES if wanted.get(name, True))
 
     def forward(
         self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, ...]:
-        """(B, C, H, W) images and (B, L) questions -> logits (B, num_labels), attention
-        weights (B, N) and, in hard and hybrid modes, selected indices (B, H, k) and the
-        patches the encoder kept (B, N) where it selects."""
+        """(B, C, H, W) images and (B, L) questions -> the outputs of :meth:`output_names`:
+        logits (B, num_labels), attention weights (B, N) and, in hard and hybrid modes,
+        selected indices (B, H, k), the patches the encoder kept (B, N) where it selects, and
+        the regions each question kept (B, H) with an adaptive k."""
         output = self.model(
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask
         )
-        weights = output.attention_weights.mean(1)  # (B, H, N) -> (B, N)
-        if output.selected_indices is None:
-            return output.logits, weights
-        if output.encoder_kept is None:
-            return output.logits, weights, output.selected_indices
-        return output.logits, weights, output.selected_indices, output.encoder_kept
+        values = {
+            "logits": output.logits,
+            "attention_weights": output.attention_weights.mean(1),  # (B, H, N) -> (B, N)
+            "selected_indices": output.selected_indices,
+            "encoder_kept": output.encoder_kept,
+            "kept_regions": output.kept_regions,
+        }
+        return tuple(values[name] for name in self.output_names())
 
 
 def check_format(format: str) -> str:
@@ -196,17 +216,19 @@ def export_run(
     *,
     format: str = "onnx",
     mode: str | None = None,
-    k: int | None = None,
+    fusion: dict | None = None,
     overwrite: bool = False,
 ) -> Export:
     """Export the model of the run (or model) directory ``run`` into ``out`` in ``format``.
 
-    ``mode`` and ``k`` override the run's fusion settings for the exported graph. The format,
-    the exporter's packages and ``out`` are checked before the model is loaded (on the CPU).
+    ``mode`` and ``fusion`` (``HybridVQAModel.set_fusion``'s ``k``, ``k_rule``, ``k_min``,
+    ``k_max``, ``top_p``) override the run's fusion settings for the exported graph. The
+    format, the exporter's packages and ``out`` are checked before the model is loaded (on the
+    CPU).
     """
     check_format(format)
     require_onnx()
     check_destination(Path(out), overwrite)
     model, processor = load_model(run, "cpu")
-    model.set_fusion(mode=mode, k=k)
+    model.set_fusion(mode=mode, **(fusion or {}))
     return export_onnx(model, processor, out, overwrite=overwrite)

@@ -13,8 +13,9 @@ loss, weighted by ``region_loss_weight``, when a batch carries ``region_labels``
 loss, weighted by ``pointing_loss_weight``: it teaches the fusion scores where to look.
 In hard and hybrid modes the reasoner sees ``fusion_heads * k`` region tokens, in soft mode
 all N: that is where selection saves compute downstream of the encoders. With an adaptive k
-(``fusion_k_rule``) each question keeps its own k: the batch carries ``k_max`` slots and the
-reasoner's padding mask hides the slots past each question's k.
+(``fusion_k_rule``) each question keeps its own k: the batch carries as many slots as its
+largest k (``k_max`` while training a learned budget) and the reasoner's padding mask hides the
+slots past each question's k, so a question asked alone costs exactly its own k.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class HybridVQAOutput(ModelOutput):
             weight is not a region's, so a row sums to less than 1.
         selected_indices: (B, H, k) selected regions, best first; None in soft mode.
             ``vqa.guided_vision.FOLDED`` (-1) where the fusion selected the folded token. With
-            an adaptive k it is k_max wide, and the slots past ``kept_regions`` are padding.
+            an adaptive k it is as wide as the batch's largest k, and the slots past
+            ``kept_regions`` are padding.
         kept_regions: (B, H) long, how many regions each question kept per head (k, or its
             adaptive k); None in soft mode.
         expected_regions: (B, H) E[k] under a learned budget (``fusion_k_rule="budget"``),

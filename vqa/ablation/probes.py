@@ -36,28 +36,41 @@ def collate(
     return {name: value.to(device) for name, value in inputs.items()}
 
 
-def count_flops(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float, float]:
-    """FLOPs per question of one eval-mode forward pass: (after the encoders, total).
-
-    What the model computes is counted: with an adaptive k every question runs on k_max
-    slots, those past its own k masked, so the count is that of k = k_max (the mean kept k is
-    ``vqa.evaluation``'s ``regions_used``).
+def one_question(inputs: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+    """The model inputs of question ``index`` of a batch, asked alone: its image and its
+    question tokens without the batch's padding.
 
     Args:
-        model: the model; its fusion mode and k (or adaptive rule) decide what runs.
-        inputs: a batch of B questions without labels: ``pixel_values`` (U, C, H, W),
-            ``input_ids`` and ``attention_mask`` (B, L), ``image_index`` (B,).
+        inputs: ``pixel_values`` (U, C, H, W), ``input_ids`` (B, L), and optionally
+            ``attention_mask`` (B, L) and ``image_index`` (B,) (without it, image b is
+            question b's).
+        index: which question.
 
     Returns:
-        (FLOPs of ``model.fusion`` + ``model.reasoner`` + ``model.head``, FLOPs of the whole
-        forward pass), each divided by B. Counted by ``FlopCounterMode`` with PyTorch's fused
-        ``TransformerEncoderLayer`` fast path off: the counter has no formula for that fused
-        kernel (it would count the reasoner as 0), and the plain path does the same arithmetic.
+        ``pixel_values`` (1, C, H, W), ``input_ids`` and ``attention_mask`` (1, L_index).
+    """
+    image_index = inputs.get("image_index")
+    image = index if image_index is None else int(image_index[index])
+    ids = inputs["input_ids"][index]
+    if inputs.get("attention_mask") is not None:
+        ids = ids[inputs["attention_mask"][index].bool()]
+    return {
+        "pixel_values": inputs["pixel_values"][image : image + 1],
+        "input_ids": ids[None],
+        "attention_mask": ids.new_ones(1, len(ids)),
+    }
+
+
+def counted_forward(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float, float]:
+    """FLOPs of one eval-mode forward pass: (``FUSION_MODULES``, whole model).
+
+    Counted by ``FlopCounterMode`` with PyTorch's fused ``TransformerEncoderLayer`` fast path
+    off: the counter has no formula for that fused kernel (it would count the reasoner as 0),
+    and the plain path does the same arithmetic.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    questions = inputs["input_ids"].shape[0]
     counter = FlopCounterMode(display=False)
     fastpath, was_training = torch.backends.mha.get_fastpath_enabled(), model.training
     model.eval()
@@ -71,7 +84,31 @@ def count_flops(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float
     by_module = counter.get_flop_counts()
     prefix = type(model).__name__
     fusion = sum(sum(by_module.get(f"{prefix}.{name}", {}).values()) for name in FUSION_MODULES)
-    return fusion / questions, counter.get_total_flops() / questions
+    return fusion, counter.get_total_flops()
+
+
+def count_flops(model: HybridVQAModel, inputs: dict[str, Tensor]) -> tuple[float, float]:
+    """FLOPs per question of eval-mode forward passes: (after the encoders, total).
+
+    The encoders are counted on the batch, whose questions share their images as they do in
+    training and evaluation. What depends on the selection (``FUSION_MODULES``) is counted one
+    question at a time (:func:`one_question`), so each question pays for its own tokens and,
+    with an adaptive k, for exactly its own k: in a batch, every question would run on the
+    batch's largest k. The mean kept k is ``vqa.evaluation``'s ``regions_used``.
+
+    Args:
+        model: the model; its fusion mode and k (or adaptive rule) decide what runs.
+        inputs: a batch of B questions without labels: ``pixel_values`` (U, C, H, W),
+            ``input_ids`` and ``attention_mask`` (B, L), ``image_index`` (B,).
+
+    Returns:
+        (FLOPs of ``model.fusion`` + ``model.reasoner`` + ``model.head`` per question, those
+        plus the encoders' FLOPs of the batch divided by B).
+    """
+    questions = inputs["input_ids"].shape[0]
+    batch_fusion, batch_total = counted_forward(model, inputs)
+    fusion = sum(counted_forward(model, one_question(inputs, i))[0] for i in range(questions))
+    return fusion / questions, (batch_total - batch_fusion + fusion) / questions
 
 
 def regions_spread(histogram: dict[str, int]) -> float:

@@ -83,14 +83,15 @@ DEFINITIONS = f"""\
   mass reaches P, at most K; `budget=L k_max=K`, a learned k per question, trained with the
   compute penalty L · E[k]. For an adaptive rule the k column is K.
 - **fusion MFLOP/q**: FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` (matrix
-  products, convolutions, attention; element-wise operations are not counted) in one eval-mode
-  forward pass over the first questions of the evaluation split, divided by their number, in
-  the modules after the encoders and their projections: `model.{", model.".join(FUSION_MODULES)}`
-  (everything whose cost depends on the fusion's selection). An adaptive k is counted as the
-  model computes it: every question runs on k_max slots, those past its own k masked, so its
-  FLOPs are those of k = k_max; its mean k is beside them. **total MFLOP/q** counts the whole
-  forward pass; questions about one image share its encoding, as in evaluation, except for the
-  ViT blocks after a selection inside the vision encoder, which run per question.
+  products, convolutions, attention; element-wise operations are not counted) in eval-mode
+  forward passes of the first questions of the evaluation split, each asked alone (its own
+  question tokens, no padding), averaged over them, in the modules after the encoders and their
+  projections: `model.{", model.".join(FUSION_MODULES)}` (everything whose cost depends on the
+  fusion's selection). Asked alone, a question of an adaptive rule runs on exactly its own k
+  slots, so these FLOPs follow the kept k (in a batch, every question runs on the batch's
+  largest k). **total MFLOP/q** adds the encoders, counted on the batch: questions about one
+  image share its encoding, as in evaluation, except for the ViT blocks after a selection
+  inside the vision encoder, which run per question.
   **encoder MFLOP/q** is total minus fusion: the vision and text encoders, their projections
   and the selection inside the vision encoder (where `--select-after` gives one).
 - **enc=SxK** (`select_after`, `encoder_k` in results.csv): the selection inside the vision
@@ -409,9 +410,8 @@ def adaptive_k(stats: Sequence[dict]) -> list[str]:
         "**At equal mean cost**: each adaptive-k configuration against fixed k of the same mode "
         "and estimator at its mean k (regions used), the fixed k's accuracy interpolated "
         f"linearly in k between the fixed k around it, seed by seed; {MEAN_TEST}, a *tie* when "
-        f"p ≥ {ALPHA}. Fusion FLOPs are counted as the model computes them: an adaptive rule "
-        "runs every question on k_max slots, masking those past its own k, so they are the "
-        "FLOPs of k = k_max; the mean k is the cost that the comparison holds equal.",
+        f"p ≥ {ALPHA}. The mean k is the cost that the comparison holds equal; fusion FLOPs "
+        "follow it, each question counted alone on exactly its own k slots.",
         "",
         *(equal_cost_line(entry, stats) for entry in adaptive),
         "",
@@ -436,7 +436,7 @@ def equal_cost_line(entry: dict, stats: Sequence[dict]) -> str:
     missing = (math.nan, math.nan)
     text = (
         f"- {config_label(entry)}: mean k {cell(entry.get('regions_used', missing), 1.0, '.1f')} "
-        f"(fusion MFLOP/q {cell(entry.get('fusion_flops', missing), 1e-6, '.3f')}, counted at "
+        f"(fusion MFLOP/q {cell(entry.get('fusion_flops', missing), 1e-6, '.3f')}; "
         f"k_max = {entry['k']})"
     )
     curve = fixed_curve(entry, stats)
