@@ -272,6 +272,17 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
         help="supervise where every run looks (default: the preset's, 0 in quick and full)",
     )
     ablate.add_argument(
+        "--region-loss-weight",
+        type=float,
+        help="teach every run what each region holds (default: the preset's, 1 in quick)",
+    )
+    ablate.add_argument(
+        "--answers-only",
+        action="store_true",
+        help="no loss that reads a box (region attribute and pointing weights 0): every run "
+        "learns from the answers alone, as on data without boxes",
+    )
+    ablate.add_argument(
         "--preset", default="quick", help="quick (2-core CPU, 20 min) | full (GPU) | tiny"
     )
     ablate.add_argument("--out", required=True, help="output directory")
@@ -310,7 +321,7 @@ def run_ablate(args: argparse.Namespace) -> None:
             k_penalty=args.k_penalty,
             k_max=args.k_max,
             epochs=args.epochs,
-            pointing_loss_weight=args.pointing_loss_weight,
+            **ablation_loss_weights(args),
             resume=args.resume,
             progress=not args.no_progress,
         )
@@ -571,6 +582,24 @@ def run_demo(args: argparse.Namespace) -> None:
     from vqa.demo import run_demo as demo
 
     demo(retrain=args.retrain, port=args.port)
+
+
+def ablation_loss_weights(args: argparse.Namespace) -> dict:
+    """``pointing_loss_weight`` and ``region_loss_weight`` of ``vqa ablate``'s flags: both 0
+    with ``--answers-only``, which a positive weight contradicts."""
+    weights = {
+        "pointing_loss_weight": args.pointing_loss_weight,
+        "region_loss_weight": args.region_loss_weight,
+    }
+    if not args.answers_only:
+        return weights
+    for name, value in weights.items():
+        if value:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"--answers-only turns every box-reading loss off, but {flag} {value:g}"
+            )
+    return dict.fromkeys(weights, 0.0)
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -41,6 +41,7 @@ from vqa.ablation.statistics import (
     selection_of,
     welch_test,
 )
+from vqa.presets import get_preset
 
 # (results.csv column, table header, scale, format) of the numbers that table.md shows.
 METRICS = (
@@ -424,6 +425,14 @@ def adaptive_k(stats: Sequence[dict]) -> list[str]:
     ]
 
 
+def answers_only(settings: dict) -> bool:
+    """Whether the runs of ``settings`` (ablation.json) had no loss that reads a box: the
+    pointing loss off and the region attribute loss at 0 (given, or the preset's)."""
+    preset_weight = get_preset(settings["preset"]).model.get("region_loss_weight", 0.0)
+    region = settings.get("region_loss_weight", preset_weight)
+    return region == 0 and not settings.get("pointing_loss_weight")
+
+
 def equal_cost_line(entry: dict, stats: Sequence[dict]) -> str:
     """One adaptive-k configuration against fixed k at its mean k: a list item that says
     whether adaptive k beats fixed k, ties with it or is worse, or why it cannot be told."""
@@ -528,6 +537,12 @@ def write_report(results_csv: str | Path, path: str | Path, settings: dict) -> s
         "comparison is *not tested* (see the end of this page).",
         "",
     ]
+    if answers_only(settings):
+        lines += [
+            "Every run learned from the answers alone: no region attribute loss, no pointing "
+            "loss, so nothing read a box, as on data without boxes.",
+            "",
+        ]
     if settings.get("pointing_loss_weight"):
         lines += [
             f"Every run was trained with the pointing loss (weight "

@@ -47,6 +47,13 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 SETTINGS_FILE = "ablation.json"
+# The settings that ablation.json holds only where they were used (see run_ablation).
+OPTIONAL_SETTINGS = (
+    "pointing_loss_weight",
+    "region_loss_weight",
+    "vision_class_token",
+    "encoder_fold",
+)
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"
 REPORT_FILE = "report.md"
@@ -99,6 +106,9 @@ class AblationArguments:
         pointing_loss_weight: weight of the pointing loss in every run (None: the preset's,
             0 in ``quick`` and ``full``, so that pointing accuracy measures where each mode
             learns to look from the answers alone).
+        region_loss_weight: weight of the region attribute loss in every run (None: the
+            preset's, 1 in ``quick``). With it and the pointing loss at 0, nothing reads a box:
+            every run learns from the answers alone, as on data without boxes.
         resume: skip the runs already in ``results.csv`` and finish a half-trained run.
         progress: show the overall progress bar and each run's own bars.
         grad_repeats: passes R of the score-gradient measurements.
@@ -122,6 +132,7 @@ class AblationArguments:
     encoder_fold: bool = False
     epochs: int | None = None
     pointing_loss_weight: float | None = None
+    region_loss_weight: float | None = None
     resume: bool = False
     progress: bool = True
     grad_repeats: int = 8
@@ -400,13 +411,17 @@ def run_ablation(args: AblationArguments) -> Path:
         "epochs": args.epochs or preset.training["epochs"],
     }
     pointing = loss_weight("pointing_loss_weight", preset, args)
-    if pointing < 0:
-        raise ValueError(f"pointing_loss_weight must be >= 0, got {pointing!r}")
-    # Recorded only when used, so that the ablation.json of runs without the pointing loss,
-    # written before the option existed, still matches on --resume; so are the CLS token and
-    # the folding of every encoder selection.
+    region = loss_weight("region_loss_weight", preset, args)
+    for name, value in (("pointing_loss_weight", pointing), ("region_loss_weight", region)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    # Recorded only when used (or, for the region loss, changed from the preset's), so that
+    # the ablation.json of earlier versions still matches on --resume; so are the CLS token
+    # and the folding of every encoder selection.
     if pointing > 0:
         settings["pointing_loss_weight"] = pointing
+    if region != preset.model.get("region_loss_weight", 0.0):
+        settings["region_loss_weight"] = region
     if class_token(args):
         settings["vision_class_token"] = True
     if args.encoder_fold:
@@ -452,10 +467,14 @@ def check_settings(out: Path, settings: dict, resume: bool) -> None:
     if not (resume and saved_file.is_file()):
         return
     saved = json.loads(saved_file.read_text())
+    names = [
+        *settings,
+        *(name for name in OPTIONAL_SETTINGS if name in saved and name not in settings),
+    ]
     changed = [
-        f"{name} was {saved.get(name)!r}, now {value!r}"
-        for name, value in settings.items()
-        if saved.get(name) != value
+        f"{name} was {saved.get(name)!r}, now {settings.get(name)!r}"
+        for name in names
+        if saved.get(name) != settings.get(name)
     ]
     if changed:
         raise ValueError(
@@ -508,6 +527,7 @@ def measure_run(
             vision_class_token=class_token(args),
             epochs=args.epochs,
             pointing_loss_weight=args.pointing_loss_weight,
+            region_loss_weight=args.region_loss_weight,
             seed=spec.seed,
             resume=args.resume and (run_dir / CHECKPOINT_DIR).is_dir(),
             progress=args.progress,
