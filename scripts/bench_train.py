@@ -200,6 +200,51 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def boxes_table(with_boxes: dict, answers_only: dict, seconds: float = 600) -> str:
+    """One table of what the defaults reach with boxes and from the answers alone: per mode
+    (and the peer, which never reads boxes), each result's final validation accuracy, pointing
+    and training seconds, and the answers-only accuracy within ``seconds`` of training."""
+    header = [
+        "mode",
+        "with boxes",
+        "pointing",
+        "train s",
+        "answers only",
+        "pointing",
+        "train s",
+        f"answers only within {seconds:g} s",
+    ]
+    lines = [markdown_row(header), "|---|" + "---:|" * (len(header) - 1)]
+    boxed = {row_name(row): row for row in table_rows(with_boxes)}
+    for row in table_rows(answers_only):
+        name = row_name(row)
+        other = boxed.get(name)
+        within = point_within(row.get("curve") or [], seconds)
+        cells = [name]
+        for result in (other, row):
+            if result is None:
+                cells += ["–", "–", "–"]
+                continue
+            pointing = result["pointing_accuracy"]
+            cells += [
+                f"{result['val_accuracy']:.3f}",
+                "–" if pointing is None else f"{pointing:.2f}",
+                f"{result['train_seconds']:.0f}",
+            ]
+        cells.append(
+            "–"
+            if within is None
+            else f"{within['val_accuracy']:.3f} ({within['train_seconds']:.0f} s)"
+        )
+        lines.append(markdown_row(cells))
+    lines += [
+        "",
+        f"With boxes: {describe(with_boxes['machine'])}. Answers only: "
+        f"{describe(answers_only['machine'])}.",
+    ]
+    return "\n".join(lines)
+
+
 def default_out(args: argparse.Namespace) -> Path:
     suffix = "-answers-only" if args.answers_only else ""
     return Path(f"docs/results/bench-train/{args.preset}{suffix}.json")
@@ -225,9 +270,19 @@ def main() -> None:
     parser.add_argument("--runs", help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--out", type=Path, help="the JSON result (default: docs/results/...)")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a result")
+    parser.add_argument(
+        "--boxes-table",
+        type=Path,
+        nargs=2,
+        metavar=("WITH_BOXES", "ANSWERS_ONLY"),
+        help="print one table of two results: with boxes and --answers-only",
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(json.loads(args.table.read_text())))
+        return
+    if args.boxes_table:
+        print(boxes_table(*(json.loads(path.read_text()) for path in args.boxes_table)))
         return
     measured_on = machine()
     with tempfile.TemporaryDirectory() as scratch:

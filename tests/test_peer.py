@@ -217,3 +217,43 @@ def test_bench_table_takes_the_last_epoch_ended_within_each_time(bench_table: li
         "0.330 (60 s)",
         "0.500 (100 s)",
     ]
+
+
+def test_boxes_table_puts_each_mode_with_and_without_boxes_on_one_line() -> None:
+    machine = {"device_name": "CPU", "cores": 2, "threads": 2, "matmul_gflops": 50}
+    boxed = bench_row(
+        mode="hybrid",
+        estimator="ste",
+        val_accuracy=0.93,
+        pointing_accuracy=0.99,
+        train_seconds=650,
+        curve=curve([130, 650], [0.6, 0.93]),
+    )
+    answers = bench_row(
+        mode="hybrid",
+        estimator="ste",
+        val_accuracy=0.45,
+        pointing_accuracy=0.38,
+        train_seconds=700,
+        curve=curve([300, 599, 700], [0.3, 0.43, 0.45]),
+    )
+    peer = bench_row(model="peer", val_accuracy=0.4, train_seconds=100, curve=curve([100], [0.4]))
+    table = load_bench_train().boxes_table(
+        {"machine": machine, "results": [boxed]},
+        {"machine": {**machine, "matmul_gflops": 70}, "results": [answers], "peer": peer},
+    )
+    lines = table.splitlines()
+    assert table_row(lines, "hybrid (ste)", "| mode |") == [
+        "hybrid (ste)",
+        "0.930",
+        "0.99",
+        "650",
+        "0.450",
+        "0.38",
+        "700",
+        "0.430 (599 s)",
+    ]
+    peer_cells = table_row(lines, "peer (easy-VQA tutorial)", "| mode |")
+    assert peer_cells[1:4] == ["–", "–", "–"]  # the peer never reads boxes
+    assert peer_cells[4:] == ["0.400", "–", "100", "0.400 (100 s)"]
+    assert "50 GFLOP/s" in lines[-1] and "70 GFLOP/s" in lines[-1]
