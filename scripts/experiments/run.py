@@ -13,7 +13,9 @@ Every experiment trains on the embedded scenes for the same number of training q
 (``--questions``, rounded up to whole epochs), so the results compare sample efficiency; the
 seconds are reported beside it, with the machine's measured matmul rate. Validation accuracy is
 taken after every epoch. ``--threads`` sets torch's threads per run, so that two runs can share
-a 2-core machine as the README's table was measured.
+a 2-core machine as the README's table was measured. ``--runs DIR`` keeps each trained model
+(``DIR/<config>``, a ``vqa train`` run directory) for later probes, e.g.
+``scripts/probe_regions.py``.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--table", type=Path, metavar="DIR", help="print the table of DIR")
+    parser.add_argument(
+        "--runs", type=Path, help="keep each trained run in RUNS/<config> (default: deleted)"
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(args.table))
@@ -117,7 +122,8 @@ def main() -> None:
     configs = [load_config(path) for path in args.configs]  # all checked before any training
     for config in configs:
         with tempfile.TemporaryDirectory() as scratch:
-            result = run_experiment(config, args.questions, args.seed, Path(scratch))
+            run_dir = args.runs / config["name"] if args.runs else Path(scratch)
+            result = run_experiment(config, args.questions, args.seed, run_dir)
         result["machine"] = machine()
         write_json(args.out / f"{config['name']}.json", result)
         print(json.dumps(result["final"]))
