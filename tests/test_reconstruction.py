@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from vqa.configuration import HybridVQAConfig
 from vqa.guided_vision import FOLDED
 from vqa.modeling import HybridVQAModel
-from vqa.reconstruction import WindowReconstruction, window_pixels
+from vqa.reconstruction import (
+    WindowReconstruction,
+    frozen_batch_norm_statistics,
+    hide_regions,
+    window_pixels,
+)
 
 
 def test_each_window_is_the_normalised_pixels_around_its_patch():
@@ -141,3 +146,106 @@ def test_an_image_no_question_is_about_is_left_out(tiny_fields):
     with_extra = model(images, questions, labels=labels, image_index=torch.tensor([0, 2]))
     without = model(images[[0, 2]], questions, labels=labels, image_index=torch.tensor([0, 1]))
     torch.testing.assert_close(with_extra.reconstruction_loss, without.reconstruction_loss)
+
+
+# Masked: a second pass of each image with some regions hidden redraws only those.
+
+
+def test_hiding_zeroes_exactly_the_hidden_regions_pixels():
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 32, 32)
+    masked, hidden = hide_regions(images, patch_size=8, ratio=0.25)
+    assert hidden.shape == (3, 16) and hidden.sum(1).tolist() == [4, 4, 4]
+    for image in range(3):
+        for region in range(16):
+            row, col = divmod(region, 4)
+            patch = masked[image, :, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8]
+            original = images[image, :, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8]
+            expected = torch.zeros_like(patch) if hidden[image, region] else original
+            torch.testing.assert_close(patch, expected)
+    assert not torch.equal(hidden[0], hidden[1])  # each image draws its own
+
+
+def test_a_tiny_ratio_still_hides_one_region():
+    _, hidden = hide_regions(torch.randn(2, 3, 16, 16), patch_size=8, ratio=0.01)
+    assert hidden.sum(1).tolist() == [1, 1]
+
+
+def test_only_the_hidden_regions_count():
+    torch.manual_seed(0)
+    head = WindowReconstruction(hidden_size=6, num_channels=3, patch_size=8, window=1)
+    images = torch.randn(2, 3, 16, 16)
+    features = torch.randn(2, 4, 6)
+    hidden = torch.tensor([[True, False, False, True], [False, False, True, False]])
+    loss = head(features, None, images, hidden)
+    target = window_pixels(images, 8, 1)
+    errors = (head.head(features) - target).pow(2).mean(-1)
+    torch.testing.assert_close(loss, errors[hidden].mean())
+    with pytest.raises(ValueError, match="hidden regions need the tokens of every region"):
+        head(features, torch.zeros(2, 4, dtype=torch.long), images, hidden)
+
+
+def test_batch_norm_normalises_by_the_batch_but_keeps_its_running_statistics():
+    norm = torch.nn.BatchNorm2d(3).train()
+    before = (norm.running_mean.clone(), norm.running_var.clone())
+    inputs = 5 + torch.randn(4, 3, 2, 2)
+    with frozen_batch_norm_statistics(norm):
+        output = norm(inputs)
+    assert abs(float(output.detach().mean())) < 1e-5  # normalised by the batch
+    torch.testing.assert_close((norm.running_mean, norm.running_var), before)
+    assert norm.momentum == 0.1  # restored
+    norm(inputs)
+    assert not torch.equal(norm.running_mean, before[0])
+
+
+def test_the_masked_loss_comes_from_a_second_pass_of_each_image(tiny_fields):
+    model = _model(tiny_fields, reconstruction_loss_weight=1.0, reconstruction_mask_ratio=0.5)
+    images = torch.randn(2, 3, 32, 32)
+    questions = torch.randint(3, 50, (3, 6))
+    labels = torch.tensor([0, 1, 2])
+    calls = []
+    hook = model.vision.register_forward_hook(lambda module, args, out: calls.append(args[0]))
+    torch.manual_seed(1)
+    output = model(images, questions, labels=labels, image_index=torch.tensor([0, 0, 1]))
+    hook.remove()
+    assert len(calls) == 2  # the answering pass, then the masked one
+    masked = calls[1]
+    hidden_pixels = (masked == 0).all(1)  # (U, H, W)
+    assert 0.4 < float(hidden_pixels.float().mean()) < 0.6  # half of the 16 regions, per image
+    torch.testing.assert_close(
+        masked[~hidden_pixels[:, None].expand_as(masked)],
+        images[~hidden_pixels[:, None].expand_as(images)],
+    )
+    torch.testing.assert_close(output.loss, output.answer_loss.mean() + output.reconstruction_loss)
+    output.loss.backward()
+    assert model.vision.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_the_masked_pass_leaves_batch_norm_running_statistics_to_the_answering_pass(tiny_fields):
+    masked = _model(tiny_fields, reconstruction_loss_weight=1.0, reconstruction_mask_ratio=0.5)
+    plain = _model(tiny_fields)
+    plain.load_state_dict(masked.state_dict(), strict=False)
+    images = torch.randn(2, 3, 32, 32)
+    questions = torch.randint(3, 50, (2, 6))
+    masked(images, questions, labels=torch.tensor([0, 1]))
+    plain(images, questions, labels=torch.tensor([0, 1]))
+    for name, buffer in plain.vision.named_buffers():
+        if "running" in name:
+            torch.testing.assert_close(dict(masked.vision.named_buffers())[name], buffer)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, "half"])
+def test_a_mask_ratio_outside_0_1_is_refused(tiny_fields, ratio):
+    with pytest.raises(ValueError, match="reconstruction_mask_ratio"):
+        HybridVQAConfig(**tiny_fields, reconstruction_mask_ratio=ratio)
+
+
+def test_the_mask_ratio_flag_reaches_the_trained_model(tmp_path, tiny_run, train_tiny):
+    _, data = tiny_run
+    run = tmp_path / "run"
+    flags = ["--reconstruction-loss-weight", "1", "--reconstruction-mask-ratio", "0.4"]
+    assert train_tiny(data, run, *flags) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["reconstruction_mask_ratio"] == 0.4
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert all(loss > 0 for loss in history[-1]["step_reconstruction_losses"])

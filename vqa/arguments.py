@@ -205,6 +205,12 @@ class TrainingArguments:
         "weight of the box-free auxiliary loss in which each region's vision token redraws "
         "the pixels around it (any data; 0: off; default: the preset's)",
     )
+    reconstruction_mask_ratio: float | None = option(
+        None,
+        "with --reconstruction-loss-weight: share of the regions hidden in a second pass of "
+        "each image, which then redraws only the hidden ones (masked image modelling; 0: no "
+        "second pass; default: the preset's)",
+    )
     init_from: str | None = option(
         None,
         "fine-tune the model of a run or model directory written by vqa train (its "
@@ -300,6 +306,9 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        ratio = self.reconstruction_mask_ratio
+        if ratio is not None and not 0 <= ratio < 1:
+            raise ValueError(f"reconstruction_mask_ratio must be in [0, 1), got {ratio!r}")
         shaped = self.encoder_k is not None or self.encoder_fold or self.encoder_rule is not None
         if shaped and not (self.select_after is not None or self.init_from):
             raise ValueError(

@@ -30,6 +30,7 @@ NUMBERS = (
     "initializer_range",
     "region_loss_weight",
     "reconstruction_loss_weight",
+    "reconstruction_mask_ratio",
     "pointing_loss_weight",
 )
 
@@ -108,6 +109,10 @@ class HybridVQAConfig(PreTrainedConfig):
             ``reconstruction_window`` x ``reconstruction_window`` regions around it
             (``vqa.reconstruction``; 0: no such head).
         reconstruction_window: an odd number of regions per side of that window.
+        reconstruction_mask_ratio: share of the regions hidden in a second, masked pass of
+            each image, whose hidden regions alone then redraw their windows (masked image
+            modelling, ``vqa.reconstruction``), in [0, 1); 0: the tokens of the answering pass
+            redraw their own windows.
     """
 
     model_type = "hybrid_vqa"
@@ -164,6 +169,7 @@ class HybridVQAConfig(PreTrainedConfig):
     pointing_loss_weight: float = 0.0
     reconstruction_loss_weight: float = 0.0
     reconstruction_window: int = 3
+    reconstruction_mask_ratio: float = 0.0
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -268,6 +274,11 @@ class HybridVQAConfig(PreTrainedConfig):
         for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"config field {name!r} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.reconstruction_mask_ratio < 1.0:
+            raise ValueError(
+                "config field 'reconstruction_mask_ratio' must be in [0, 1), got "
+                f"{self.reconstruction_mask_ratio!r}"
+            )
         window = self.reconstruction_window
         if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
             raise ValueError(

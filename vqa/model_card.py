@@ -237,7 +237,12 @@ def training_section(metrics: dict, config: dict) -> list[str]:
         + f", warmup {arguments.get('warmup_ratio')}, weight decay {arguments.get('weight_decay')}",
         f"- Auxiliary losses: region attributes × {config.get('region_loss_weight', 0)}, "
         f"pointing × {config.get('pointing_loss_weight', 0)}, "
-        f"window reconstruction × {config.get('reconstruction_loss_weight', 0)}",
+        f"window reconstruction × {config.get('reconstruction_loss_weight', 0)}"
+        + (
+            f" ({config['reconstruction_mask_ratio']:.0%} of the regions hidden)"
+            if config.get("reconstruction_mask_ratio") and config.get("reconstruction_loss_weight")
+            else ""
+        ),
         f"- Precision: {PRECISIONS.get(precision, precision)} on `{metrics.get('device')}`, "
         f"{count(processes, 'process')}, seed {arguments.get('seed')}",
         f"- Training time: {duration(seconds)} (training steps; validation not counted)",

@@ -46,7 +46,7 @@ from vqa.configuration import HybridVQAConfig
 from vqa.encoders import build_text_encoder, build_vision_encoder
 from vqa.guided_vision import FOLDED, VisionTokens, encode_guided, scatter_regions
 from vqa.processing import QUESTION_GROUPS
-from vqa.reconstruction import WindowReconstruction
+from vqa.reconstruction import WindowReconstruction, frozen_batch_norm_statistics, hide_regions
 
 QUESTION, ATTENDED, REGION = 0, 1, 2  # token types of the reasoner's input
 POSITION_SCALE = 0.6  # of the region position embedding: std about 0.3
@@ -538,7 +538,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
     ) -> Tensor:
         """The window reconstruction loss (``vqa.reconstruction``) of each image once: on the
         tokens of one of its questions (they are the same tokens unless the question guided
-        the encoder).
+        the encoder), or, with ``reconstruction_mask_ratio``, on those of a second pass of the
+        image through the unguided encoder with some regions hidden.
 
         Args:
             vision: the (B, M, vision_hidden_size) tokens of each question's image.
@@ -553,7 +554,13 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             rows = rows[asked]  # one question about each image that has one
             features, pixel_values = features[rows], pixel_values[asked]  # (U', M, D), (U', ...)
             regions = None if regions is None else regions[rows]
-        return self.reconstruction(features, regions, pixel_values)
+        ratio = self.config.reconstruction_mask_ratio
+        if ratio == 0:
+            return self.reconstruction(features, regions, pixel_values)
+        masked, hidden = hide_regions(pixel_values, self.config.patch_size, ratio)
+        with frozen_batch_norm_statistics(self.vision):
+            features = self.vision(masked)  # (U', N, D): every region, in order
+        return self.reconstruction(features, None, pixel_values, hidden)
 
     def _reasoner_inputs(
         self, question: Tensor, question_mask: Tensor, attended: AttentionOutput, regions: Tensor

@@ -211,6 +211,8 @@ def fresh_model(
             fields[name] = True
     for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
         fields[name] = loss_weight(name, preset, args)
+    if args.reconstruction_mask_ratio is not None:
+        fields["reconstruction_mask_ratio"] = args.reconstruction_mask_ratio
     # The processor has region attributes when the run started with the loss on; a resumed
     # run keeps the head it was saved with, even with the weight set to 0 now.
     if processor.region_attributes is not None:
