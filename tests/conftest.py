@@ -11,10 +11,12 @@ Fixtures:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -81,3 +83,12 @@ def tiny_selecting_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = tmp_path_factory.mktemp("tiny-selecting-model") / "run"
     assert run_train_tiny(data, run, "--select-after", "0", "--encoder-k", "8") == 0
     return run
+
+
+def load_script(name: str) -> ModuleType:
+    """The module of ``scripts/<name>.py``, which is not a package, loaded from its file."""
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -13,6 +13,17 @@ from vqa.ablation import REPORT_FILE, RUNS_DIR, SETTINGS_FILE, AblationArguments
 from vqa.cli import add_ablate_parser, main
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 
+# A tiny answers-only grid: soft and hybrid, one seed, one epoch.
+GRID = {
+    "preset": "tiny",
+    "modes": ["soft", "hybrid"],
+    "k": [4],
+    "estimators": ["ste"],
+    "seeds": [0],
+    "epochs": 1,
+    "progress": False,
+}
+
 
 def parse(monkeypatch, *flags: str) -> AblationArguments:
     """What ``vqa ablate --out o FLAGS`` hands to ``run_ablation``."""
@@ -63,16 +74,10 @@ def answers_only_ablation(tmp_path_factory) -> Path:
     args = AblationArguments(
         out=str(root / "out"),
         data=str(root / "data"),
-        preset="tiny",
-        modes=["soft", "hybrid"],
-        k=[4],
-        estimators=["ste"],
-        seeds=[0],
-        epochs=1,
         region_loss_weight=0.0,
         pointing_loss_weight=0.0,
-        progress=False,
         grad_repeats=2,
+        **GRID,
     )
     return run_ablation(args)
 
@@ -101,15 +106,9 @@ def test_resume_refuses_other_loss_weights(answers_only_ablation, tmp_path):
     args = AblationArguments(
         out=str(answers_only_ablation),
         data=settings["data"],
-        preset="tiny",
-        modes=["soft", "hybrid"],
-        k=[4],
-        estimators=["ste"],
-        seeds=[0],
-        epochs=1,
         pointing_loss_weight=0.0,
         resume=True,
-        progress=False,
+        **GRID,
     )
     with pytest.raises(ValueError, match=r"region_loss_weight was 0\.0, now None"):
         run_ablation(args)

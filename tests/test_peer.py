@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image, ImageDraw
 
 from vqa.peer import PEER_COLUMNS, PeerCollator, PeerVQAModel, bag_of_words, train_peer
@@ -135,11 +135,7 @@ def test_peer_learns_the_colour_of_a_lone_square_better_than_a_blind_guess(
 
 
 def load_bench_train():
-    path = Path(__file__).parents[1] / "scripts" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_train")
 
 
 def curve(seconds: list[float], accuracy: list[float]) -> list[dict]:

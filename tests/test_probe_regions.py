@@ -3,20 +3,14 @@ linearly, and does no better than chance on one that they do not encode."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from conftest import load_script
 
 from vqa.data.regions import RegionAttributes
 
 
 def load_probe():
-    path = Path(__file__).parents[1] / "scripts" / "probe_regions.py"
-    spec = importlib.util.spec_from_file_location("probe_regions", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_regions")
 
 
 def synthetic_regions(images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
