@@ -28,20 +28,8 @@ QUESTIONS = [
     "how many circles are there?",
 ]
 ANSWERS = ["red", "2", "yes", "circle", "no", "3"]
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    vision_hidden_size=32,
-    vision_layers=1,
-    vision_heads=2,
-    text_hidden_size=32,
-    text_layers=1,
-    text_heads=2,
-    fusion_dim=32,
-    fusion_k=4,
-    reasoner_layers=1,
-    dropout=0.0,
-)
+# The tiny preset's model, without the losses that need boxes.
+TINY = {**get_preset("tiny").model, "region_loss_weight": 0.0, "pointing_loss_weight": 0.0}
 TOP_P = {"fusion_k_rule": "top_p", "fusion_k_max": 8, "fusion_top_p": 0.5}
 BUDGET = {"fusion_k_rule": "budget", "fusion_k_min": 2, "fusion_k_max": 8}
 

@@ -9,14 +9,15 @@ the loss is about the shape and the colour contrasts in the window rather than i
 Predicting the neighbours too makes each token describe the whole object it is part of, much as
 the region attribute loss does where boxes exist.
 
-Masked (``mask_ratio`` > 0): each image is encoded a second time with a random share of its
-regions hidden (their pixels set to 0, the normalised mean), and only the hidden regions' tokens
-redraw their windows (masked image modelling, as SimMIM and MAE; Xie et al. 2022, He et al.
-2022). A hidden region's pixels are not in its token, so the encoder must infer them from the
-visible rest of the object: what a circle's missing quarter or a square's corner looks like.
-Masking the pixels rather than the tokens works with every vision encoder. The masked pass does
-not move BatchNorm's running statistics (:func:`frozen_batch_norm_statistics`), so evaluation
-sees the statistics of whole images.
+Masked (the config's ``reconstruction_mask_ratio`` > 0, :func:`hide_regions`): each image is
+encoded a second time with a random share of its regions hidden (their pixels set to 0, the
+normalised mean), and only the hidden regions' tokens redraw their windows (masked image
+modelling, as SimMIM and MAE; Xie et al. 2022, He et al. 2022). A hidden region's pixels are not
+in its token, so the encoder must infer them from the visible rest of the object: what a
+circle's missing quarter or a square's corner looks like. Masking the pixels rather than the
+tokens works with every vision encoder. The masked pass does not move BatchNorm's running
+statistics (:func:`frozen_batch_norm_statistics`), so evaluation sees the statistics of whole
+images.
 """
 
 from __future__ import annotations
