@@ -21,13 +21,16 @@ a 2-core machine as the README's table was measured. ``--runs DIR`` keeps each t
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
+import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
+from vqa.ablation import welch_test
 from vqa.cache import synthetic_dataset
 from vqa.files import write_json
 from vqa.machine import machine
@@ -102,6 +105,31 @@ def markdown_table(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def final_accuracies(pattern: str) -> list[float]:
+    """The final validation accuracy of every result file that ``pattern`` (a glob) matches."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise SystemExit(f"--compare: no result file matches {pattern!r}")
+    return [json.loads(Path(path).read_text())["final"]["val_accuracy"] for path in paths]
+
+
+def compare(subject: str, reference: str) -> dict:
+    """Mean, standard deviation and count of each side's final accuracies, and Welch's test."""
+    sides = {"subject": final_accuracies(subject), "reference": final_accuracies(reference)}
+    summary = {
+        name: {
+            "files": pattern,
+            "accuracies": values,
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else math.nan,
+        }
+        for (name, values), pattern in zip(sides.items(), (subject, reference), strict=True)
+    }
+    test = welch_test(sides["subject"], sides["reference"])
+    summary["test"] = {"name": test.test, "p_value": test.p_value, "verdict": test.direction}
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("configs", nargs="*", type=Path, help="config JSON files")
@@ -113,9 +141,15 @@ def main() -> None:
     parser.add_argument(
         "--runs", type=Path, help="keep each trained run in RUNS/<config> (default: deleted)"
     )
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="Welch's test of two globs of results"
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(args.table))
+        return
+    if args.compare:
+        print(json.dumps(compare(*args.compare), indent=1))
         return
     if args.threads:
         torch.set_num_threads(args.threads)

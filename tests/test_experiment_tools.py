@@ -1,0 +1,59 @@
+"""``scripts/experiments``: ``run.py --compare`` tests two sets of results with Welch's t-test,
+and ``flops.py`` counts what a training question costs under each config."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).parents[1] / "scripts" / "experiments"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_results(directory: Path, name: str, accuracies: list[float]) -> None:
+    for seed, accuracy in enumerate(accuracies):
+        path = directory / f"seed{seed}" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"final": {"val_accuracy": accuracy}}))
+
+
+def test_compare_reports_each_side_and_welch_verdict(tmp_path):
+    run = load("run")
+    write_results(tmp_path, "new", [0.80, 0.82, 0.81])
+    write_results(tmp_path, "old", [0.40, 0.42, 0.41, 0.43])
+    result = run.compare(str(tmp_path / "seed*/new.json"), str(tmp_path / "seed*/old.json"))
+    assert result["subject"]["accuracies"] == [0.80, 0.82, 0.81]
+    assert result["subject"]["mean"] == pytest.approx(0.81)
+    assert result["reference"]["std"] == pytest.approx(0.012910, abs=1e-5)
+    assert result["test"]["name"] == "Welch's t-test"
+    assert result["test"]["verdict"] == "higher" and result["test"]["p_value"] < 1e-4
+    overlapping = run.compare(str(tmp_path / "seed*/old.json"), str(tmp_path / "seed*/old.json"))
+    assert overlapping["test"]["verdict"] == "tie"
+
+
+def test_compare_names_a_pattern_that_matches_nothing(tmp_path):
+    run = load("run")
+    with pytest.raises(SystemExit, match="no result file matches"):
+        run.compare(str(tmp_path / "missing*.json"), str(tmp_path / "*.json"))
+
+
+def test_film_costs_more_per_question_only_in_the_encoder(monkeypatch, capsys):
+    configs = EXPERIMENTS / "configs"
+    argv = ["flops.py", str(configs / "answers-only.json"), str(configs / "answers-only-film.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    load("flops").main()
+    plain, film = json.loads(capsys.readouterr().out)
+    assert plain["ratio_to_first"] == 1.0
+    assert film["after_encoders_mflops"] == pytest.approx(plain["after_encoders_mflops"])
+    # four questions per image: FiLM encodes the image four times, the plain model once
+    assert film["mflops_per_question"] > 1.5 * plain["mflops_per_question"]
