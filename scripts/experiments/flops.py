@@ -25,20 +25,25 @@ from vqa.configuration import HybridVQAConfig
 from vqa.modeling import HybridVQAModel
 from vqa.presets import get_preset
 
-# training options that are also config fields of the model's architecture or fusion
+# the training options of experiment configs that change what answering a question computes
 MODEL_FIELDS = {
     "vision_conditioning": "vision_conditioning",
     "vision_stem": "vision_stem",
     "mode": "fusion_mode",
-    "k": "fusion_k",
-    "reasoner_layers": "reasoner_layers",
 }
+ANSWERS = 17  # the answer vocabulary of the embedded scenes
+
+
+def check_options(config: dict, path: Path) -> None:
+    """Refuse a config whose fixed k or adaptive k rule this count would leave out."""
+    if "k" in config.get("training", {}):
+        raise SystemExit(f"{path}: flops.py does not apply the training option 'k'")
 
 
 def model_of(config: dict) -> HybridVQAModel:
     """An untrained model of an experiment config (random weights; FLOPs do not depend on them)."""
     preset = get_preset(config["preset"])
-    fields = {**preset.model, "image_size": preset.synthetic["image_size"], "num_labels": 17}
+    fields = {**preset.model, "image_size": preset.synthetic["image_size"], "num_labels": ANSWERS}
     for option, field in MODEL_FIELDS.items():
         if option in config.get("training", {}):
             fields[field] = config["training"][option]
@@ -70,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for path in args.configs:
-        model = model_of(json.loads(path.read_text()))
+        config = json.loads(path.read_text())
+        check_options(config, path)
+        model = model_of(config)
         inputs = batch(model, args.images, args.questions_per_image, args.question_tokens)
         with torch.no_grad():
             fusion, total = count_flops(model, inputs)

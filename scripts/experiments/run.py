@@ -114,14 +114,15 @@ def final_accuracies(pattern: str) -> list[float]:
 
 
 def compare(subject: str, reference: str) -> dict:
-    """Mean, standard deviation and count of each side's final accuracies, and Welch's test."""
+    """Each side's final accuracies with their mean and standard deviation (None for a single
+    result), and Welch's t-test of subject against reference."""
     sides = {"subject": final_accuracies(subject), "reference": final_accuracies(reference)}
     summary = {
         name: {
             "files": pattern,
             "accuracies": values,
             "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else math.nan,
+            "std": statistics.stdev(values) if len(values) > 1 else None,
         }
         for (name, values), pattern in zip(sides.items(), (subject, reference), strict=True)
     }
