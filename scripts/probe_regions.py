@@ -77,11 +77,16 @@ def region_tokens(
 
 
 def fit_probe(
-    train_tokens: Tensor, train_labels: Tensor, classes: int, steps: int, seed: int
-) -> torch.nn.Linear:
-    """A linear classifier of (M, D) standardised tokens into ``classes``, full-batch Adam."""
+    train_tokens: Tensor, train_labels: Tensor, classes: int, steps: int, seed: int, hidden: int = 0
+) -> torch.nn.Module:
+    """A classifier of (M, D) standardised tokens into ``classes``, full-batch Adam: linear, or
+    with one ReLU layer of ``hidden`` units (what a nonlinear reader could get out)."""
     torch.manual_seed(seed)
-    probe = torch.nn.Linear(train_tokens.shape[-1], classes)
+    width = train_tokens.shape[-1]
+    probe = torch.nn.Linear(width, classes)
+    if hidden:
+        layers = (torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
+        probe = torch.nn.Sequential(*layers)
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -91,10 +96,15 @@ def fit_probe(
 
 
 def probe_encoder(
-    tokens: dict[str, Tensor], labels: dict[str, Tensor], names: tuple[str, ...], steps: int
+    tokens: dict[str, Tensor],
+    labels: dict[str, Tensor],
+    names: tuple[str, ...],
+    steps: int,
+    hidden: int = 0,
 ) -> dict:
     """Per attribute: the probe's validation accuracy on regions with an object, and of
-    "object vs none" over all regions (from the attribute's class 0)."""
+    "object vs none" over all regions (from the attribute's class 0). ``hidden`` > 0 gives
+    the probe a ReLU layer of that width (:func:`fit_probe`)."""
     flat = {split: value.flatten(0, 1) for split, value in tokens.items()}  # (U * N, D)
     mean, std = flat["train"].mean(0), flat["train"].std(0).clamp_min(1e-6)
     flat = {split: (value - mean) / std for split, value in flat.items()}
@@ -102,7 +112,7 @@ def probe_encoder(
     for index, name in enumerate(names):
         target = {split: value[..., index].flatten() for split, value in labels.items()}
         classes = int(max(value.max() for value in target.values())) + 1
-        probe = fit_probe(flat["train"], target["train"], classes, steps, seed=index)
+        probe = fit_probe(flat["train"], target["train"], classes, steps, index, hidden)
         with torch.no_grad():
             predicted = probe(flat["val"]).argmax(-1)
         truth = target["val"]
@@ -153,6 +163,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--val-images", type=int, default=500)
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of each probe")
+    parser.add_argument("--hidden", type=int, default=0, help="a ReLU layer of N units (0: linear)")
     parser.add_argument("--random", action="store_true", help="also an untrained encoder")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
@@ -190,7 +201,7 @@ def main() -> None:
             for split in limits
         }
         tokens = {split: region_tokens(model, processor, images[split][0]) for split in limits}
-        scores = probe_encoder(tokens, region, attributes.names, args.steps)
+        scores = probe_encoder(tokens, region, attributes.names, args.steps, args.hidden)
         entry = {"label": label, "run": None if run is None else str(run), "scores": scores}
         entry["training"] = {} if run is None else describe_run(run)
         encoders.append(entry)
@@ -201,6 +212,7 @@ def main() -> None:
         "train_images": len(images["train"][0]),
         "val_images": len(images["val"][0]),
         "steps": args.steps,
+        "hidden": args.hidden,
         "attributes": list(attributes.names),
         "encoders": encoders,
     }

@@ -61,7 +61,8 @@ def test_tiny_screen_writes_json_and_table(tmp_path, monkeypatch, capsys):
     out = tmp_path / "screen.json"
     argv = ["pretrain_probe.py", "--preset", "tiny", "--objectives", "none", "dihedral",
             "reconstruction", "--epochs", "1", "--probe-train-images", "20",
-            "--probe-val-images", "8", "--probe-steps", "5", "--out", str(out)]  # fmt: skip
+            "--probe-val-images", "8", "--probe-steps", "5", "--probe-hidden", "8",
+            "--out", str(out)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     load_screen().main()
     result = json.loads(out.read_text())
@@ -70,5 +71,7 @@ def test_tiny_screen_writes_json_and_table(tmp_path, monkeypatch, capsys):
     for run in result["runs"][1:]:
         assert len(run["losses"]) == 1 and torch.isfinite(torch.tensor(run["losses"])).all()
     assert set(result["attributes"]) == {"colour", "shape", "size"}
+    assert result["probe_hidden"] == 8
     table = capsys.readouterr().out
     assert "| dihedral | 1 |" in table and "chance" in table
+    assert "Probe: a ReLU layer of 8." in table

@@ -69,3 +69,18 @@ def test_table_has_a_row_per_encoder_and_the_chance_row():
     assert lines[2] == "| answers only | 0.900 | 0.900 | 0.950 |"
     assert lines[3].startswith("| chance (most frequent class) | 0.300 | 0.300 |")
     assert "90 GFLOP/s" in lines[-1]
+
+
+def test_a_hidden_layer_reads_what_a_linear_probe_cannot():
+    """An attribute that is the XOR of two token dimensions' signs: linearly unreadable."""
+    probe = load_probe()
+    tokens, labels = {}, {}
+    for split, seed in (("train", 0), ("val", 1)):
+        generator = torch.Generator().manual_seed(seed)
+        signs = torch.randint(0, 2, (60, 16, 2), generator=generator)
+        tokens[split] = (2 * signs - 1).float() + 0.1 * torch.randn(60, 16, 2, generator=generator)
+        labels[split] = (1 + (signs[..., 0] ^ signs[..., 1]))[..., None]  # classes 1, 2: objects
+    linear = probe.probe_encoder(tokens, labels, ("xor",), steps=300)["xor"]["on_objects"]
+    hidden = probe.probe_encoder(tokens, labels, ("xor",), steps=300, hidden=32)["xor"]
+    assert linear < 0.7
+    assert hidden["on_objects"] > 0.95

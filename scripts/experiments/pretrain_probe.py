@@ -193,7 +193,8 @@ def markdown_table(result: dict) -> str:
     chance = [result["runs"][0]["scores"][n]["chance_on_objects"] for n in names]
     lines.append("| chance (most frequent class) | | | | " + " | ".join(f"{c:.3f}" for c in chance))
     lines[-1] += " |"
-    lines.append(f"\nMeasured on {describe(result['machine'])}.")
+    reader = f"a ReLU layer of {result['probe_hidden']}" if result.get("probe_hidden") else "linear"
+    lines.append(f"\nProbe: {reader}. Measured on {describe(result['machine'])}.")
     return "\n".join(lines)
 
 
@@ -208,6 +209,12 @@ def main() -> None:
     parser.add_argument("--probe-train-images", type=int, default=2000)
     parser.add_argument("--probe-val-images", type=int, default=500)
     parser.add_argument("--probe-steps", type=int, default=300)
+    parser.add_argument(
+        "--probe-hidden",
+        type=int,
+        default=0,
+        help="a ReLU layer of N units in the probe (0: linear)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, help="write the JSON result here")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a result")
@@ -241,7 +248,9 @@ def main() -> None:
             objective, config, train_images, args.epochs, args.lr, args.seed
         )
         tokens = {split: tokens_of(vision, images) for split, images in probe_images.items()}
-        scores = probe_encoder(tokens, labels, attributes.names, args.probe_steps)
+        scores = probe_encoder(
+            tokens, labels, attributes.names, args.probe_steps, args.probe_hidden
+        )
         runs.append(
             {"objective": objective, "losses": losses, "seconds": seconds, "scores": scores}
         )
@@ -253,6 +262,7 @@ def main() -> None:
         "epochs": args.epochs,
         "lr": args.lr,
         "seed": args.seed,
+        "probe_hidden": args.probe_hidden,
         "attributes": list(attributes.names),
         "runs": runs,
     }
