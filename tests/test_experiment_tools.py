@@ -57,3 +57,13 @@ def test_film_costs_more_per_question_only_in_the_encoder(monkeypatch, capsys):
     assert film["after_encoders_mflops"] == pytest.approx(plain["after_encoders_mflops"])
     # four questions per image: FiLM encodes the image four times, the plain model once
     assert film["mflops_per_question"] > 1.5 * plain["mflops_per_question"]
+
+
+def test_flops_refuses_a_config_whose_k_it_would_not_apply(tmp_path, monkeypatch):
+    config = tmp_path / "adaptive.json"
+    config.write_text(json.dumps({"preset": "default", "training": {"k": "auto"}}))
+    monkeypatch.setattr(sys, "argv", ["flops.py", str(config)])
+    with pytest.raises(
+        SystemExit, match=r"adaptive\.json: flops\.py does not apply the training option 'k'"
+    ):
+        load("flops").main()
