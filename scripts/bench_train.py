@@ -2,7 +2,7 @@
 
     python scripts/bench_train.py                  # default preset: soft, hard, hybrid
     python scripts/bench_train.py --modes hybrid --mixed-precision bf16 --out /tmp/b.json
-    python scripts/bench_train.py --answers-only --peer   # no box-reading losses; + the peer
+    python scripts/bench_train.py --answers-only --peer   # as on data without boxes; + the peer
     python scripts/bench_train.py --table docs/results/bench-train/default.json  # README table
 
 For each mode: validation accuracy after every epoch (overall, per question family, pointing),
@@ -10,9 +10,11 @@ training seconds and questions per second, so that accuracy after N training que
 beside the time it took. The machine's measured fp32 matmul rate is recorded with the times.
 The JSON goes to ``--out`` (default ``docs/results/bench-train/<preset>.json``).
 
-``--answers-only`` turns off the region attribute and pointing losses, the two that read the
-rows' boxes, so the models learn from the answers alone, as on a dataset without boxes
-(default ``--out``: ``docs/results/bench-train/<preset>-answers-only.json``). Pointing is
+``--answers-only`` trains as ``vqa train`` does on a dataset without boxes: the region
+attribute and pointing losses, the two that read the rows' boxes, are off, and the preset's
+box-free recipe is on (``vqa.box_free``; the default preset's adds the window reconstruction
+loss, which needs only pixels) (default ``--out``:
+``docs/results/bench-train/<preset>-answers-only.json``). Pointing is
 still measured. ``--peer`` also trains the easy-VQA tutorial model (``vqa.peer``) on the same
 data for as many epochs (``--peer-epochs``), which never reads boxes either.
 """
@@ -58,7 +60,6 @@ def epoch_summary(history: list[dict]) -> dict:
 
 def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
     """Train one mode into ``run_dir``; summarise every epoch and the best one."""
-    off = 0.0 if args.answers_only else None  # None: the preset's loss weight
     start = time.perf_counter()
     summary = train(
         TrainingArguments(
@@ -69,8 +70,7 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
             epochs=args.epochs,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
-            region_loss_weight=off,
-            pointing_loss_weight=off,
+            answers_only=args.answers_only,
             progress=False,
         )
     )
@@ -83,6 +83,7 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
         "estimator": config["fusion_estimator"],
         "region_loss_weight": config["region_loss_weight"],
         "pointing_loss_weight": config["pointing_loss_weight"],
+        "reconstruction_loss_weight": config["reconstruction_loss_weight"],
         "device": summary["device"],
         "mixed_precision": summary["mixed_precision"],
         **scores,
@@ -261,7 +262,8 @@ def main() -> None:
     parser.add_argument(
         "--answers-only",
         action="store_true",
-        help="region attribute and pointing loss weights 0: learn from the answers alone",
+        help="as on data without boxes: region attribute and pointing losses off, the preset's "
+        "box-free recipe on",
     )
     parser.add_argument("--peer", action="store_true", help="also train the tutorial model")
     parser.add_argument("--peer-epochs", type=int, help="default: the modes' epochs")

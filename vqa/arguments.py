@@ -211,6 +211,12 @@ class TrainingArguments:
         "each image, which then redraws only the hidden ones (masked image modelling; 0: no "
         "second pass; default: the preset's)",
     )
+    answers_only: bool = option(
+        False,
+        "train as on data without boxes even where the rows have them: the region attribute "
+        "and pointing losses off, and the preset's box-free recipe on (what vqa train does "
+        "by itself on data without boxes)",
+    )
     init_from: str | None = option(
         None,
         "fine-tune the model of a run or model directory written by vqa train (its "
@@ -306,6 +312,8 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.answers_only:
+            self.turn_off_box_losses()
         ratio = self.reconstruction_mask_ratio
         if ratio is not None and not 0 <= ratio < 1:
             raise ValueError(f"reconstruction_mask_ratio must be in [0, 1), got {ratio!r}")
@@ -336,6 +344,18 @@ class TrainingArguments:
                 f"reinforce_baseline must be one of {REINFORCE_BASELINES}, got "
                 f"{self.reinforce_baseline!r}"
             )
+
+    def turn_off_box_losses(self) -> None:
+        """``--answers-only``: the region attribute and pointing weights 0; a positive one
+        contradicts it (ValueError)."""
+        for name in ("region_loss_weight", "pointing_loss_weight"):
+            value = getattr(self, name)
+            if value:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"--answers-only turns every box-reading loss off, but {flag} {value:g}"
+                )
+            setattr(self, name, 0.0)
 
     def resolved(self, preset: Preset) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``preset``."""

@@ -20,6 +20,9 @@ class Preset:
         synthetic: ``write_synthetic_dataset`` sizes for ``--data synthetic``.
         ablation: the default ``vqa ablate`` grid (``modes``, ``k``, ``estimators``, ``seeds``);
             empty means the grid of ``vqa.ablation.DEFAULT_GRID``.
+        box_free: ``HybridVQAConfig`` fields (each also a ``TrainingArguments`` flag) that a
+            new model trains with when its training rows have no boxes (``vqa.box_free``);
+            empty means none are changed.
     """
 
     description: str
@@ -27,6 +30,7 @@ class Preset:
     training: dict = field(default_factory=dict)
     synthetic: dict = field(default_factory=dict)
     ablation: dict = field(default_factory=dict)
+    box_free: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {
@@ -76,6 +80,10 @@ PRESETS: dict[str, Preset] = {
             "reasoner_layers": 3,
         },
         training={"epochs": 5, "batch_size": 48, "lr": 3e-4},
+        # Without boxes, each region's token redraws the pixels around it: over five seeds of
+        # 5 epochs, 0.509 +- 0.031 against 0.454 +- 0.027 from answers alone, Welch p = 0.017
+        # (docs/results/experiments/box-free).
+        box_free={"reconstruction_loss_weight": 1.0},
         # 6 questions asked per scene (4.5 kept on average: small scenes cannot have them all);
         # more questions per scene teach comparisons sooner than more scenes do.
         synthetic={

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
 
 from vqa.arguments import TrainingArguments, fusion_k_settings, loss_weight
+from vqa.box_free import box_free_fields, rows_have_boxes
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
 from vqa.data.columns import ArrowColumn, arrow_column, distinct_codes, group_rows
@@ -191,10 +192,14 @@ def build_processor(
 
 
 def fresh_model(
-    processor: HybridVQAProcessor, preset: Preset, args: TrainingArguments
+    processor: HybridVQAProcessor,
+    preset: Preset,
+    args: TrainingArguments,
+    box_free: dict | None = None,
 ) -> HybridVQAModel:
     """A new model sized by the preset, the processor and the fusion overrides, with the
-    pretrained encoders' weights where ``args`` names them."""
+    pretrained encoders' weights where ``args`` names them, and the ``box_free`` config fields
+    (``vqa.box_free.box_free_fields``) where the data has no boxes."""
     fields = dict(preset.model)
     fusion = {"mode": args.mode, "estimator": args.estimator, "k_penalty": args.k_penalty}
     fusion.update(fusion_k_settings(args))
@@ -213,6 +218,7 @@ def fresh_model(
         fields[name] = loss_weight(name, preset, args)
     if args.reconstruction_mask_ratio is not None:
         fields["reconstruction_mask_ratio"] = args.reconstruction_mask_ratio
+    fields.update(box_free or {})
     # The processor has region attributes when the run started with the loss on; a resumed
     # run keeps the head it was saved with, even with the weight set to 0 now.
     if processor.region_attributes is not None:
@@ -263,14 +269,19 @@ def build_model(
 ) -> HybridVQAModel:
     """The run's model, with the encoders frozen as ``args`` says.
 
-    A fresh one (:func:`fresh_model`), or with ``args.init_from`` that run's, adapted to the
-    processor and to ``train_rows`` (:func:`model_of_run`; the preset's model sizes are not
-    used).
+    A fresh one (:func:`fresh_model`; with the preset's box-free recipe where ``train_rows``
+    have no boxes, or with ``args.answers_only``), or with ``args.init_from`` that run's,
+    adapted to the processor and to ``train_rows`` (:func:`model_of_run`; the preset's model
+    sizes are not used). Without ``train_rows`` the data is taken to have boxes.
     """
+    has_boxes = train_rows is None or rows_have_boxes(train_rows)
+    box_free, note = box_free_fields(preset, args, has_boxes)
+    if note:
+        report(note)
     if args.init_from:
         model = model_of_run(processor, args, train_rows, report)
     else:
-        model = fresh_model(processor, preset, args)
+        model = fresh_model(processor, preset, args, box_free)
     config = model.config
     if config.fusion_mode != "soft" and config.fusion_k >= config.num_regions:
         logger.warning(

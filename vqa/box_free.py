@@ -1,0 +1,63 @@
+"""The training recipe for data without boxes, and how a run knows its data has none.
+
+Most real VQA datasets give an image, a question and answers: no ``objects`` for the region
+attribute loss, no ``target_boxes`` for the pointing loss. A preset's ``box_free`` fields
+(``vqa.presets``) are what it trains with on such data, for example the window reconstruction
+loss of ``vqa.reconstruction``, which needs only pixels and was measured to help the default
+preset learn from answers alone (docs/results/experiments/box-free). ``vqa train`` applies
+them to a new model with the built-in vision encoder when no training row has a box, or with
+``--answers-only``. A flag that sets one of those fields wins over the recipe.
+"""
+
+from __future__ import annotations
+
+import pyarrow.compute as pc
+from datasets import Dataset
+
+from vqa.data.columns import arrow_column
+from vqa.presets import Preset
+
+# What the recipe applies to: a model trained from scratch, with the built-in vision encoder.
+# A pretrained ViT was not measured with these losses (pixel reconstruction may pull it off
+# its features), and a model from --init-from keeps its own loss weights.
+NOT_APPLIED = {
+    "init_from": "--init-from keeps RUN's loss weights",
+    "vision_pretrained": "it was measured with the built-in vision encoder only",
+}
+
+
+def rows_have_boxes(rows: Dataset) -> bool:
+    """Whether any row lists objects (``objects_json`` other than ``[]``) or target boxes.
+
+    Read as two Arrow columns, without a Python loop over the rows.
+    """
+    objects = arrow_column(rows, "objects_json")
+    if pc.any(pc.not_equal(objects, "[]")).as_py():
+        return True
+    boxes = pc.list_value_length(arrow_column(rows, "target_boxes")).fill_null(0)
+    return bool(len(boxes)) and pc.max(boxes).as_py() > 0
+
+
+def box_free_fields(preset: Preset, args: object, has_boxes: bool) -> tuple[dict, str | None]:
+    """The preset's box-free ``HybridVQAConfig`` fields that apply to this run, and a line
+    that says what was decided (None when there is nothing to say).
+
+    Args:
+        preset: the run's preset; its ``box_free`` dict may be empty.
+        args: ``TrainingArguments``; a field it sets (not None) is left to it, and
+            ``answers_only`` applies the recipe even where the rows have boxes.
+        has_boxes: whether the training rows have boxes (:func:`rows_have_boxes`).
+    """
+    if has_boxes and not args.answers_only:
+        return {}, None
+    why = "--answers-only" if has_boxes else "the training rows have no boxes"
+    if not preset.box_free:
+        return {}, f"{why}: the model learns from the answers alone"
+    for name, reason in NOT_APPLIED.items():
+        if getattr(args, name):
+            return {}, f"{why}; the preset's box-free recipe is not used: {reason}"
+    fields = {name: value for name, value in preset.box_free.items() if getattr(args, name) is None}
+    if not fields:
+        return {}, f"{why}; your flags replace the preset's box-free recipe"
+    settings = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in fields.items())
+    return fields, f"{why}: the preset's box-free recipe adds {settings}"
