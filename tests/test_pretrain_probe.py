@@ -47,6 +47,29 @@ def test_second_view_pairs_regions_with_the_same_pixels(objective):
             assert sorted(source.tolist()) == list(range(16))  # every region survives a turn
 
 
+def test_recolour_view_pairs_the_same_regions_with_their_channels_permuted():
+    screen = load_screen()
+    images = labelled_regions() * torch.tensor([1.0, 10.0, 100.0])[:, None, None]
+    for seed in range(8):
+        torch.manual_seed(seed)
+        view, source, target = screen.second_view(images, 4, "recolour")
+        assert len(source) == len(target) > 0
+        original = images[:, :, ::4, ::4].flatten(2)[:, :, source]  # (U, C, P)
+        moved = view[:, :, ::4, ::4].flatten(2)[:, :, target]
+        order = [int((moved[0, c, 0] / original[0, 0, 0]).round().log10()) for c in range(3)]
+        assert sorted(order) == [0, 1, 2] and order != [0, 1, 2]
+        assert torch.equal(moved, original[:, order])
+
+
+def test_channel_permutation_never_keeps_every_channel():
+    screen = load_screen()
+    torch.manual_seed(0)
+    orders = {tuple(screen.channel_permutation(3).tolist()) for _ in range(200)}
+    assert (0, 1, 2) not in orders and len(orders) == 5
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        screen.channel_permutation(1)
+
+
 def test_info_nce_is_lower_for_matching_rows():
     screen = load_screen()
     torch.manual_seed(0)

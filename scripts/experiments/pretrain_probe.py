@@ -21,6 +21,9 @@ Objectives:
     dihedral: the same with the second view rotated by 90, 180 or 270 degrees and maybe
         mirrored. Rotations and mirrors keep every colour, shape and size, but move each part
         of an object, so the features that survive are what the object is.
+    recolour: translation with the second view's colour channels also permuted (red becomes
+        blue, ...). Colour no longer tells the regions apart, so each token must tell them
+        apart by the outlines it sees: the inside of an object by where its edges are.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from vqa.machine import describe, machine
 from vqa.presets import get_preset
 from vqa.reconstruction import WindowReconstruction, hide_regions
 
-OBJECTIVES = ("none", "reconstruction", "masked", "translation", "dihedral")
+OBJECTIVES = ("none", "reconstruction", "masked", "translation", "dihedral", "recolour")
 MASK_RATIO = 0.4
 CONTRAST_SAMPLES = 1024  # region pairs per InfoNCE batch
 CONTRAST_TAU = 0.2
@@ -87,9 +90,21 @@ def second_view(images: Tensor, patch_size: int, objective: str) -> tuple[Tensor
         return view, dihedral(index, turns, mirror).flatten(), index.flatten()
     dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
     view = shifted(images, dx * patch_size, dy * patch_size)
+    if objective == "recolour":
+        view = view[:, channel_permutation(images.shape[1])]
     row, col = index.flatten() // cols, index.flatten() % cols
     inside = (row + dy >= 0) & (row + dy < rows) & (col + dx >= 0) & (col + dx < cols)
     return view, index.flatten()[inside], ((row + dy) * cols + col + dx)[inside]
+
+
+def channel_permutation(channels: int) -> Tensor:
+    """(channels,) a random order of the channels other than their own (channels >= 2)."""
+    if channels < 2:
+        raise ValueError(f"recolouring needs at least 2 channels, got {channels}")
+    while True:
+        order = torch.randperm(channels)
+        if not torch.equal(order, torch.arange(channels)):
+            return order
 
 
 def info_nce(first: Tensor, second: Tensor, samples: int, tau: float) -> Tensor:

@@ -1,0 +1,189 @@
+"""The box-free recipe: found by reading the rows, applied to a new model, overridden by flags.
+
+``vqa train`` on data whose rows have no objects and no target boxes trains with the preset's
+``box_free`` config fields (the default preset's: the window reconstruction loss), and says so;
+data with boxes, a flag for the same field, ``--init-from`` and a pretrained ViT keep their
+own settings. ``--answers-only`` trains as on data without boxes where the rows have them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from test_answers_only import colour_questions_without_boxes
+
+from vqa.arguments import TrainingArguments
+from vqa.box_free import box_free_fields, rows_have_boxes
+from vqa.configuration import HybridVQAConfig
+from vqa.data.sources import load_vqa_dataset
+from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
+from vqa.presets import PRESETS, Preset, get_preset
+
+RECIPE = {"reconstruction_loss_weight": 1.0}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(with boxes, without boxes): the same 30 one-object scenes' colour questions."""
+    root = tmp_path_factory.mktemp("box-free")
+    boxed, bare = root / "boxed", root / "bare"
+    config = SyntheticConfig(image_size=32, max_objects=1, questions_per_image=2)
+    for data in (boxed, bare):
+        write_synthetic_dataset(data, train=30, val=10, test=5, config=config, progress=False)
+    colour_questions_without_boxes(bare)
+    return boxed, bare
+
+
+def train_rows(data: Path):
+    return load_vqa_dataset(data, ["train"])["train"]
+
+
+def recipe_preset(name: str = "tiny") -> Preset:
+    """Preset ``name`` with the window reconstruction loss as its box-free recipe."""
+    return dataclasses.replace(get_preset(name), box_free=dict(RECIPE))
+
+
+def test_rows_with_objects_and_targets_have_boxes(scenes) -> None:
+    boxed, _ = scenes
+    assert rows_have_boxes(train_rows(boxed))
+
+
+def test_rows_without_objects_or_targets_have_none(scenes) -> None:
+    _, bare = scenes
+    assert not rows_have_boxes(train_rows(bare))
+
+
+def test_target_boxes_alone_are_boxes(scenes) -> None:
+    boxed, _ = scenes
+    rows = train_rows(boxed).map(lambda row: {"objects_json": "[]"})
+    assert rows.filter(lambda row: len(row["target_boxes"]) > 0).num_rows > 0
+    assert rows_have_boxes(rows)
+
+
+def test_objects_alone_are_boxes(scenes) -> None:
+    boxed, _ = scenes
+    rows = train_rows(boxed).map(lambda row: {"target_boxes": []})
+    assert rows_have_boxes(rows)
+
+
+def test_an_empty_split_has_no_boxes(scenes) -> None:
+    _, bare = scenes
+    assert not rows_have_boxes(train_rows(bare).select([]))
+
+
+def test_the_recipe_applies_to_a_new_model_on_data_without_boxes() -> None:
+    fields, note = box_free_fields(recipe_preset(), TrainingArguments(output="x"), False)
+    assert fields == RECIPE
+    assert note == (
+        "the training rows have no boxes: the preset's box-free recipe adds "
+        "--reconstruction-loss-weight 1.0"
+    )
+
+
+def test_data_with_boxes_keeps_the_preset_as_it_is() -> None:
+    assert box_free_fields(recipe_preset(), TrainingArguments(output="x"), True) == ({}, None)
+
+
+def test_answers_only_applies_the_recipe_where_the_rows_have_boxes() -> None:
+    args = TrainingArguments(output="x", answers_only=True)
+    fields, note = box_free_fields(recipe_preset(), args, True)
+    assert fields == RECIPE
+    assert note.startswith("--answers-only: ")
+
+
+def test_a_flag_wins_over_the_recipe() -> None:
+    args = TrainingArguments(output="x", reconstruction_loss_weight=0.0)
+    fields, note = box_free_fields(recipe_preset(), args, False)
+    assert fields == {}
+    assert "your flags replace the preset's box-free recipe" in note
+
+
+@pytest.mark.parametrize(
+    ("flag", "reason"),
+    [
+        ({"init_from": "runs/a"}, "--init-from keeps RUN's loss weights"),
+        ({"vision_pretrained": "vit/"}, "the built-in vision encoder only"),
+    ],
+)
+def test_the_recipe_is_not_used_where_it_was_not_measured(flag: dict, reason: str) -> None:
+    fields, note = box_free_fields(recipe_preset(), TrainingArguments(output="x", **flag), False)
+    assert fields == {}
+    assert "the preset's box-free recipe is not used" in note and reason in note
+
+
+def test_a_preset_without_a_recipe_says_the_model_learns_from_answers_alone() -> None:
+    fields, note = box_free_fields(get_preset("tiny"), TrainingArguments(output="x"), False)
+    assert fields == {}
+    assert note == "the training rows have no boxes: the model learns from the answers alone"
+
+
+def test_every_recipe_field_is_a_config_field_and_a_flag() -> None:
+    flags = {field.name for field in dataclasses.fields(TrainingArguments)}
+    for name, preset in PRESETS.items():
+        for field in preset.box_free:
+            assert hasattr(HybridVQAConfig(), field), (name, field)
+            assert field in flags, (name, field)
+
+
+def test_the_default_preset_adds_window_reconstruction_without_boxes() -> None:
+    assert get_preset("default").box_free["reconstruction_loss_weight"] > 0
+
+
+def test_answers_only_turns_the_box_losses_off() -> None:
+    args = TrainingArguments(output="x", answers_only=True)
+    assert (args.region_loss_weight, args.pointing_loss_weight) == (0.0, 0.0)
+    assert args.resolved(get_preset("tiny")).pointing_loss_weight == 0.0
+
+
+def test_answers_only_with_a_box_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"--answers-only .* but --pointing-loss-weight 1"):
+        TrainingArguments(output="x", answers_only=True, pointing_loss_weight=1.0)
+
+
+def saved_config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+def test_vqa_train_uses_the_recipe_on_data_without_boxes_and_says_so(
+    scenes, tmp_path, train_tiny, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(PRESETS, "tiny", recipe_preset())
+    _, bare = scenes
+    assert train_tiny(bare, tmp_path / "run") == 0
+    assert saved_config(tmp_path / "run")["reconstruction_loss_weight"] == 1.0
+    assert "the training rows have no boxes: the preset's box-free recipe adds" in (
+        capsys.readouterr().out
+    )
+
+
+def test_vqa_train_keeps_the_preset_on_data_with_boxes(
+    scenes, tmp_path, train_tiny, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(PRESETS, "tiny", recipe_preset())
+    boxed, _ = scenes
+    assert train_tiny(boxed, tmp_path / "run") == 0
+    assert saved_config(tmp_path / "run")["reconstruction_loss_weight"] == 0.0
+    assert "box-free" not in capsys.readouterr().out
+
+
+def test_vqa_train_answers_only_on_data_with_boxes(
+    scenes, tmp_path, train_tiny, monkeypatch
+) -> None:
+    monkeypatch.setitem(PRESETS, "tiny", recipe_preset())
+    boxed, _ = scenes
+    assert train_tiny(boxed, tmp_path / "run", "--answers-only") == 0
+    config = saved_config(tmp_path / "run")
+    assert config["reconstruction_loss_weight"] == 1.0
+    assert (config["region_loss_weight"], config["pointing_loss_weight"]) == (0.0, 0.0)
+    assert config["region_attributes"] is None
+
+
+def test_vqa_train_flag_turns_the_recipe_off(scenes, tmp_path, train_tiny, monkeypatch) -> None:
+    monkeypatch.setitem(PRESETS, "tiny", recipe_preset())
+    _, bare = scenes
+    options = ("--reconstruction-loss-weight", "0")
+    assert train_tiny(bare, tmp_path / "run", *options) == 0
+    assert saved_config(tmp_path / "run")["reconstruction_loss_weight"] == 0.0
