@@ -84,6 +84,15 @@ def option(default: Any, help: str, **argparse_options: Any) -> Any:
     return field(default=default, metadata={"help": help, **argparse_options})
 
 
+# The auxiliary loss weights of HybridVQAConfig that are flags too.
+LOSS_WEIGHTS = (
+    "region_loss_weight",
+    "pointing_loss_weight",
+    "reconstruction_loss_weight",
+    "contrast_loss_weight",
+)
+
+
 @dataclass
 class TrainingArguments:
     """Everything ``vqa train`` accepts; ``None`` means "what the preset says".
@@ -217,6 +226,12 @@ class TrainingArguments:
         "and pointing losses off, and the preset's box-free recipe on (what vqa train does "
         "by itself on data without boxes)",
     )
+    contrast_loss_weight: float | None = option(
+        None,
+        "weight of the box-free auxiliary loss in which each region's vision token must find "
+        "itself in a shifted view of its image with the colour channels permuted (any data; "
+        "0: off; default: the preset's)",
+    )
     init_from: str | None = option(
         None,
         "fine-tune the model of a run or model directory written by vqa train (its "
@@ -308,7 +323,7 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
+        for name in LOSS_WEIGHTS:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")

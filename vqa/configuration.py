@@ -31,7 +31,17 @@ NUMBERS = (
     "region_loss_weight",
     "reconstruction_loss_weight",
     "reconstruction_mask_ratio",
+    "contrast_loss_weight",
     "pointing_loss_weight",
+)
+
+
+# The weights of the auxiliary losses; each is 0 (off) or more.
+AUXILIARY_LOSS_WEIGHTS = (
+    "region_loss_weight",
+    "pointing_loss_weight",
+    "reconstruction_loss_weight",
+    "contrast_loss_weight",
 )
 
 
@@ -113,6 +123,9 @@ class HybridVQAConfig(PreTrainedConfig):
             each image, whose hidden regions alone then redraw their windows (masked image
             modelling, ``vqa.reconstruction``), in [0, 1); 0: the tokens of the answering pass
             redraw their own windows.
+        contrast_loss_weight: weight of the box-free auxiliary loss in which each region's
+            token must find itself in a second view of its image, shifted by whole regions and
+            with its colour channels permuted (``vqa.contrast``; 0: no such head).
     """
 
     model_type = "hybrid_vqa"
@@ -170,6 +183,7 @@ class HybridVQAConfig(PreTrainedConfig):
     reconstruction_loss_weight: float = 0.0
     reconstruction_window: int = 3
     reconstruction_mask_ratio: float = 0.0
+    contrast_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -271,7 +285,7 @@ class HybridVQAConfig(PreTrainedConfig):
                 "config field 'reinforce_baseline_decay' must be in [0, 1), got "
                 f"{self.reinforce_baseline_decay!r}"
             )
-        for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
+        for name in AUXILIARY_LOSS_WEIGHTS:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"config field {name!r} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= self.reconstruction_mask_ratio < 1.0:

@@ -28,6 +28,7 @@ LOSS_SERIES = (
     ("step_region_losses", "region loss"),
     ("step_pointing_losses", "pointing loss"),
     ("step_reconstruction_losses", "reconstruction loss"),
+    ("step_contrast_losses", "contrast loss"),
 )
 
 

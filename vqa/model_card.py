@@ -242,7 +242,8 @@ def training_section(metrics: dict, config: dict) -> list[str]:
             f" ({config['reconstruction_mask_ratio']:.0%} of the regions hidden)"
             if config.get("reconstruction_mask_ratio") and config.get("reconstruction_loss_weight")
             else ""
-        ),
+        )
+        + f", recoloured-view contrast × {config.get('contrast_loss_weight', 0)}",
         f"- Precision: {PRECISIONS.get(precision, precision)} on `{metrics.get('device')}`, "
         f"{count(processes, 'process')}, seed {arguments.get('seed')}",
         f"- Training time: {duration(seconds)} (training steps; validation not counted)",

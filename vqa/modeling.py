@@ -43,6 +43,7 @@ from hybrid_attention import (
 )
 from vqa.conditioning import FiLMGenerator
 from vqa.configuration import HybridVQAConfig
+from vqa.contrast import RegionContrast, recoloured_view
 from vqa.encoders import build_text_encoder, build_vision_encoder
 from vqa.guided_vision import FOLDED, VisionTokens, encode_guided, scatter_regions
 from vqa.processing import QUESTION_GROUPS
@@ -80,6 +81,8 @@ class HybridVQAOutput(ModelOutput):
         pointing_loss: scalar pointing loss (when ``target_regions`` were given).
         reconstruction_loss: scalar window reconstruction loss (``vqa.reconstruction``; when
             ``labels`` were given to a model with a reconstruction weight).
+        contrast_loss: scalar recoloured-view contrast loss (``vqa.contrast``; when ``labels``
+            were given to a model with a contrast weight).
         region_logits: (B, N, sum of attribute classes) the region head's logits for the image
             of each question (when asked for with ``return_region_logits``).
     """
@@ -89,6 +92,7 @@ class HybridVQAOutput(ModelOutput):
     region_loss: Tensor | None = None
     pointing_loss: Tensor | None = None
     reconstruction_loss: Tensor | None = None
+    contrast_loss: Tensor | None = None
     region_logits: Tensor | None = None
     logits: Tensor | None = None
     attention_scores: Tensor | None = None
@@ -213,6 +217,9 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         self.reconstruction = None
         if config.reconstruction_loss_weight > 0:
             self.reconstruction = self._build_reconstruction(config)
+        self.contrast = None
+        if config.contrast_loss_weight > 0:
+            self.contrast = RegionContrast(config.vision_hidden_size)
         self.post_init()
 
     def set_fusion(
@@ -422,6 +429,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             output.pointing_loss = self.pointing_loss(attended, vision, target_regions)
         if labels is not None and self.reconstruction is not None:
             output.reconstruction_loss = self.reconstruction_loss(vision, pixel_values, image_index)
+        if labels is not None and self.contrast is not None:
+            output.contrast_loss = self.contrast_loss(vision, pixel_values, image_index)
         if labels is not None:
             output.answer_loss = answer_loss(output.logits, labels)
             output.loss = self._training_loss(output, question_group)
@@ -546,14 +555,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             pixel_values: (U, C, H, W) images.
             image_index: (B,) the image of each question, or None (image b for question b).
         """
-        features, regions = vision.features, vision.regions
-        if image_index is not None:
-            questions = torch.arange(len(image_index), device=image_index.device)
-            rows = questions.new_zeros(len(pixel_values)).scatter(0, image_index, questions)
-            asked = torch.zeros_like(rows, dtype=torch.bool).scatter(0, image_index, True)
-            rows = rows[asked]  # one question about each image that has one
-            features, pixel_values = features[rows], pixel_values[asked]  # (U', M, D), (U', ...)
-            regions = None if regions is None else regions[rows]
+        features, regions, pixel_values = tokens_per_image(vision, pixel_values, image_index)
         ratio = self.config.reconstruction_mask_ratio
         if ratio == 0:
             return self.reconstruction(features, regions, pixel_values)
@@ -561,6 +563,37 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         with frozen_batch_norm_statistics(self.vision):
             features = self.vision(masked)  # (U', N, D): every region, in order
         return self.reconstruction(features, None, pixel_values, hidden)
+
+    def set_contrast_loss_weight(self, weight: float) -> None:
+        """Set the recoloured-view contrast loss's weight; a model without the head gets a new
+        one (to fine-tune with the loss a model trained without it)."""
+        if not weight >= 0:
+            raise ValueError(f"contrast_loss_weight must be >= 0, got {weight!r}")
+        self.config.contrast_loss_weight = float(weight)
+        if weight > 0 and self.contrast is None:
+            self.contrast = RegionContrast(self.config.vision_hidden_size).to(self.device)
+            self.contrast.apply(self._init_weights)
+
+    def contrast_loss(
+        self, vision: VisionTokens, pixel_values: Tensor, image_index: Tensor | None
+    ) -> Tensor:
+        """The recoloured-view contrast loss (``vqa.contrast``) of each image once: its
+        tokens (those of one of its questions; an unguided pass of every region where FiLM
+        guided the encoder or it kept only some regions) against an unguided pass of its
+        second view.
+
+        Args:
+            vision: the (B, M, vision_hidden_size) tokens of each question's image.
+            pixel_values: (U, C, H, W) images.
+            image_index: (B,) the image of each question, or None (image b for question b).
+        """
+        features, regions, pixel_values = tokens_per_image(vision, pixel_values, image_index)
+        view, source, target = recoloured_view(pixel_values, self.config.patch_size)
+        with frozen_batch_norm_statistics(self.vision):
+            if regions is not None or self.film is not None:
+                features = self.vision(pixel_values)  # (U', N, D): every region, in order
+            second = self.vision(view)  # (U', N, D)
+        return self.contrast(features, second, source, target)
 
     def _reasoner_inputs(
         self, question: Tensor, question_mask: Tensor, attended: AttentionOutput, regions: Tensor
@@ -619,6 +652,8 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             loss = loss + self.config.pointing_loss_weight * output.pointing_loss
         if output.reconstruction_loss is not None:
             loss = loss + self.config.reconstruction_loss_weight * output.reconstruction_loss
+        if output.contrast_loss is not None:
+            loss = loss + self.config.contrast_loss_weight * output.contrast_loss
         if output.log_prob is None:
             return loss
         reward = -output.answer_loss.detach()  # (B,)
@@ -632,6 +667,31 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             entropy_weight=self.entropy_weight,
         )
         return loss + self.config.reinforce_weight * policy
+
+
+def tokens_per_image(
+    vision: VisionTokens, pixel_values: Tensor, image_index: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The tokens of each image that a question asks about, once: those of one of its
+    questions (the same tokens unless the question guided the encoder).
+
+    Args:
+        vision: the (B, M, D) tokens of each question's image, with their (B, M) regions or
+            None (every region, in order).
+        pixel_values: (U, C, H, W) images.
+        image_index: (B,) the image of each question, or None (image b for question b).
+
+    Returns:
+        (U', M, D) tokens, their (U', M) regions or None, and the (U', C, H, W) images.
+    """
+    features, regions = vision.features, vision.regions
+    if image_index is None:
+        return features, regions, pixel_values
+    questions = torch.arange(len(image_index), device=image_index.device)
+    rows = questions.new_zeros(len(pixel_values)).scatter(0, image_index, questions)
+    asked = torch.zeros_like(rows, dtype=torch.bool).scatter(0, image_index, True)
+    rows = rows[asked]  # one question about each image that has one
+    return features[rows], None if regions is None else regions[rows], pixel_values[asked]
 
 
 def region_outputs(

@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
 
-from vqa.arguments import TrainingArguments, fusion_k_settings, loss_weight
+from vqa.arguments import LOSS_WEIGHTS, TrainingArguments, fusion_k_settings, loss_weight
 from vqa.box_free import box_free_fields, rows_have_boxes
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
@@ -214,7 +214,7 @@ def fresh_model(
     for name in ("encoder_fold", "vision_class_token"):
         if getattr(args, name):
             fields[name] = True
-    for name in ("region_loss_weight", "pointing_loss_weight", "reconstruction_loss_weight"):
+    for name in LOSS_WEIGHTS:
         fields[name] = loss_weight(name, preset, args)
     if args.reconstruction_mask_ratio is not None:
         fields["reconstruction_mask_ratio"] = args.reconstruction_mask_ratio

@@ -52,6 +52,7 @@ def epoch_progress() -> dict:
         "region_losses": [],
         "pointing_losses": [],
         "reconstruction_losses": [],
+        "contrast_losses": [],
         "seconds": 0.0,
         "skipped_steps": 0,
         "skipped_bad_image_questions": 0,
@@ -173,14 +174,19 @@ def scheduled_values(
 
 
 def batch_losses(output: object) -> torch.Tensor:
-    """(5,) total, answer, region, pointing and reconstruction loss of a batch on this
-    process, detached.
+    """(6,) total, answer, region, pointing, reconstruction and contrast loss of a batch on
+    this process, detached.
 
     The answer loss is without REINFORCE's term; a loss the model does not have is 0.
     """
     parts = [output.loss, output.answer_loss.mean()] + [
         output.loss * 0 if part is None else part
-        for part in (output.region_loss, output.pointing_loss, output.reconstruction_loss)
+        for part in (
+            output.region_loss,
+            output.pointing_loss,
+            output.reconstruction_loss,
+            output.contrast_loss,
+        )
     ]
     return torch.stack(parts).detach().float()
 
@@ -196,12 +202,14 @@ def record_losses(accelerator: Accelerator, pending: list[torch.Tensor], progres
         return
     values = accelerator.reduce(torch.stack(pending), "mean").tolist()
     pending.clear()
-    for loss, answer_loss, region_loss, pointing_loss, reconstruction_loss in values:
+    for loss, answer_loss, region_loss, pointing_loss, reconstruction_loss, contrast in values:
         progress["losses"].append(loss)
         progress["answer_losses"].append(answer_loss)
         progress["region_losses"].append(region_loss)
         progress["pointing_losses"].append(pointing_loss)
         progress["reconstruction_losses"].append(reconstruction_loss)
+        # A checkpoint written before the contrast loss existed has no such list.
+        progress.setdefault("contrast_losses", []).append(contrast)
 
 
 def train_epoch(
@@ -299,6 +307,7 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
         "step_region_losses": progress["region_losses"],
         "step_pointing_losses": progress["pointing_losses"],
         "step_reconstruction_losses": progress["reconstruction_losses"],
+        "step_contrast_losses": progress.get("contrast_losses", []),
         "skipped_steps": progress["skipped_steps"],
         "skipped_bad_image_questions": progress["skipped_bad_image_questions"],
         "train_seconds": seconds,

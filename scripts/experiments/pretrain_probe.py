@@ -22,8 +22,9 @@ Objectives:
         mirrored. Rotations and mirrors keep every colour, shape and size, but move each part
         of an object, so the features that survive are what the object is.
     recolour: translation with the second view's colour channels also permuted (red becomes
-        blue, ...). Colour no longer tells the regions apart, so each token must tell them
-        apart by the outlines it sees: the inside of an object by where its edges are.
+        blue, ...; ``vqa.contrast``). Colour no longer tells the regions apart, so each token
+        must tell them apart by the outlines it sees: the inside of an object by where its
+        edges are.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from probe_regions import distinct_images, probe_encoder, region_labels
 
 from vqa.cache import synthetic_dataset
 from vqa.configuration import HybridVQAConfig
+from vqa.contrast import recoloured_view, shifted
 from vqa.data.formats import load_local_dataset
 from vqa.data.regions import RegionAttributes
 from vqa.encoders import build_vision_encoder
@@ -65,16 +67,6 @@ def dihedral(grid: Tensor, turns: int, mirror: bool) -> Tensor:
     return turned.flip(-1) if mirror else turned
 
 
-def shifted(images: Tensor, dx: int, dy: int) -> Tensor:
-    """(U, C, H, W) images moved right by ``dx`` and down by ``dy`` pixels, zeros filled in."""
-    height, width = images.shape[-2:]
-    out = torch.zeros_like(images)
-    out[..., max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = images[
-        ..., max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
-    ]
-    return out
-
-
 def second_view(images: Tensor, patch_size: int, objective: str) -> tuple[Tensor, Tensor, Tensor]:
     """A transformed view of (U, C, H, W) ``images`` and the region pairs that match.
 
@@ -88,23 +80,13 @@ def second_view(images: Tensor, patch_size: int, objective: str) -> tuple[Tensor
         turns, mirror = int(torch.randint(1, 4, ())), bool(torch.randint(0, 2, ()))
         view = dihedral(images, turns, mirror)
         return view, dihedral(index, turns, mirror).flatten(), index.flatten()
+    if objective == "recolour":
+        return recoloured_view(images, patch_size)
     dx, dy = (int(v) for v in torch.randint(-2, 3, (2,)))
     view = shifted(images, dx * patch_size, dy * patch_size)
-    if objective == "recolour":
-        view = view[:, channel_permutation(images.shape[1])]
     row, col = index.flatten() // cols, index.flatten() % cols
     inside = (row + dy >= 0) & (row + dy < rows) & (col + dx >= 0) & (col + dx < cols)
     return view, index.flatten()[inside], ((row + dy) * cols + col + dx)[inside]
-
-
-def channel_permutation(channels: int) -> Tensor:
-    """(channels,) a random order of the channels other than their own (channels >= 2)."""
-    if channels < 2:
-        raise ValueError(f"recolouring needs at least 2 channels, got {channels}")
-    while True:
-        order = torch.randperm(channels)
-        if not torch.equal(order, torch.arange(channels)):
-            return order
 
 
 def info_nce(first: Tensor, second: Tensor, samples: int, tau: float) -> Tensor:
