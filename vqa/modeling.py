@@ -21,6 +21,7 @@ slots past each question's k, so a question asked alone costs exactly its own k.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -219,7 +220,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             self.reconstruction = self._build_reconstruction(config)
         self.contrast = None
         if config.contrast_loss_weight > 0:
-            self.contrast = RegionContrast(config.vision_hidden_size)
+            self.contrast = self._build_contrast(config)
         self.post_init()
 
     def set_fusion(
@@ -533,14 +534,22 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         )
 
     def set_reconstruction_loss_weight(self, weight: float) -> None:
-        """Set the window reconstruction loss's weight; a model without the head gets a new
-        one (to fine-tune with the loss a model trained without it)."""
+        """Set the window reconstruction loss's weight (:meth:`_set_loss_weight`)."""
+        self._set_loss_weight("reconstruction", weight, self._build_reconstruction)
+
+    def _set_loss_weight(
+        self, head: str, weight: float, build: Callable[[HybridVQAConfig], nn.Module]
+    ) -> None:
+        """Set ``{head}_loss_weight``; a model without that head gets a new one from ``build``
+        (to fine-tune with the loss a model trained without it)."""
+        name = f"{head}_loss_weight"
         if not weight >= 0:
-            raise ValueError(f"reconstruction_loss_weight must be >= 0, got {weight!r}")
-        self.config.reconstruction_loss_weight = float(weight)
-        if weight > 0 and self.reconstruction is None:
-            self.reconstruction = self._build_reconstruction(self.config).to(self.device)
-            self.reconstruction.apply(self._init_weights)
+            raise ValueError(f"{name} must be >= 0, got {weight!r}")
+        setattr(self.config, name, float(weight))
+        if weight > 0 and getattr(self, head) is None:
+            module = build(self.config).to(self.device)
+            module.apply(self._init_weights)
+            setattr(self, head, module)
 
     def reconstruction_loss(
         self, vision: VisionTokens, pixel_values: Tensor, image_index: Tensor | None
@@ -565,14 +574,13 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         return self.reconstruction(features, None, pixel_values, hidden)
 
     def set_contrast_loss_weight(self, weight: float) -> None:
-        """Set the recoloured-view contrast loss's weight; a model without the head gets a new
-        one (to fine-tune with the loss a model trained without it)."""
-        if not weight >= 0:
-            raise ValueError(f"contrast_loss_weight must be >= 0, got {weight!r}")
-        self.config.contrast_loss_weight = float(weight)
-        if weight > 0 and self.contrast is None:
-            self.contrast = RegionContrast(self.config.vision_hidden_size).to(self.device)
-            self.contrast.apply(self._init_weights)
+        """Set the recoloured-view contrast loss's weight (:meth:`_set_loss_weight`)."""
+        self._set_loss_weight("contrast", weight, self._build_contrast)
+
+    @staticmethod
+    def _build_contrast(config: HybridVQAConfig) -> RegionContrast:
+        """The recoloured-view contrast head of the config's vision tokens."""
+        return RegionContrast(config.vision_hidden_size)
 
     def contrast_loss(
         self, vision: VisionTokens, pixel_values: Tensor, image_index: Tensor | None
