@@ -13,7 +13,7 @@ The JSON goes to ``--out`` (default ``docs/results/bench-train/<preset>.json``).
 ``--answers-only`` trains as ``vqa train`` does on a dataset without boxes: the region
 attribute and pointing losses, the two that read the rows' boxes, are off, and the preset's
 box-free recipe is on (``vqa.box_free``; the default preset's adds the window reconstruction
-loss, which needs only pixels) (default ``--out``:
+and recoloured-view contrast losses, which need only pixels) (default ``--out``:
 ``docs/results/bench-train/<preset>-answers-only.json``). Pointing is
 still measured. ``--peer`` also trains the easy-VQA tutorial model (``vqa.peer``) on the same
 data for as many epochs (``--peer-epochs``), which never reads boxes either.

@@ -128,8 +128,9 @@ def test_every_recipe_field_is_a_config_field_and_a_flag() -> None:
             assert field in flags, (name, field)
 
 
-def test_the_default_preset_adds_window_reconstruction_without_boxes() -> None:
-    assert get_preset("default").box_free["reconstruction_loss_weight"] > 0
+def test_the_default_preset_adds_reconstruction_and_contrast_without_boxes() -> None:
+    recipe = get_preset("default").box_free
+    assert recipe["reconstruction_loss_weight"] > 0 and recipe["contrast_loss_weight"] > 0
 
 
 def test_answers_only_turns_the_box_losses_off() -> None:

@@ -2,9 +2,10 @@
 
 Most real VQA datasets give an image, a question and answers: no ``objects`` for the region
 attribute loss, no ``target_boxes`` for the pointing loss. A preset's ``box_free`` fields
-(``vqa.presets``) are what it trains with on such data, for example the window reconstruction
-loss of ``vqa.reconstruction``, which needs only pixels and was measured to help the default
-preset learn from answers alone (docs/results/experiments/box-free). ``vqa train`` applies
+(``vqa.presets``) are what it trains with on such data. The default preset's are the window
+reconstruction loss (``vqa.reconstruction``) and the recoloured-view contrast loss
+(``vqa.contrast``), which need only pixels and were measured to help it learn from answers
+alone (docs/results/experiments/box-free). ``vqa train`` applies
 them to a new model with the built-in vision encoder when no training row has a box, or with
 ``--answers-only``. A flag that sets one of those fields wins over the recipe.
 """
