@@ -208,8 +208,7 @@ def record_losses(accelerator: Accelerator, pending: list[torch.Tensor], progres
         progress["region_losses"].append(region_loss)
         progress["pointing_losses"].append(pointing_loss)
         progress["reconstruction_losses"].append(reconstruction_loss)
-        # A checkpoint written before the contrast loss existed has no such list.
-        progress.setdefault("contrast_losses", []).append(contrast)
+        progress["contrast_losses"].append(contrast)
 
 
 def train_epoch(
@@ -307,7 +306,7 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
         "step_region_losses": progress["region_losses"],
         "step_pointing_losses": progress["pointing_losses"],
         "step_reconstruction_losses": progress["reconstruction_losses"],
-        "step_contrast_losses": progress.get("contrast_losses", []),
+        "step_contrast_losses": progress["contrast_losses"],
         "skipped_steps": progress["skipped_steps"],
         "skipped_bad_image_questions": progress["skipped_bad_image_questions"],
         "train_seconds": seconds,
