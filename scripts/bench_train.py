@@ -84,6 +84,7 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
         "region_loss_weight": config["region_loss_weight"],
         "pointing_loss_weight": config["pointing_loss_weight"],
         "reconstruction_loss_weight": config["reconstruction_loss_weight"],
+        "contrast_loss_weight": config["contrast_loss_weight"],
         "device": summary["device"],
         "mixed_precision": summary["mixed_precision"],
         **scores,
