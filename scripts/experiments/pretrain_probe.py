@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from transformers import ViTImageProcessor
@@ -46,7 +45,7 @@ from probe_regions import distinct_images, probe_encoder, region_labels
 
 from vqa.cache import synthetic_dataset
 from vqa.configuration import HybridVQAConfig
-from vqa.contrast import recoloured_view, shifted
+from vqa.contrast import RegionContrast, recoloured_view, shifted
 from vqa.data.formats import load_local_dataset
 from vqa.data.regions import RegionAttributes
 from vqa.encoders import build_vision_encoder
@@ -57,8 +56,6 @@ from vqa.reconstruction import WindowReconstruction, hide_regions
 
 OBJECTIVES = ("none", "reconstruction", "masked", "translation", "dihedral", "recolour")
 MASK_RATIO = 0.4
-CONTRAST_SAMPLES = 1024  # region pairs per InfoNCE batch
-CONTRAST_TAU = 0.2
 
 
 def dihedral(grid: Tensor, turns: int, mirror: bool) -> Tensor:
@@ -89,16 +86,6 @@ def second_view(images: Tensor, patch_size: int, objective: str) -> tuple[Tensor
     return view, index.flatten()[inside], ((row + dy) * cols + col + dx)[inside]
 
 
-def info_nce(first: Tensor, second: Tensor, samples: int, tau: float) -> Tensor:
-    """Symmetric InfoNCE between matching rows of (P, E) ``first`` and ``second``, on up to
-    ``samples`` random rows: each row must pick out its partner among the others."""
-    chosen = torch.randperm(first.shape[0])[:samples]
-    a, b = F.normalize(first[chosen], dim=-1), F.normalize(second[chosen], dim=-1)
-    logits = a @ b.T / tau
-    target = torch.arange(len(chosen))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
 def objective_loss(
     objective: str, vision: nn.Module, head: nn.Module, images: Tensor, patch_size: int
 ) -> Tensor:
@@ -109,9 +96,7 @@ def objective_loss(
         masked, hidden = hide_regions(images, patch_size, MASK_RATIO)
         return head(vision(masked), None, images, hidden)
     view, source, target = second_view(images, patch_size, objective)
-    first, second = head(vision(images)), head(vision(view))  # (U, N, E) each
-    pairs = first[:, source].flatten(0, 1), second[:, target].flatten(0, 1)  # (U * P, E) each
-    return info_nce(*pairs, CONTRAST_SAMPLES, CONTRAST_TAU)
+    return head(vision(images), vision(view), source, target)
 
 
 def objective_head(objective: str, config: HybridVQAConfig) -> nn.Module:
@@ -119,7 +104,7 @@ def objective_head(objective: str, config: HybridVQAConfig) -> nn.Module:
     width = config.vision_hidden_size
     if objective in ("reconstruction", "masked"):
         return WindowReconstruction(width, config.num_channels, config.patch_size, window=3)
-    return nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 128))
+    return RegionContrast(width)  # 1,024 region pairs per batch, temperature 0.2
 
 
 def pretrain(
