@@ -7,11 +7,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,22 @@ def test_an_unfinished_checkpoint_is_never_the_latest(tmp_path):
         (tmp_path / "checkpoint" / name / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint" / "step-00000012.tmp").mkdir()  # killed while saving
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint" / "step-00000010"
+
+
+def test_a_new_run_in_a_used_directory_replaces_the_earlier_runs_checkpoints(
+    dataset, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    first = TrainingArguments(
+        output=str(run), data=str(dataset), preset="tiny", batch_size=8, progress=False
+    )
+    train(first)
+    stale = run / "checkpoint" / "step-00000099"  # a later step than the new run will reach
+    shutil.copytree(latest_checkpoint(run), stale)
+    capsys.readouterr()
+    train(replace(first, batch_size=16))  # the same steps again would collide with the old
+    assert "removed the 2 checkpoint(s) of the run trained there before" in capsys.readouterr().out
+    assert [path.name for path in checkpoints(run)] == ["step-00000003"]  # 48 questions / 16
 
 
 # Non-finite losses.

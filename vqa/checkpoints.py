@@ -38,6 +38,21 @@ def latest_checkpoint(run: Path) -> Path | None:
     return next(reversed(checkpoints(run)), None)
 
 
+def clear_checkpoints(accelerator: Accelerator, run: Path) -> int:
+    """Remove the checkpoints that an earlier run left in ``run``; return how many there were.
+
+    A new run (not ``--resume``) in that directory starts its steps from 0 again: its saves
+    would collide with the old ``step-N`` directories, and a later ``--resume`` could load the
+    old run's newer steps.
+    """
+    directory = run / CHECKPOINT_DIR
+    found = len(checkpoints(run))
+    if accelerator.is_main_process:
+        shutil.rmtree(directory, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return found
+
+
 def save_checkpoint(accelerator: Accelerator, run: Path, state: dict, keep: int) -> None:
     """Accelerate state + trainer state as ``checkpoint/step-N``; keep the newest ``keep``.
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vqa.arguments import TrainingArguments
-from vqa.checkpoints import STATE_FILE, latest_checkpoint, save_checkpoint
+from vqa.checkpoints import STATE_FILE, clear_checkpoints, latest_checkpoint, save_checkpoint
 from vqa.configuration import HybridVQAConfig
 from vqa.curves import CURVES_FILE, plot_training_curves
 from vqa.estimators import annealed_tau, scheduled_entropy_weight
@@ -374,6 +374,11 @@ def train(args: TrainingArguments) -> dict:
     checkpoint = latest_checkpoint(run) if args.resume else None
     if args.resume and checkpoint is None:
         accelerator.print(f"No checkpoint in {run}: starting a new run.")
+    if not args.resume and (found := clear_checkpoints(accelerator, run)):
+        accelerator.print(
+            f"A new run in {run}: removed the {found} checkpoint(s) of the run trained there "
+            "before (--resume continues a run instead)."
+        )
 
     setup = setup_run(args, preset, accelerator)
     model, optimizer, loader, scheduler = accelerator.prepare(
