@@ -134,9 +134,17 @@ def markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def families(rows: list[dict]) -> list[str]:
+    """The question families of the table: the embedded scenes' six, or, for another dataset,
+    the question types its rows were scored by."""
+    types = {name for row in rows for name in row["val_accuracy_by_type"] or {}}
+    return list(FAMILIES) if types <= set(FAMILIES) else sorted(types)
+
+
 def scores_table(rows: list[dict]) -> list[str]:
     """The README's table: one line per row, its best epoch's scores."""
-    header = ["mode", "val accuracy", *FAMILIES, "pointing", "train s", "questions/s"]
+    columns = families(rows)
+    header = ["mode", "val accuracy", *columns, "pointing", "train s", "questions/s"]
     lines = [markdown_row(header), "|---|" + "---:|" * (len(header) - 1)]
     for row in rows:
         by_type = row["val_accuracy_by_type"] or {}
@@ -144,7 +152,7 @@ def scores_table(rows: list[dict]) -> list[str]:
         cells = [
             row_name(row),
             f"{row['val_accuracy']:.3f}",
-            *(f"{by_type[family]:.2f}" if family in by_type else "" for family in FAMILIES),
+            *(f"{by_type[family]:.2f}" if family in by_type else "" for family in columns),
             "–" if pointing is None else f"{pointing:.2f}",
             f"{row['train_seconds']:.0f}",
             f"{row['questions_per_second']:.0f}",

@@ -253,3 +253,10 @@ def test_boxes_table_puts_each_mode_with_and_without_boxes_on_one_line() -> None
     assert peer_cells[1:4] == ["–", "–", "–"]  # the peer never reads boxes
     assert peer_cells[4:] == ["0.400", "–", "100", "0.400 (100 s)"]
     assert "50 GFLOP/s" in lines[-1] and "70 GFLOP/s" in lines[-1]
+
+
+def test_bench_table_of_another_dataset_has_a_column_per_question_type() -> None:
+    rows = [bench_row(model="peer", val_accuracy=0.5, train_seconds=100, questions_per_second=5)]
+    rows[0]["val_accuracy_by_type"] = {"shape": 0.4, "yes/no color": 0.9}
+    header = load_bench_train().scores_table(rows)[0]
+    assert header.startswith("| mode | val accuracy | shape | yes/no color | pointing |")
