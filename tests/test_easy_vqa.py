@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from PIL import Image
 
-from conftest import load_script
 from vqa.data.formats import load_local_dataset
 
 QUESTIONS = {
