@@ -173,6 +173,11 @@ class TrainingArguments:
     vision_class_token: bool = option(
         False, "give the built-in ViT a CLS token (--encoder-rule cls needs one)"
     )
+    hadamard_fusion: bool = option(
+        False,
+        "the answer head also reads the element-wise product of the question and the "
+        "attended vector (vqa.configuration: hadamard_fusion)",
+    )
     select_after: int | None = option(
         None,
         "ViT blocks that run on every patch token before the question keeps the top "

@@ -211,7 +211,7 @@ def fresh_model(
         fields["encoder_select_after"] = args.select_after
     if args.encoder_rule is not None:
         fields["encoder_rule"] = args.encoder_rule
-    for name in ("encoder_fold", "vision_class_token"):
+    for name in ("encoder_fold", "vision_class_token", "hadamard_fusion"):
         if getattr(args, name):
             fields[name] = True
     for name in LOSS_WEIGHTS:

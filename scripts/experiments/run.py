@@ -15,7 +15,8 @@ seconds are reported beside it, with the machine's measured matmul rate. Validat
 taken after every epoch. ``--threads`` sets torch's threads per run, so that two runs can share
 a 2-core machine as the README's table was measured. ``--runs DIR`` keeps each trained model
 (``DIR/<config>``, a ``vqa train`` run directory) for later probes, e.g.
-``scripts/probe_regions.py``.
+``scripts/probe_regions.py``. ``--data DIR`` trains on a local-format dataset instead (for
+example ``scripts/easy_vqa.py``'s); a config's ``synthetic`` sizes then do not apply.
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ def data_dir(config: dict) -> Path:
     return synthetic_dataset(**sizes, progress=False)
 
 
-def run_experiment(config: dict, questions: int, seed: int, run_dir: Path) -> dict:
-    """Train one config for about ``questions`` training questions; summarise every epoch."""
-    data = data_dir(config)
+def run_experiment(
+    config: dict, questions: int, seed: int, run_dir: Path, data: Path | None = None
+) -> dict:
+    """Train one config for about ``questions`` training questions, on ``data`` (default: the
+    config's embedded scenes); summarise every epoch."""
+    source = "embedded scenes" if data is None else str(data)
+    data = data or data_dir(config)
     with (data / "train.jsonl").open() as lines:
         per_epoch = sum(1 for _ in lines)
     epochs = math.ceil(questions / per_epoch)
@@ -78,6 +83,7 @@ def run_experiment(config: dict, questions: int, seed: int, run_dir: Path) -> di
         "preset": config["preset"],
         "training": config["training"],
         "synthetic": config["synthetic"],
+        "data": source,
         "seed": seed,
         "train_questions_per_epoch": per_epoch,
         "curve": curve,
@@ -140,6 +146,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--table", type=Path, metavar="DIR", help="print the table of DIR")
     parser.add_argument(
+        "--data", type=Path, help="a local-format dataset (default: the config's embedded scenes)"
+    )
+    parser.add_argument(
         "--runs", type=Path, help="keep each trained run in RUNS/<config> (default: deleted)"
     )
     parser.add_argument(
@@ -158,7 +167,7 @@ def main() -> None:
     for config in configs:
         with tempfile.TemporaryDirectory() as scratch:
             run_dir = args.runs / config["name"] if args.runs else Path(scratch)
-            result = run_experiment(config, args.questions, args.seed, run_dir)
+            result = run_experiment(config, args.questions, args.seed, run_dir, args.data)
         result["machine"] = machine()
         write_json(args.out / f"{config['name']}.json", result)
         print(json.dumps(result["final"]))
