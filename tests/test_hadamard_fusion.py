@@ -8,6 +8,7 @@ from test_modeling import ANSWERS, batch, make_model, processor  # noqa: F401
 
 from vqa.arguments import TrainingArguments
 from vqa.configuration import HybridVQAConfig
+from vqa.model_card import model_section
 from vqa.modeling import HybridVQAModel
 from vqa.presets import get_preset
 from vqa.run_setup import build_model
@@ -44,6 +45,12 @@ def test_saved_and_loaded_with_the_same_logits(processor, tmp_path):  # noqa: F8
     inputs = batch(processor)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+    (fusion_line,) = [
+        line for line in model_section(tmp_path, loaded.config.to_dict(), {}) if "Fusion" in line
+    ]
+    assert fusion_line.endswith(
+        "product of the question and the attended vector (`hadamard_fusion`)"
+    )
 
 
 def test_the_flag_builds_the_layers_and_a_bad_value_is_named(processor):  # noqa: F811
