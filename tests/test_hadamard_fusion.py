@@ -6,7 +6,8 @@ import pytest
 import torch
 from test_modeling import ANSWERS, batch, make_model, processor  # noqa: F401
 
-from vqa.arguments import TrainingArguments
+from vqa.arguments import TrainingArguments, from_namespace
+from vqa.cli import build_parser
 from vqa.configuration import HybridVQAConfig
 from vqa.model_card import model_section
 from vqa.modeling import HybridVQAModel
@@ -59,3 +60,12 @@ def test_the_flag_builds_the_layers_and_a_bad_value_is_named(processor):  # noqa
     assert model.config.hadamard_fusion and model.hadamard is not None
     with pytest.raises(ValueError, match="'hadamard_fusion' must be a bool, got 'yes'"):
         HybridVQAConfig(hadamard_fusion="yes")
+
+
+@pytest.mark.parametrize(
+    ("flags", "value"),
+    [([], None), (["--hadamard-fusion"], True), (["--no-hadamard-fusion"], False)],
+)
+def test_the_flag_is_on_off_or_the_presets(flags, value):
+    namespace = build_parser().parse_args(["train", "--output", "run", *flags])
+    assert from_namespace(TrainingArguments, namespace).hadamard_fusion is value

@@ -173,10 +173,10 @@ class TrainingArguments:
     vision_class_token: bool = option(
         False, "give the built-in ViT a CLS token (--encoder-rule cls needs one)"
     )
-    hadamard_fusion: bool = option(
-        False,
+    hadamard_fusion: bool | None = option(
+        None,
         "the answer head also reads the element-wise product of the question and the "
-        "attended vector (vqa.configuration: hadamard_fusion)",
+        "attended vector (vqa.configuration: hadamard_fusion; default: the preset's)",
     )
     select_after: int | None = option(
         None,
@@ -429,6 +429,10 @@ def add_arguments(
                 dest=item.name,
                 action="store_false",
                 help=f"do not {options['help']}",
+            )
+        elif value_type is bool and item.default is None:  # unset: the preset's
+            target.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, **options
             )
         elif value_type is bool:
             target.add_argument(flag, action="store_true", **options)
