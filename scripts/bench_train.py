@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +131,12 @@ def table_rows(result: dict) -> list[dict]:
     return result["results"] + ([result["peer"]] if result.get("peer") else [])
 
 
+def pointing_cell(pointing: float | None) -> str:
+    """Pointing accuracy, or "–" where nothing was pointed at: the peer (None), or data
+    without target boxes (nan)."""
+    return "–" if pointing is None or math.isnan(pointing) else f"{pointing:.2f}"
+
+
 def markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -153,7 +160,7 @@ def scores_table(rows: list[dict]) -> list[str]:
             row_name(row),
             f"{row['val_accuracy']:.3f}",
             *(f"{by_type[family]:.2f}" if family in by_type else "" for family in columns),
-            "–" if pointing is None else f"{pointing:.2f}",
+            pointing_cell(pointing),
             f"{row['train_seconds']:.0f}",
             f"{row['questions_per_second']:.0f}",
         ]
@@ -238,7 +245,7 @@ def boxes_table(with_boxes: dict, answers_only: dict, seconds: float = 600) -> s
             pointing = result["pointing_accuracy"]
             cells += [
                 f"{result['val_accuracy']:.3f}",
-                "–" if pointing is None else f"{pointing:.2f}",
+                pointing_cell(pointing),
                 f"{result['train_seconds']:.0f}",
             ]
         cells.append(

@@ -260,3 +260,10 @@ def test_bench_table_of_another_dataset_has_a_column_per_question_type() -> None
     rows[0]["val_accuracy_by_type"] = {"shape": 0.4, "yes/no color": 0.9}
     header = load_bench_train().scores_table(rows)[0]
     assert header.startswith("| mode | val accuracy | shape | yes/no color | pointing |")
+
+
+def test_bench_table_has_no_pointing_for_data_without_target_boxes() -> None:
+    row = bench_row(mode="hybrid", estimator="ste", val_accuracy=0.8, train_seconds=10)
+    row.update(pointing_accuracy=float("nan"), questions_per_second=5)
+    cells = [cell.strip() for cell in load_bench_train().scores_table([row])[2].split("|")]
+    assert cells[-4] == "–"  # pointing, before train s and questions/s
