@@ -173,11 +173,6 @@ class TrainingArguments:
     vision_class_token: bool = option(
         False, "give the built-in ViT a CLS token (--encoder-rule cls needs one)"
     )
-    hadamard_fusion: bool | None = option(
-        None,
-        "the answer head also reads the element-wise product of the question and the "
-        "attended vector (vqa.configuration: hadamard_fusion; default: the preset's)",
-    )
     select_after: int | None = option(
         None,
         "ViT blocks that run on every patch token before the question keeps the top "
@@ -429,10 +424,6 @@ def add_arguments(
                 dest=item.name,
                 action="store_false",
                 help=f"do not {options['help']}",
-            )
-        elif value_type is bool and item.default is None:  # unset: the preset's
-            target.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, **options
             )
         elif value_type is bool:
             target.add_argument(flag, action="store_true", **options)

@@ -100,12 +100,6 @@ class HybridVQAConfig(PreTrainedConfig):
     Head and loss:
         num_answers: size of the answer vocabulary (``id2label`` holds the answers).
         dropout: dropout in the fusion layers and the head.
-        hadamard_fusion: the answer head also reads the element-wise product of the
-            question's CLS vector and the attended vector, each through a linear layer and a
-            tanh (low-rank bilinear pooling, Kim et al. 2017; the fusion of the easy-VQA
-            tutorial model, ``vqa.peer``): "does what was attended match what was asked" is
-            then one product away, rather than something the reasoner must learn to route.
-            In hard and hybrid modes the attended vector holds the selected regions only.
         reinforce_weight, reinforce_entropy_weight, reinforce_baseline_decay: the REINFORCE
             term added to the loss when ``fusion_estimator == "reinforce"``. Training may
             schedule the entropy weight (``--entropy-schedule``); this is its starting value.
@@ -178,7 +172,6 @@ class HybridVQAConfig(PreTrainedConfig):
 
     num_answers: int = 2
     dropout: float = 0.1
-    hadamard_fusion: bool = False
     reinforce_weight: float = 1.0
     reinforce_entropy_weight: float = 0.01
     reinforce_baseline_decay: float = 0.9
@@ -358,7 +351,7 @@ class HybridVQAConfig(PreTrainedConfig):
                 f"config field 'encoder_k' ({keep}) leaves fewer tokens than the fusion keeps "
                 f"(up to {fusion_keeps})"
             )
-        for name in ("encoder_fold", "vision_class_token", "hadamard_fusion"):
+        for name in ("encoder_fold", "vision_class_token"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"config field {name!r} must be a bool, got {getattr(self, name)!r}"

@@ -44,7 +44,6 @@ ARCHITECTURE_OPTIONS = (
     "vision_stem",
     "vision_conditioning",
     "vision_class_token",
-    "hadamard_fusion",
     "select_after",
     "encoder_fold",
     "image_size",

@@ -193,13 +193,7 @@ def model_section(run: Path, config: dict, arguments: dict) -> list[str]:
         f"- Fusion: **{mode}** attention from the question to the image regions ({forward}"
         f"{estimator}), width {config['fusion_dim']}, {count(config['fusion_heads'], 'head')}, "
         f"then {count(config['reasoner_layers'], 'transformer layer')} and a classifier over "
-        "the answers"
-        + (
-            ", which also reads the element-wise product of the question and the attended "
-            "vector (`hadamard_fusion`)"
-            if config.get("hadamard_fusion")
-            else ""
-        ),
+        "the answers",
         f"- Regions: {regions}, the patch tokens of the ViT (a "
         f"{config['image_size'] // config['patch_size']} × "
         f"{config['image_size'] // config['patch_size']} grid)"

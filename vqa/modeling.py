@@ -201,7 +201,6 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         self.reasoner = nn.TransformerEncoder(
             layer, config.reasoner_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False
         )
-        self.hadamard = HadamardFusion(dim) if config.hadamard_fusion else None
         self.head = nn.Sequential(
             nn.Linear(dim, 2 * dim),
             nn.GELU(),
@@ -420,10 +419,7 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
         tokens, padding = self._reasoner_inputs(question, attention_mask, attended, regions)
         hidden = self.reasoner(tokens, src_key_padding_mask=padding)  # (B, T, D)
         output = region_outputs(attended, vision, self.config.num_regions)
-        answer = hidden[:, 0]  # (B, D)
-        if self.hadamard is not None:
-            answer = answer + self.hadamard(question[:, 0], attended.output[:, 0])
-        output.logits = self.head(answer)  # (B, num_labels)
+        output.logits = self.head(hidden[:, 0])  # (B, num_labels)
         if return_region_logits and self.region_head is not None:
             output.region_logits = self.region_logits(vision)
         if region_labels is not None and self.region_head is not None:
@@ -679,20 +675,6 @@ class HybridVQAModel(HybridVQAPreTrainedModel):
             entropy_weight=self.entropy_weight,
         )
         return loss + self.config.reinforce_weight * policy
-
-
-class HadamardFusion(nn.Module):
-    """tanh(W_q q) * tanh(W_v v): the element-wise product of a question and an attended
-    vector, each projected (low-rank bilinear pooling, Kim et al. 2017)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.question = nn.Linear(dim, dim)
-        self.attended = nn.Linear(dim, dim)
-
-    def forward(self, question: Tensor, attended: Tensor) -> Tensor:
-        """(B, D) question and (B, D) attended vectors -> (B, D)."""
-        return torch.tanh(self.question(question)) * torch.tanh(self.attended(attended))
 
 
 def tokens_per_image(

@@ -211,8 +211,6 @@ def fresh_model(
         fields["encoder_select_after"] = args.select_after
     if args.encoder_rule is not None:
         fields["encoder_rule"] = args.encoder_rule
-    if args.hadamard_fusion is not None:
-        fields["hadamard_fusion"] = args.hadamard_fusion
     for name in ("encoder_fold", "vision_class_token"):
         if getattr(args, name):
             fields[name] = True
