@@ -53,7 +53,12 @@ def split_rows(source: Path, split: str, val_from: int | None) -> dict[str, list
     rows: dict[str, list[dict]] = {}
     questions = json.loads((source / split / "questions.json").read_text())
     for line, entry in enumerate(questions, start=1):
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], int)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and all(isinstance(text, str) for text in entry[:2])
+            and isinstance(entry[2], int)
+        ):
             raise ValueError(
                 f"{source / split / 'questions.json'}: entry {line} is not "
                 f"[question, answer, image id]: {entry!r}"
@@ -84,10 +89,10 @@ def write_easy_vqa(
             for image in sorted((source / split / "images").glob("*.png")):
                 shutil.copyfile(image, staging / "images" / f"{split}-{image.name}")
             rows = split_rows(source, split, val_from if split == "train" else None)
-            for name, split_rows_ in rows.items():
-                lines = "".join(json.dumps(row) + "\n" for row in split_rows_)
+            for name, local_rows in rows.items():
+                lines = "".join(json.dumps(row) + "\n" for row in local_rows)
                 (staging / f"{name}.jsonl").write_text(lines)
-                counts[name] = len(split_rows_)
+                counts[name] = len(local_rows)
     return counts
 
 

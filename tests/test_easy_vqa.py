@@ -50,9 +50,10 @@ def test_writes_splits_with_question_types_that_the_local_reader_loads(package_d
     assert test_row["question_type"] == "yes/no shape"
 
 
-def test_a_malformed_entry_is_named_and_nothing_is_left_behind(package_data, tmp_path):
+@pytest.mark.parametrize("entry", [["what shape?", "circle"], ["what shape?", 3, 0]])
+def test_a_malformed_entry_is_named_and_nothing_is_left_behind(package_data, tmp_path, entry):
     questions = package_data / "train" / "questions.json"
-    questions.write_text(json.dumps([*QUESTIONS["train"], ["what shape?", "circle"]]))
+    questions.write_text(json.dumps([*QUESTIONS["train"], entry]))
     out = tmp_path / "easy"
     with pytest.raises(ValueError, match=r"questions.json: entry 5 is not \[question, answer"):
         load_script("easy_vqa").write_easy_vqa(package_data, out)
