@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from vqa.auxiliary_losses import pointing_loss
 from vqa.cli import main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import load_local_dataset
 from vqa.data.regions import target_regions
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
-from vqa.modeling import HybridVQAModel, pointing_loss
+from vqa.modeling import HybridVQAModel
 from vqa.processing import HybridVQAProcessor, VQACollator
 
 
