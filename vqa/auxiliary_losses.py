@@ -27,7 +27,8 @@ class AuxiliaryLossesMixin:
     """The auxiliary losses and their heads, for :class:`vqa.modeling.HybridVQAModel`.
 
     Reads the model's ``config``, ``vision`` encoder, ``film`` generator and its heads
-    ``region_head``, ``reconstruction`` and ``contrast`` (each None when its loss is off).
+    ``region_head``, ``reconstruction`` and ``contrast`` (each None when its loss is off);
+    a head added later is placed on the model's ``device`` and set up by its ``_init_weights``.
     """
 
     def region_logits(self, vision: VisionTokens) -> Tensor:
