@@ -15,10 +15,11 @@ from huggingface_hub import ModelCard
 from vqa.arguments import TrainingArguments, from_namespace
 from vqa.cli import build_parser, main
 from vqa.curves import moving_average, plot_training_curves
-from vqa.model_card import training_command
+from vqa.model_card import augmentation, training_command
 from vqa.presets import get_preset
 
 OPTIONS = ("--epochs", "2", "--lr", "0.002", "--mode", "hard", "--k", "2", "--seed", "3")
+OPTIONS += ("--augment-shift", "0.25")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,18 @@ def test_card_command_reproduces_the_runs_non_default_options(two_epochs):
     assert flags == {"--data", "--output", "--preset", "--no-progress", *OPTIONS[::2]}
     args = from_namespace(TrainingArguments, build_parser().parse_args(words[1:]))
     assert asdict(args.resolved(get_preset(args.preset))) == metrics["arguments"]
+
+
+def test_card_names_the_augmentation(two_epochs, tiny_run):
+    lines = ModelCard.load(two_epochs / "README.md").text.splitlines()
+    assert "- Augmentation: shift within the empty margin, up to 25%" in lines
+    lines = ModelCard.load(tiny_run[0] / "README.md").text.splitlines()
+    assert "- Augmentation: none" in lines
+    both = augmentation({"augment_mirror": True, "augment_shift": 0.125})
+    assert (
+        both
+        == "left-right mirror with its words swapped, shift within the empty margin, up to 12.5%"
+    )
 
 
 def test_training_command_of_the_defaults_names_only_the_output():

@@ -308,6 +308,19 @@ class TrainingArguments:
         group="estimator training",
     )
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
+    augment_mirror: bool = option(
+        False,
+        "flip half of the training images left to right, with left and right swapped in their "
+        "questions and answers (not for images whose text is asked about)",
+        group="augmentation that keeps every answer true",
+    )
+    augment_shift: float = option(
+        0.0,
+        "move each training image's content by up to SHARE of the image side, within its empty "
+        "margin, so that nothing leaves the frame (default 0: off)",
+        metavar="SHARE",
+        group="augmentation that keeps every answer true",
+    )
     max_grad_norm: float = option(1.0, "gradient clipping norm")
     eval_batch_size: int = option(128, "questions per validation batch")
     num_workers: int | None = option(
@@ -345,6 +358,8 @@ class TrainingArguments:
                 f"--{shaping[0].replace('_', '-')} shapes an adaptive k: give --k auto or "
                 "--k budget too"
             )
+        if not 0.0 <= self.augment_shift < 0.5:
+            raise ValueError(f"augment_shift must be in [0, 0.5), got {self.augment_shift!r}")
         if not 0.0 <= self.soft_warmup <= 1.0:
             raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
         if self.tau_final is not None and not self.tau_final > 0:

@@ -94,6 +94,16 @@ def training_command(arguments: dict) -> str:
     return " ".join(words)
 
 
+def augmentation(arguments: dict) -> str:
+    """The answer-preserving augmentation of a run's arguments, in words ("none" without)."""
+    parts = []
+    if arguments.get("augment_mirror"):
+        parts.append("left-right mirror with its words swapped")
+    if arguments.get("augment_shift"):
+        parts.append(f"shift within the empty margin, up to {arguments['augment_shift'] * 100:g}%")
+    return ", ".join(parts) or "none"
+
+
 def dataset_entry(data: str) -> dict:
     """How the card names the dataset ``data`` (a ``--data`` value): {"type", "name", "hub"}.
 
@@ -235,6 +245,7 @@ def training_section(metrics: dict, config: dict) -> list[str]:
         f"- Learning rate: {arguments.get('lr')}"
         + (f", encoders {arguments['encoder_lr']}" if arguments.get("encoder_lr") else "")
         + f", warmup {arguments.get('warmup_ratio')}, weight decay {arguments.get('weight_decay')}",
+        f"- Augmentation: {augmentation(arguments)}",
         f"- Auxiliary losses: region attributes × {config.get('region_loss_weight', 0)}, "
         f"pointing × {config.get('pointing_loss_weight', 0)}, "
         f"window reconstruction × {config.get('reconstruction_loss_weight', 0)}"

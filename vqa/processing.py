@@ -35,6 +35,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from vqa.augmentation import Augmentation
 from vqa.data.answers import AnswerLists, AnswerVocab, soft_scores
 from vqa.data.columns import ArrowColumn, value_counts
 from vqa.data.formats import BAD_IMAGE_CHOICES, DatasetFormatError
@@ -273,7 +274,9 @@ class VQACollator:
     side) and a processor that has region attributes, the inputs also hold ``region_labels``
     (U, grid * grid, A): what lies under each region. With ``target_grid``, they hold
     ``target_regions`` (B, grid * grid): the regions of the objects each question is about
-    (none for a row without ``target_boxes``).
+    (none for a row without ``target_boxes``). With an ``augmentation`` (training only), each
+    image and the rows about it are augmented first (``vqa.augmentation``), by a draw that
+    depends on the epoch of :meth:`set_epoch`.
 
     Images are checked here, when a batch first needs them, not when the dataset is read. An
     image that is missing or does not decode raises DatasetFormatError naming its question id
@@ -290,6 +293,7 @@ class VQACollator:
         region_grid: int | None = None,
         target_grid: int | None = None,
         on_bad_image: str = "fail",
+        augmentation: Augmentation | None = None,
     ) -> None:
         if on_bad_image not in BAD_IMAGE_CHOICES:
             raise ValueError(
@@ -300,8 +304,15 @@ class VQACollator:
         self.target_grid = target_grid
         self.on_bad_image = on_bad_image
         self.bad_images: dict[str, str] = {}
+        self.augmentation = augmentation if augmentation and augmentation.active else None
         # Shared with DataLoader worker processes, which call copies of this collator.
         self._skipped = multiprocessing.Value("q", 0)
+        self._epoch = multiprocessing.Value("q", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose batches come next: with the seed and image, it decides each
+        augmentation draw (also in worker processes, which share the value)."""
+        self._epoch.value = epoch
 
     @property
     def skipped_rows(self) -> int:
@@ -330,6 +341,21 @@ class VQACollator:
                 self._skipped.value += skipped
         return kept, slots, images
 
+    def augment(
+        self, rows: Sequence[dict], slots: dict[str, int], images: Sequence[Image.Image]
+    ) -> tuple[list[dict], list[Image.Image]]:
+        """The rows and images after one augmentation draw per image (``self.augmentation``)."""
+        rows, images = list(rows), [to_rgb(image) for image in images]
+        by_slot: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_slot.setdefault(slots[row["image_path"]], []).append(index)
+        for slot, indices in by_slot.items():
+            asked = [rows[index] for index in indices]
+            images[slot], moved = self.augmentation(images[slot], asked, self._epoch.value)
+            for index, row in zip(indices, moved, strict=True):
+                rows[index] = row
+        return rows, images
+
     def reject(self, row: dict, error: str) -> None:
         """Fail on the bad image of ``row``, or remember it as one to skip."""
         path = row["image_path"]
@@ -351,6 +377,8 @@ class VQACollator:
                 f"decode ({len(self.bad_images)} such images so far, e.g. "
                 f"{next(iter(self.bad_images))}): is the image directory complete?"
             )
+        if self.augmentation is not None:
+            rows, images = self.augment(rows, slots, images)
         inputs = dict(self.processor.questions([row["question"] for row in rows]))
         inputs["pixel_values"] = self.processor.images(images)
         inputs["image_index"] = torch.tensor([slots[row["image_path"]] for row in rows])

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
 
 from vqa.arguments import LOSS_WEIGHTS, TrainingArguments, fusion_k_settings, loss_weight
+from vqa.augmentation import Augmentation
 from vqa.box_free import box_free_fields, rows_have_boxes
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
@@ -332,6 +333,7 @@ def build_loader(
             region_grid=region_grid(model),
             target_grid=target_grid(model),
             on_bad_image=args.on_bad_image,
+            augmentation=Augmentation(args.augment_mirror, args.augment_shift, args.seed),
         ),
         generator=torch.Generator().manual_seed(args.seed),
         **loader_options(args.num_workers, device),

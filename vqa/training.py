@@ -235,6 +235,7 @@ def train_epoch(
     fusion, config = unwrapped.fusion, unwrapped.config
     mode, soft_steps = config.fusion_mode, round(args.soft_warmup * total_steps)
     loader.set_epoch(epoch)  # sets the sampler's epoch too, rather than Accelerate's own count
+    loader.collate_fn.set_epoch(epoch)  # the augmentation's draws follow the epoch
     model.train()
     freeze_batchnorm_statistics(model)  # a frozen stem keeps its statistics too
     start = time.perf_counter()
