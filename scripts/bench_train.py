@@ -72,6 +72,7 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
             seed=args.seed,
             mixed_precision=args.mixed_precision,
             answers_only=args.answers_only,
+            image_group_size=args.image_group_size,
             progress=False,
         )
     )
@@ -104,6 +105,7 @@ def bench_peer(args: argparse.Namespace) -> dict:
         batch_size=args.peer_batch_size,
         lr=args.peer_lr,
         seed=args.seed,
+        group_size=args.image_group_size,
         image_size=preset.model.get("image_size", HybridVQAConfig.image_size),
         progress=False,
     )
@@ -281,6 +283,12 @@ def main() -> None:
         help="as on data without boxes: region attribute and pointing losses off, the preset's "
         "box-free recipe on",
     )
+    parser.add_argument(
+        "--image-group-size",
+        type=int,
+        help="at most N questions about one image in a row, for the modes and the peer "
+        "(default: all of them)",
+    )
     parser.add_argument("--peer", action="store_true", help="also train the tutorial model")
     parser.add_argument("--peer-epochs", type=int, help="default: the modes' epochs")
     parser.add_argument("--peer-batch-size", type=int, default=32, help="the tutorial's")
@@ -314,6 +322,7 @@ def main() -> None:
         "seed": args.seed,
         "mixed_precision": args.mixed_precision,
         "answers_only": args.answers_only,
+        "image_group_size": args.image_group_size,
         "results": results,
     }
     if args.peer:

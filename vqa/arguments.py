@@ -308,6 +308,12 @@ class TrainingArguments:
         group="estimator training",
     )
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
+    image_group_size: int | None = option(
+        None,
+        "at most N questions about one image next to each other in the training order (default: "
+        "all of them, each image encoded once per epoch; 1 shuffles the questions freely)",
+        metavar="N",
+    )
     augment_mirror: bool = option(
         False,
         "flip half of the training images left to right, with left and right swapped in their "
@@ -332,7 +338,13 @@ class TrainingArguments:
     progress: bool = option(True, "show progress bars")
 
     def __post_init__(self) -> None:
-        for name in ("keep_checkpoints", "max_bad_steps", "save_every_steps", "log_every_steps"):
+        for name in (
+            "keep_checkpoints",
+            "max_bad_steps",
+            "save_every_steps",
+            "log_every_steps",
+            "image_group_size",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

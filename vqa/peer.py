@@ -155,12 +155,17 @@ def evaluate_peer(
 
 
 def peer_loader(
-    rows: Dataset, collator: PeerCollator, batch_size: int, device: torch.device, seed: int | None
+    rows: Dataset,
+    collator: PeerCollator,
+    batch_size: int,
+    device: torch.device,
+    seed: int | None,
+    group_size: int | None = None,
 ) -> DataLoader:
-    """Batches of ``rows``: shuffled by image and grouped as ours are with a ``seed``, else in
-    order."""
+    """Batches of ``rows``: shuffled by image and grouped as ours are with a ``seed`` (at most
+    ``group_size`` questions about one image in a row), else in order."""
     paths = arrow_column(rows, "image_path")
-    sampler = ImageGroupedSampler(paths, seed) if seed is not None else None
+    sampler = ImageGroupedSampler(paths, seed, group_size) if seed is not None else None
     return DataLoader(
         rows,
         batch_size=batch_size,
@@ -177,6 +182,7 @@ def train_peer(
     batch_size: int = 32,
     lr: float = 5e-4,
     seed: int = 0,
+    group_size: int | None = None,
     image_size: int = 64,
     max_answers: int = 3129,
     device: str | torch.device | None = None,
@@ -185,8 +191,9 @@ def train_peer(
     """Train a ``PeerVQAModel`` on the train split of ``data_dir``; score the val split after
     every epoch.
 
-    The defaults are the tutorial's (8 epochs, batch 32, Adam at 5e-4); ``image_size`` and
-    ``max_answers`` should be those of the run it is compared with. It runs on ``device``
+    The defaults are the tutorial's (8 epochs, batch 32, Adam at 5e-4); ``image_size``,
+    ``max_answers`` and ``group_size`` (``vqa.run_setup.ImageGroupedSampler``) should be those
+    of the run it is compared with. It runs on ``device``
     (default: the GPU when torch sees one, else the CPU).
 
     Returns:
@@ -201,6 +208,7 @@ def train_peer(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "group_size": group_size,
         "image_size": image_size,
     }
     splits = load_vqa_dataset(data_dir, ["train", "val"])
@@ -213,7 +221,7 @@ def train_peer(
     )
     train_rows, coverage = answerable_rows(train_rows, processor.answers)
     collator = PeerCollator(processor)
-    train_loader = peer_loader(train_rows, collator, batch_size, device, seed)
+    train_loader = peer_loader(train_rows, collator, batch_size, device, seed, group_size)
     val_loader = peer_loader(val_rows, collator, 128, device, seed=None)
 
     torch.manual_seed(seed)

@@ -76,16 +76,27 @@ class ImageGroupedSampler(Sampler[int]):
 
     Batches then hold several questions per image, which the model encodes once. An epoch
     visits the images in a random order (``randperm`` over the images in order of their first
-    question) and each image's questions in row order.
+    question) and each image's questions in row order. With ``group_size``, an image's
+    questions are split into groups of at most that many (in row order), and the groups are
+    shuffled instead: more distinct images per batch, at more image encodings per epoch
+    (``group_size=1`` shuffles the questions freely).
 
     Args:
         image_paths: one per row; an Arrow column (``arrow_column(rows, "image_path")``) is
             grouped without a Python loop over the rows.
         seed: with the epoch, fixes each epoch's order.
+        group_size: the most questions about one image in a row; None for all of them.
     """
 
-    def __init__(self, image_paths: Sequence[str] | ArrowColumn, seed: int) -> None:
-        self.rows, self.offsets = group_rows(image_paths)  # (N,), (images + 1,)
+    def __init__(
+        self, image_paths: Sequence[str] | ArrowColumn, seed: int, group_size: int | None = None
+    ) -> None:
+        if group_size is not None and group_size < 1:
+            raise ValueError(f"group_size must be a positive number of questions, got {group_size}")
+        self.rows, offsets = group_rows(image_paths)  # (N,), (images + 1,)
+        self.starts, self.sizes = offsets[:-1], np.diff(offsets)  # (G,) each image's questions
+        if group_size is not None:
+            self.starts, self.sizes = split_groups(self.starts, self.sizes, group_size)
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -96,12 +107,24 @@ class ImageGroupedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        images = torch.randperm(len(self.offsets) - 1, generator=generator).numpy()  # (G,)
-        sizes = np.diff(self.offsets)[images]  # (G,) questions of each image, in epoch order
-        # The k-th question of an image is self.rows[its offset + k]; images one after another.
-        first = np.repeat(self.offsets[images], sizes)  # (N,)
+        groups = torch.randperm(len(self.starts), generator=generator).numpy()  # (G,)
+        sizes = self.sizes[groups]  # (G,) questions of each group, in epoch order
+        # The k-th question of a group is self.rows[its start + k]; groups one after another.
+        first = np.repeat(self.starts[groups], sizes)  # (N,)
         k = np.arange(len(self.rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # (N,)
         yield from self.rows[first + k].tolist()
+
+
+def split_groups(
+    starts: np.ndarray, sizes: np.ndarray, group_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(G,) groups of consecutive rows (start, size) -> (G',) groups of at most ``group_size``:
+    each group's rows in order, split after every ``group_size`` of them."""
+    counts = -(-sizes // group_size)  # (G,) the pieces of each group
+    group = np.repeat(np.arange(len(sizes)), counts)  # (G',)
+    piece = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)  # (G',)
+    offset = piece * group_size
+    return starts[group] + offset, np.minimum(group_size, sizes[group] - offset)
 
 
 def load_splits(
@@ -327,7 +350,9 @@ def build_loader(
     return DataLoader(
         rows,
         batch_size=args.batch_size,
-        sampler=ImageGroupedSampler(arrow_column(rows, "image_path"), args.seed),
+        sampler=ImageGroupedSampler(
+            arrow_column(rows, "image_path"), args.seed, args.image_group_size
+        ),
         collate_fn=VQACollator(
             processor,
             region_grid=region_grid(model),
