@@ -20,6 +20,7 @@ import pytest
 import torch
 from datasets import Dataset, concatenate_datasets
 
+from vqa.arguments import TrainingArguments
 from vqa.data.answers import AnswerVocab, normalize_answer
 from vqa.data.columns import (
     arrow_column,
@@ -106,11 +107,17 @@ def reference_answerable(rows: Dataset, vocab: AnswerVocab) -> Dataset:
 class ReferenceSampler:
     """``ImageGroupedSampler`` with its groups built by a dict over the rows."""
 
-    def __init__(self, image_paths: list[str], seed: int) -> None:
+    def __init__(self, image_paths: list[str], seed: int, group_size: int | None = None) -> None:
         groups: dict[str, list[int]] = {}
         for row, path in enumerate(image_paths):
             groups.setdefault(path, []).append(row)
         self.groups = list(groups.values())
+        if group_size is not None:
+            self.groups = [
+                group[start : start + group_size]
+                for group in self.groups
+                for start in range(0, len(group), group_size)
+            ]
         self.seed, self.epoch = seed, 0
 
     def __iter__(self):
@@ -276,6 +283,36 @@ def test_sampler_yields_the_order_of_the_dict_grouping(view):
             sampler.set_epoch(epoch)
             reference.epoch = epoch
             assert list(sampler) == list(reference)
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 3, 100])
+def test_a_group_size_splits_each_images_questions_in_row_order(group_size):
+    rows = views(table(random_rows(90, seed=5), seed=5))["shuffled"]
+    paths = list(rows["image_path"])
+    sampler = ImageGroupedSampler(arrow_column(rows, "image_path"), 4, group_size)
+    reference = ReferenceSampler(paths, 4, group_size)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        reference.epoch = epoch
+        order = list(sampler)
+        assert order == list(reference) and sorted(order) == list(range(len(paths)))
+    per_image = Counter(paths).values()
+    assert len(sampler.sizes) == sum(math.ceil(n / group_size) for n in per_image)
+    assert max(sampler.sizes) == min(group_size, max(per_image))
+    whole = ImageGroupedSampler(arrow_column(rows, "image_path"), 4)
+    if group_size == 100:  # larger than any image's questions: the plain grouping
+        assert list(ImageGroupedSampler(paths, 4, group_size)) == list(whole)
+    else:
+        assert list(ImageGroupedSampler(paths, 4, group_size)) != list(whole)
+
+
+def test_a_group_size_below_one_is_refused():
+    with pytest.raises(
+        ValueError, match="group_size must be a positive number of questions, got 0"
+    ):
+        ImageGroupedSampler(["a", "b"], 0, 0)
+    with pytest.raises(ValueError, match="image_group_size must be a positive integer, got 0"):
+        TrainingArguments(output="run", image_group_size=0)
 
 
 def test_sampler_of_python_paths_matches_the_column():
