@@ -198,6 +198,28 @@ def test_a_draw_depends_on_seed_epoch_and_image_only():
     assert len({draw(0, 0, f"{name}.png") for name in range(8)}) > 4
 
 
+def test_a_draw_does_not_depend_on_where_the_dataset_lies():
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste((0, 150, 0), (20, 20, 30, 30))
+
+    def draw(root: str, path: str) -> bytes:
+        row = {"image_path": path, "question": "left?", "answers": ["no"]}
+        row |= {"target_boxes": [], "objects_json": "[]"}
+        moved, (moved_row,) = Augmentation(True, 0.25, 0, root=root)(image, [row], 0)
+        return moved.tobytes() + moved_row["question"].encode()
+
+    here = [draw("/data/a", f"/data/a/images/{name}.png") for name in range(8)]
+    assert here == [draw("/elsewhere/b", f"/elsewhere/b/images/{name}.png") for name in range(8)]
+    assert Augmentation(root="/data/a").image_key("/other/x.png") == "/other/x.png"
+
+
+def test_a_thin_line_is_content_too():
+    image = Image.new("RGB", (40, 40), (200, 200, 200))
+    image.paste((0, 0, 200), (5, 5, 10, 10))
+    image.paste((0, 0, 0), (30, 5, 31, 35))  # one pixel wide: a median filter wipes it out
+    assert content_box(image) == (4, 4, 32, 36)  # a pixel more each side
+
+
 def test_bad_shares_are_refused_by_name():
     with pytest.raises(ValueError, match=r"max_shift must be in \[0, 0.5\), got 0.5"):
         Augmentation(max_shift=0.5)
@@ -283,11 +305,13 @@ def test_a_run_with_augmentation_resumes_exactly(dataset, tmp_path, monkeypatch)
 
     monkeypatch.setattr(vqa.training, "save_checkpoint", save_then_stop)
     questions: list[str] = []
+    epochs: list[int] = []  # of each image drawn, in order
     augment = Augmentation.__call__
 
     def recording(self, image, rows, epoch):
         image, rows = augment(self, image, rows, epoch)
         questions.extend(row["question"] for row in rows)
+        epochs.append(epoch)
         return image, rows
 
     monkeypatch.setattr(Augmentation, "__call__", recording)
@@ -304,6 +328,7 @@ def test_a_run_with_augmentation_resumes_exactly(dataset, tmp_path, monkeypatch)
             save_every_steps=2,
             seed=3,
             resume=True,
+            num_workers=0,  # the recording is in this process
             progress=False,
         )
 
@@ -311,8 +336,12 @@ def test_a_run_with_augmentation_resumes_exactly(dataset, tmp_path, monkeypatch)
     with pytest.raises(Interrupted):
         train(arguments(killed))
     train(arguments(killed))
+    resumed = epochs[:]
+    epochs.clear()
     HybridVQAProcessor.from_pretrained(killed).save_pretrained(whole)
     train(arguments(whole))
+    assert sorted(set(epochs)) == [0, 1] and epochs == sorted(epochs)  # the loop sets the epoch
+    assert resumed[-1] == 1
     last = sorted((killed / "checkpoint").glob("step-*"))[-1].name
     a = load_file(killed / "checkpoint" / last / "model.safetensors")
     b = load_file(whole / "checkpoint" / last / "model.safetensors")

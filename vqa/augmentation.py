@@ -6,17 +6,20 @@ turn red into orange and a crop can cut an object out of a count, so neither is 
 * **mirror**: the image is flipped left to right, and in its questions and answers every
   left-right word is swapped (``MIRROR_WORDS``: "the object left of the square" becomes "the
   object right of the square"), so a spatial question stays true. Target boxes and object
-  boxes are flipped too. Text in an image does not survive a mirror: leave it off for data
-  that asks about signs or labels.
+  boxes are flipped too. It is for data whose "left" and "right" are directions: text, clocks
+  and arrows in an image do not survive a mirror, and in "how many slices are left?" the word
+  is no direction, so leave it off for such data (VQAv2 has both).
 * **shift**: the image content moves by up to ``max_shift`` of the image side, within the
   empty margin around it, so nothing leaves the frame and no count or relation changes. The
   margin is the border around every pixel that differs from the background (the median
-  colour of the image's edge, after a 3x3 median filter removes pixel noise) and every known
-  box. The image is rolled rather than padded, so only background wraps round and its noise
-  stays. A photograph has no empty margin and is not shifted.
+  colour of the image's edge) and every known box. The image is rolled rather than padded, so
+  only background wraps round and its noise stays. An image whose edge is not one colour
+  (most photographs) has no empty margin and is not shifted; one with a plain border (a sky,
+  a studio backdrop) is, within that border.
 
-Each image's draw depends only on (seed, epoch, image path), so a run is the same with any
-number of DataLoader workers and when it resumes mid-epoch.
+Each image's draw depends only on (seed, epoch, the image's path inside the dataset), so a
+run is the same with any number of DataLoader workers, when it resumes mid-epoch, and when
+the dataset lies elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -40,13 +44,17 @@ MIRROR_WORDS = {
     "righthand": "lefthand",
 }
 _MIRROR_PATTERN = re.compile(r"\b(" + "|".join(MIRROR_WORDS) + r")\b", re.IGNORECASE)
-BACKGROUND_TOLERANCE = 48  # a pixel this far from the background colour (0-255, any channel)
+# How far (0-255, in any channel) a pixel must be from the background colour to be content:
+# after a 3x3 median filter that removes pixel noise, or without it for thin lines that the
+# filter would wipe out, where only a larger difference counts.
+BACKGROUND_TOLERANCE = 48
+LINE_TOLERANCE = 96
 
 
 def mirror_text(text: str) -> str:
     """``text`` with every left-right word swapped, keeping its case ("Left" -> "Right")."""
 
-    def swap(match: re.Match) -> str:
+    def swap(match: re.Match[str]) -> str:
         word = match.group(0)
         mirrored = MIRROR_WORDS[word.lower()]
         if word.isupper():
@@ -63,18 +71,24 @@ def mirror_answers(answers: str | Sequence[str]) -> str | list[str]:
     return [mirror_text(answer) for answer in answers]
 
 
-def content_box(image: Image.Image, boxes: Sequence[Sequence[float]] = ()) -> tuple[int, ...]:
+def content_box(
+    image: Image.Image, boxes: Sequence[Sequence[float]] = ()
+) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1), x1 and y1 exclusive: the smallest box around every pixel that differs
     from the background (the median colour of the edge pixels) and around ``boxes``.
 
-    A 3x3 median filter first removes pixel noise, and the box keeps a pixel more on each side
-    for the tips that it wears off. An image with no background (a photograph) gives its own
-    frame, and so does one of background only without ``boxes``.
+    A 3x3 median filter first removes pixel noise (``BACKGROUND_TOLERANCE``), and the box
+    keeps a pixel more on each side for the tips that it wears off; a line too thin for the
+    filter counts where it differs by ``LINE_TOLERANCE``. An image with no background (a
+    photograph) gives its own frame, and so does one of background only without ``boxes``.
     """
-    pixels = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(3)), dtype=np.int16)
-    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])  # (P, 3)
-    background = np.median(edge, axis=0)
-    differs = (np.abs(pixels - background) > BACKGROUND_TOLERANCE).any(axis=-1)  # (H, W)
+    rgb = image.convert("RGB")
+    filtered = np.asarray(rgb.filter(ImageFilter.MedianFilter(3)), dtype=np.int16)  # (H, W, 3)
+    edge = np.concatenate([filtered[0], filtered[-1], filtered[:, 0], filtered[:, -1]])  # (P, 3)
+    background = np.median(edge, axis=0)  # (3,)
+    raw = np.asarray(rgb, dtype=np.int16)
+    differs = (np.abs(filtered - background) > BACKGROUND_TOLERANCE).any(axis=-1)  # (H, W)
+    differs |= (np.abs(raw - background) > LINE_TOLERANCE).any(axis=-1)
     height, width = differs.shape
     extents = [
         (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)) for x0, y0, x1, y1 in boxes
@@ -107,11 +121,14 @@ class Augmentation:
         mirror: flip half of the images left to right, with their left-right words.
         max_shift: the largest shift, as a share of the image side (0 for none).
         seed: the run's seed; with the epoch and the image path it decides each draw.
+        root: the dataset's directory: an image path inside it counts relative to it, so
+            that the draws do not depend on where the dataset lies.
     """
 
     mirror: bool = False
     max_shift: float = 0.0
     seed: int = 0
+    root: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_shift < 0.5:
@@ -119,6 +136,7 @@ class Augmentation:
 
     @property
     def active(self) -> bool:
+        """Whether it changes anything: a mirror, or a shift of more than 0."""
         return self.mirror or self.max_shift > 0
 
     def __call__(
@@ -129,7 +147,7 @@ class Augmentation:
         ``rows`` are common-format rows (``vqa.data.formats``); the returned rows are copies
         whose question, answers, ``target_boxes`` and ``objects_json`` boxes follow the image.
         """
-        draw = random.Random(f"{self.seed}/{epoch}/{rows[0]['image_path']}")
+        draw = random.Random(f"{self.seed}/{epoch}/{self.image_key(rows[0]['image_path'])}")
         mirror = self.mirror and draw.random() < 0.5
         objects = [json.loads(row["objects_json"]) for row in rows]
         boxes = [box for row in rows for box in row["target_boxes"]]
@@ -163,6 +181,12 @@ class Augmentation:
                 }
             )
         return image, moved
+
+    def image_key(self, path: str) -> str:
+        """``path`` relative to ``root`` where it lies inside it, else ``path`` itself."""
+        if self.root is not None and Path(path).is_relative_to(self.root):
+            return Path(path).relative_to(self.root).as_posix()
+        return path
 
     def _shift(
         self, image: Image.Image, boxes: Sequence[Sequence[float]], draw: random.Random

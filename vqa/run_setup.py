@@ -342,9 +342,11 @@ def build_loader(
     model: HybridVQAModel,
     args: TrainingArguments,
     device: torch.device,
+    data_root: Path | None = None,
 ) -> DataLoader:
     """Training batches of ``args.batch_size`` questions, grouped by image, shuffled per epoch,
-    loaded by worker processes into memory pinned for ``device`` where that helps."""
+    loaded by worker processes into memory pinned for ``device`` where that helps, augmented
+    as ``args`` says (each draw keyed by an image's path inside ``data_root``)."""
     # Starting an epoch draws a seed from the loader's generator: give it its own, so a resumed
     # epoch does not shift the global RNG stream that dropout and Gumbel noise use.
     return DataLoader(
@@ -358,7 +360,12 @@ def build_loader(
             region_grid=region_grid(model),
             target_grid=target_grid(model),
             on_bad_image=args.on_bad_image,
-            augmentation=Augmentation(args.augment_mirror, args.augment_shift, args.seed),
+            augmentation=Augmentation(
+                args.augment_mirror,
+                args.augment_shift,
+                args.seed,
+                root=None if data_root is None else str(data_root),
+            ),
         ),
         generator=torch.Generator().manual_seed(args.seed),
         **loader_options(args.num_workers, device),
@@ -386,7 +393,8 @@ def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator)
     train_rows, coverage = answerable_rows(splits["train"], processor.answers)
     accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
     model = build_model(processor, preset, args, train_rows, accelerator.print)
-    loader = build_loader(train_rows, processor, model, args, accelerator.device)
+    data_root = resolve_data_dir(args.data, preset, progress=False)
+    loader = build_loader(train_rows, processor, model, args, accelerator.device, data_root)
     steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
     optimizer, scheduler = build_optimizer(model, steps, args)
     return RunSetup(
