@@ -13,10 +13,12 @@ The JSON goes to ``--out`` (default ``docs/results/bench-train/<preset>.json``).
 ``--answers-only`` trains as ``vqa train`` does on a dataset without boxes: the region
 attribute and pointing losses, the two that read the rows' boxes, are off, and the preset's
 box-free recipe is on (``vqa.box_free``; the default preset's adds the window reconstruction
-and recoloured-view contrast losses, which need only pixels) (default ``--out``:
+and recoloured-view contrast losses, which need only pixels, and trains 10 epochs rather than
+5 unless ``--epochs`` says otherwise) (default ``--out``:
 ``docs/results/bench-train/<preset>-answers-only.json``). Pointing is
 still measured. ``--peer`` also trains the easy-VQA tutorial model (``vqa.peer``) on the same
-data for as many epochs (``--peer-epochs``), which never reads boxes either.
+data for as many epochs as the modes trained (or ``--peer-epochs``); it never reads boxes
+either.
 """
 
 from __future__ import annotations
@@ -94,10 +96,11 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
     }
 
 
-def bench_peer(args: argparse.Namespace) -> dict:
-    """Train the peer (``vqa.peer``) on the same data and image size; summarise as a mode."""
+def bench_peer(args: argparse.Namespace, mode_epochs: int | None) -> dict:
+    """Train the peer (``vqa.peer``) on the same data and image size, for ``--peer-epochs`` or
+    as many epochs as the modes trained (``mode_epochs``); summarise as a mode."""
     preset = get_preset(args.preset)
-    epochs = args.peer_epochs or args.epochs or preset.training["epochs"]
+    epochs = args.peer_epochs or mode_epochs or args.epochs or preset.training["epochs"]
     start = time.perf_counter()
     summary = train_peer(
         resolve_data_dir(args.data, preset, progress=False),
@@ -326,7 +329,7 @@ def main() -> None:
         "results": results,
     }
     if args.peer:
-        result["peer"] = bench_peer(args)
+        result["peer"] = bench_peer(args, results[0]["epochs"] if results else None)
     write_json(args.out or default_out(args), result)
     print(json.dumps(result, indent=2))
 

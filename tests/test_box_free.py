@@ -16,7 +16,7 @@ import pytest
 from test_answers_only import colour_questions_without_boxes
 
 from vqa.arguments import TrainingArguments
-from vqa.box_free import box_free_fields, rows_have_boxes
+from vqa.box_free import box_free_fields, box_free_training, rows_have_boxes
 from vqa.configuration import HybridVQAConfig
 from vqa.data.sources import load_vqa_dataset
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
@@ -188,3 +188,51 @@ def test_vqa_train_flag_turns_the_recipe_off(scenes, tmp_path, train_tiny, monke
     options = ("--reconstruction-loss-weight", "0")
     assert train_tiny(bare, tmp_path / "run", *options) == 0
     assert saved_config(tmp_path / "run")["reconstruction_loss_weight"] == 0.0
+
+
+def epochs_preset(name: str = "tiny") -> Preset:
+    """Preset ``name`` with the recipe and 2 epochs for data without boxes (1 with them)."""
+    return dataclasses.replace(recipe_preset(name), box_free_training={"epochs": 2})
+
+
+def test_box_free_training_fills_only_what_the_flags_leave_unset(scenes) -> None:
+    preset = epochs_preset()
+    bare = TrainingArguments(output="x")
+    assert box_free_training(preset, bare, has_boxes=False) == (
+        {"epochs": 2},
+        "without boxes the preset trains with --epochs 2",
+    )
+    assert box_free_training(preset, bare, has_boxes=True) == ({}, None)
+    answers_only = TrainingArguments(output="x", answers_only=True)
+    assert box_free_training(preset, answers_only, has_boxes=True)[0] == {"epochs": 2}
+    assert box_free_training(preset, TrainingArguments(output="x", epochs=3), False) == ({}, None)
+    from_run = TrainingArguments(output="x", init_from="runs/a")
+    assert box_free_training(preset, from_run, has_boxes=False) == ({}, None)
+    assert box_free_training(get_preset("tiny"), bare, has_boxes=False) == ({}, None)
+    assert bare.resolved(preset, {"epochs": 2}).epochs == 2
+    assert bare.resolved(preset).epochs == preset.training["epochs"]
+
+
+def test_the_default_preset_trains_longer_without_boxes() -> None:
+    preset = get_preset("default")
+    assert preset.box_free_training["epochs"] > preset.training["epochs"]
+
+
+def trained_epochs(run: Path) -> tuple[int, int]:
+    """(the epochs a run's metrics.json says it was given, the epochs it trained)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return metrics["arguments"]["epochs"], len(metrics["history"])
+
+
+def test_vqa_train_trains_the_box_free_epochs_on_data_without_boxes(
+    scenes, tmp_path, train_tiny, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(PRESETS, "tiny", epochs_preset())
+    boxed, bare = scenes
+    assert train_tiny(bare, tmp_path / "bare") == 0
+    assert trained_epochs(tmp_path / "bare") == (2, 2)
+    assert "without boxes the preset trains with --epochs 2" in capsys.readouterr().out
+    assert train_tiny(boxed, tmp_path / "boxed") == 0
+    assert trained_epochs(tmp_path / "boxed") == (1, 1)
+    assert train_tiny(bare, tmp_path / "flag", "--epochs", "1") == 0
+    assert trained_epochs(tmp_path / "flag") == (1, 1)

@@ -139,7 +139,10 @@ class TrainingArguments:
         group="adaptive k",
     )
     estimator: str | None = option(None, "gradient estimator of the selection", choices=ESTIMATORS)
-    epochs: int | None = option(None, "training epochs (default: the preset's)")
+    epochs: int | None = option(
+        None,
+        "training epochs (default: the preset's; the default preset's: 5, or 10 without boxes)",
+    )
     batch_size: int | None = option(None, "questions per batch, per process")
     lr: float | None = option(None, "learning rate of the new layers (default: the preset's)")
     seed: int = option(0, "seeds initialisation, shuffling and sampling")
@@ -399,12 +402,13 @@ class TrainingArguments:
                 )
             setattr(self, name, 0.0)
 
-    def resolved(self, preset: Preset) -> TrainingArguments:
-        """A copy whose unset epochs / batch size / lr come from ``preset``."""
-        values = asdict(self)
+    def resolved(self, preset: Preset, overrides: dict | None = None) -> TrainingArguments:
+        """A copy whose unset epochs / batch size / lr come from ``overrides`` (for example
+        ``Preset.box_free_training``) or else from ``preset``."""
+        values, overrides = asdict(self), overrides or {}
         for name in ("epochs", "batch_size", "lr"):
             if values[name] is None:
-                values[name] = preset.training[name]
+                values[name] = overrides.get(name, preset.training[name])
         return TrainingArguments(**values)
 
 

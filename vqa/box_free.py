@@ -7,7 +7,8 @@ reconstruction loss (``vqa.reconstruction``) and the recoloured-view contrast lo
 (``vqa.contrast``), which need only pixels and were measured to help it learn from answers
 alone (docs/results/experiments/box-free). ``vqa train`` applies them to a new model with the
 built-in vision encoder when no training row has a box, or with ``--answers-only``. A flag that
-sets one of those fields wins over the recipe.
+sets one of those fields wins over the recipe. The preset's ``box_free_training`` (the default
+preset's: 10 epochs instead of 5) applies to such a run too, where no flag sets it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,28 @@ def rows_have_boxes(rows: Dataset) -> bool:
         return True
     boxes = pc.list_value_length(arrow_column(rows, "target_boxes")).fill_null(0)
     return bool(len(boxes)) and pc.max(boxes).as_py() > 0
+
+
+def box_free_training(preset: Preset, args: object, has_boxes: bool) -> tuple[dict, str | None]:
+    """The preset's box-free ``TrainingArguments`` fields (``Preset.box_free_training``) that
+    apply to this run, and a line that says so (None when there is nothing to say).
+
+    They apply where the recipe's model fields would (:func:`box_free_fields`), to each field
+    that ``args`` leaves unset (None), also where flags replace the recipe's losses.
+    """
+    if (has_boxes and not args.answers_only) or not preset.box_free_training:
+        return {}, None
+    if any(getattr(args, name) for name in NOT_APPLIED):
+        return {}, None
+    fields = {
+        name: value
+        for name, value in preset.box_free_training.items()
+        if getattr(args, name) is None
+    }
+    if not fields:
+        return {}, None
+    settings = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in fields.items())
+    return fields, f"without boxes the preset trains with {settings}"
 
 
 def box_free_fields(preset: Preset, args: object, has_boxes: bool) -> tuple[dict, str | None]:

@@ -25,7 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from vqa.arguments import LOSS_WEIGHTS, TrainingArguments, fusion_k_settings, loss_weight
 from vqa.augmentation import Augmentation
-from vqa.box_free import box_free_fields, rows_have_boxes
+from vqa.box_free import box_free_fields, box_free_training, rows_have_boxes
 from vqa.cache import resolve_data_dir
 from vqa.configuration import HybridVQAConfig
 from vqa.data.columns import ArrowColumn, arrow_column, distinct_codes, group_rows
@@ -59,6 +59,8 @@ class RunSetup:
         train_rows: the training questions that have an answer in the vocabulary.
         val_rows: the validation split, or None when the data has none.
         coverage: the vocabulary's coverage of the training answers (``metrics.json``).
+        args: the run's arguments, resolved: unset epochs, batch size and learning rate from
+            the preset (its ``box_free_training`` where the data has no boxes).
     """
 
     processor: HybridVQAProcessor
@@ -69,6 +71,7 @@ class RunSetup:
     loader: DataLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    args: TrainingArguments
 
 
 class ImageGroupedSampler(Sampler[int]):
@@ -385,13 +388,18 @@ def build_optimizer(
 
 
 def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator) -> RunSetup:
-    """Data, processor, model, loader, optimizer and schedule of a run (``args`` resolved)."""
+    """Data, processor, model, loader, optimizer and schedule of a run, and its arguments
+    resolved once the data says whether it has boxes (``RunSetup.args``)."""
     if args.init_from:  # before the data is read
         check_init_from(args)
     splits = load_splits(args, preset, accelerator)
     processor = build_processor(args, preset, splits["train"], accelerator)
     train_rows, coverage = answerable_rows(splits["train"], processor.answers)
     accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
+    training, note = box_free_training(preset, args, rows_have_boxes(train_rows))
+    if note:
+        accelerator.print(note)
+    args = args.resolved(preset, training)
     model = build_model(processor, preset, args, train_rows, accelerator.print)
     data_root = resolve_data_dir(args.data, preset, progress=False)
     loader = build_loader(train_rows, processor, model, args, accelerator.device, data_root)
@@ -406,4 +414,5 @@ def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator)
         loader=loader,
         optimizer=optimizer,
         scheduler=scheduler,
+        args=args,
     )

@@ -368,7 +368,6 @@ def save_epoch(
 def train(args: TrainingArguments) -> dict:
     """Train a model as ``args`` says; return the run summary also written to metrics.json."""
     preset = get_preset(args.preset)
-    args = args.resolved(preset)
     accelerator = make_accelerator(args)
     set_seed(args.seed)
     run = Path(args.output)
@@ -382,6 +381,7 @@ def train(args: TrainingArguments) -> dict:
         )
 
     setup = setup_run(args, preset, accelerator)
+    args = setup.args  # epochs, batch size and learning rate resolved
     model, optimizer, loader, scheduler = accelerator.prepare(
         setup.model, setup.optimizer, setup.loader, setup.scheduler
     )
