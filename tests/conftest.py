@@ -7,6 +7,9 @@ Fixtures:
 - ``tiny_run``: (run directory, dataset directory) of a tiny model trained once per session.
 - ``tiny_selecting_run``: the run directory of a tiny model, trained on ``tiny_run``'s data,
   whose vision encoder keeps 8 of the 16 patches before its first block.
+
+Helpers: ``stop_after_checkpoint`` makes the next training run stop, as if killed, right after
+the checkpoint of a given step (``Interrupted``).
 """
 
 from __future__ import annotations
@@ -83,6 +86,25 @@ def tiny_selecting_run(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = tmp_path_factory.mktemp("tiny-selecting-model") / "run"
     assert run_train_tiny(data, run, "--select-after", "0", "--encoder-k", "8") == 0
     return run
+
+
+class Interrupted(Exception):
+    """Stands in for a run killed right after a checkpoint."""
+
+
+def stop_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Raise ``Interrupted`` once, right after the checkpoint of optimizer step ``step``."""
+    import vqa.training
+
+    save, stops = vqa.training.save_checkpoint, [step]
+
+    def save_then_stop(accelerator, run, state, keep):
+        save(accelerator, run, state, keep)
+        if state["global_step"] in stops:
+            stops.remove(state["global_step"])
+            raise Interrupted
+
+    monkeypatch.setattr(vqa.training, "save_checkpoint", save_then_stop)
 
 
 def load_script(name: str) -> ModuleType:

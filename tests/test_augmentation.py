@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Interrupted, stop_after_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 
-import vqa.training
 from vqa.arguments import TrainingArguments
 from vqa.augmentation import Augmentation, content_box, mirror_text, move_box
 from vqa.data.formats import load_local_dataset
@@ -290,20 +290,8 @@ def test_worker_processes_draw_what_the_main_process_draws(dataset, processor):
     assert not torch.equal(plain_labels, torch.cat([b[4] for b in alone if b[0] == 0]))
 
 
-class Interrupted(Exception):
-    """Stands in for a run killed right after a checkpoint."""
-
-
 def test_a_run_with_augmentation_resumes_exactly(dataset, tmp_path, monkeypatch):
-    save, stops = vqa.training.save_checkpoint, [6]  # once, mid-epoch 2 of the first run
-
-    def save_then_stop(accelerator, run, state, keep):
-        save(accelerator, run, state, keep)
-        if state["global_step"] in stops:
-            stops.remove(state["global_step"])
-            raise Interrupted
-
-    monkeypatch.setattr(vqa.training, "save_checkpoint", save_then_stop)
+    stop_after_checkpoint(monkeypatch, 6)  # once, mid-epoch 2 of the first run
     questions: list[str] = []
     epochs: list[int] = []  # of each image drawn, in order
     augment = Augmentation.__call__

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Interrupted, stop_after_checkpoint
 from safetensors.torch import load_file, save_file
 
 import vqa.modeling
@@ -227,10 +228,6 @@ def recording_tau(forward, taus: list[float]):
     return recording
 
 
-class Interrupted(Exception):
-    """Stands in for a run killed right after a checkpoint."""
-
-
 def test_a_resumed_run_continues_the_schedules_and_the_type_baseline_exactly(
     dataset, tmp_path, monkeypatch
 ):
@@ -248,15 +245,7 @@ def test_a_resumed_run_continues_the_schedules_and_the_type_baseline_exactly(
 
     monkeypatch.setattr(HybridAttention, "forward", recording_forward)
     monkeypatch.setattr(vqa.modeling, "reinforce_loss", recording_loss)
-    save, stops = vqa.training.save_checkpoint, [8]  # once, mid-epoch 2 of the first run
-
-    def save_then_stop(accelerator, run, state, keep):
-        save(accelerator, run, state, keep)
-        if state["global_step"] in stops:
-            stops.remove(state["global_step"])
-            raise Interrupted
-
-    monkeypatch.setattr(vqa.training, "save_checkpoint", save_then_stop)
+    stop_after_checkpoint(monkeypatch, 8)  # once, mid-epoch 2 of the first run
 
     def arguments(run: Path) -> TrainingArguments:
         return TrainingArguments(
