@@ -132,9 +132,9 @@ def split_groups(
 
 def load_splits(
     args: TrainingArguments, preset: Preset, accelerator: Accelerator
-) -> dict[str, Dataset]:
-    """The train split (required) and the val split (where there is one) of ``args.data``;
-    no other split is read.
+) -> tuple[Path, dict[str, Dataset]]:
+    """The dataset's location, and its train split (required) and val split (where there is
+    one) of ``args.data``; no other split is read.
 
     The main process prepares the data first (generating the embedded scenes or converting
     files on first use); the other processes then read what it wrote. Images are decoded
@@ -148,7 +148,7 @@ def load_splits(
         splits = load_vqa_dataset(data_dir, wanted, columns=columns) if "train" in present else {}
     if "train" not in present:  # raised outside main_process_first, where no process waits
         raise ValueError(f"{data_dir} has no train split; it has {present}")
-    return dict(splits)
+    return data_dir, dict(splits)
 
 
 def region_objects(rows: Dataset, weight: float) -> list[list[dict]]:
@@ -293,15 +293,18 @@ def build_model(
     args: TrainingArguments,
     train_rows: Dataset | None = None,
     report: Callable[[str], None] = print,
+    has_boxes: bool | None = None,
 ) -> HybridVQAModel:
     """The run's model, with the encoders frozen as ``args`` says.
 
     A fresh one (:func:`fresh_model`; with the preset's box-free recipe where ``train_rows``
     have no boxes, or with ``args.answers_only``), or with ``args.init_from`` that run's,
     adapted to the processor and to ``train_rows`` (:func:`model_of_run`; the preset's model
-    sizes are not used). Without ``train_rows`` the data is taken to have boxes.
+    sizes are not used). ``has_boxes`` says whether ``train_rows`` have boxes where the caller
+    knows (None: read them); without ``train_rows`` the data is taken to have boxes.
     """
-    has_boxes = train_rows is None or rows_have_boxes(train_rows)
+    if has_boxes is None:
+        has_boxes = train_rows is None or rows_have_boxes(train_rows)
     box_free, note = box_free_fields(preset, args, has_boxes)
     if note:
         report(note)
@@ -392,17 +395,17 @@ def setup_run(args: TrainingArguments, preset: Preset, accelerator: Accelerator)
     resolved once the data says whether it has boxes (``RunSetup.args``)."""
     if args.init_from:  # before the data is read
         check_init_from(args)
-    splits = load_splits(args, preset, accelerator)
+    data_dir, splits = load_splits(args, preset, accelerator)
     processor = build_processor(args, preset, splits["train"], accelerator)
     train_rows, coverage = answerable_rows(splits["train"], processor.answers)
     accelerator.print(processor.answers.describe_coverage(coverage) + ", left out of training")
-    training, note = box_free_training(preset, args, rows_have_boxes(train_rows))
+    has_boxes = rows_have_boxes(train_rows)
+    training, note = box_free_training(preset, args, has_boxes)
     if note:
         accelerator.print(note)
     args = args.resolved(preset, training)
-    model = build_model(processor, preset, args, train_rows, accelerator.print)
-    data_root = resolve_data_dir(args.data, preset, progress=False)
-    loader = build_loader(train_rows, processor, model, args, accelerator.device, data_root)
+    model = build_model(processor, preset, args, train_rows, accelerator.print, has_boxes)
+    loader = build_loader(train_rows, processor, model, args, accelerator.device, data_dir)
     steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
     optimizer, scheduler = build_optimizer(model, steps, args)
     return RunSetup(
