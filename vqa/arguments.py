@@ -139,6 +139,11 @@ class TrainingArguments:
         group="adaptive k",
     )
     estimator: str | None = option(None, "gradient estimator of the selection", choices=ESTIMATORS)
+    heads: int | None = option(
+        None,
+        "fusion heads: each selects its own k regions and the reasoner reads every head's "
+        "(default: the preset's, 1)",
+    )
     epochs: int | None = option(
         None,
         "training epochs (default: the preset's; the default preset's: 5, or 10 without boxes)",
@@ -372,6 +377,13 @@ class TrainingArguments:
             raise ValueError(
                 f"--{shaping[0].replace('_', '-')} shapes an adaptive k: give --k auto or "
                 "--k budget too"
+            )
+        if self.heads is not None and self.heads < 1:
+            raise ValueError(f"heads must be >= 1, got {self.heads!r}")
+        if self.heads is not None and self.init_from:
+            raise ValueError(
+                "--heads shapes a new model's fusion; --init-from keeps RUN's (its config's "
+                "fusion_heads)"
             )
         if not 0.0 <= self.augment_shift < 0.5:
             raise ValueError(f"augment_shift must be in [0, 0.5), got {self.augment_shift!r}")

@@ -228,7 +228,12 @@ def fresh_model(
     pretrained encoders' weights where ``args`` names them, and the ``box_free`` config fields
     (``vqa.box_free.box_free_fields``) where the data has no boxes."""
     fields = dict(preset.model)
-    fusion = {"mode": args.mode, "estimator": args.estimator, "k_penalty": args.k_penalty}
+    fusion = {
+        "mode": args.mode,
+        "estimator": args.estimator,
+        "k_penalty": args.k_penalty,
+        "heads": args.heads,
+    }
     fusion.update(fusion_k_settings(args))
     fields.update({f"fusion_{name}": value for name, value in fusion.items() if value is not None})
     for name in ("vision_stem", "vision_conditioning", "encoder_k", "reinforce_baseline"):
