@@ -236,3 +236,19 @@ def test_vqa_train_trains_the_box_free_epochs_on_data_without_boxes(
     assert trained_epochs(tmp_path / "boxed") == (1, 1)
     assert train_tiny(bare, tmp_path / "flag", "--epochs", "1") == 0
     assert trained_epochs(tmp_path / "flag") == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("preset", "epochs", "has_boxes", "expected"),
+    [
+        ("default", None, False, 10),
+        ("default", None, True, 5),
+        ("default", 3, False, 3),
+        ("quick", None, False, get_preset("quick").training["epochs"]),
+    ],
+)
+def test_an_ablation_records_the_epochs_its_runs_train(preset, epochs, has_boxes, expected):
+    from vqa.ablation.run import AblationArguments, run_epochs
+
+    args = AblationArguments(out="out", preset=preset, epochs=epochs)
+    assert run_epochs(args, get_preset(preset), has_boxes) == expected

@@ -391,6 +391,7 @@ def run_ablation(args: AblationArguments) -> Path:
     from tqdm.auto import tqdm
 
     from vqa.arguments import loss_weight
+    from vqa.box_free import rows_have_boxes
     from vqa.cache import resolve_data_dir
     from vqa.data.formats import load_local_dataset
     from vqa.machine import machine
@@ -405,10 +406,13 @@ def run_ablation(args: AblationArguments) -> Path:
             "ones, or choose another --out"
         )
     preset = get_preset(args.preset)
+    data_dir = resolve_data_dir(args.data, preset, args.progress)
+    split = evaluation_split(data_dir)
+    splits = load_local_dataset(data_dir, ["train", split])
     settings = {
         "data": args.data,
         "preset": args.preset,
-        "epochs": args.epochs or preset.training["epochs"],
+        "epochs": run_epochs(args, preset, rows_have_boxes(splits["train"])),
     }
     pointing = loss_weight("pointing_loss_weight", preset, args)
     region = loss_weight("region_loss_weight", preset, args)
@@ -427,9 +431,6 @@ def run_ablation(args: AblationArguments) -> Path:
     if args.encoder_fold:
         settings["encoder_fold"] = True
     check_settings(out, settings, args.resume)
-    data_dir = resolve_data_dir(args.data, preset, args.progress)
-    split = evaluation_split(data_dir)
-    splits = load_local_dataset(data_dir, ["train", split])
     write_json(
         out / SETTINGS_FILE,
         {
@@ -454,6 +455,17 @@ def run_ablation(args: AblationArguments) -> Path:
             bar.update()
     write_outputs(out, splits[split])
     return out
+
+
+def run_epochs(args: AblationArguments, preset: Preset, has_boxes: bool) -> int:
+    """The epochs each run trains: ``--epochs``, or the preset's, which on rows without boxes
+    are its box-free recipe's (``Preset.box_free_training``) where it has them."""
+    from vqa.arguments import TrainingArguments
+    from vqa.box_free import box_free_training
+
+    training = TrainingArguments(output=args.out, epochs=args.epochs)
+    fields, _ = box_free_training(preset, training, has_boxes)
+    return training.resolved(preset, fields).epochs
 
 
 def class_token(args: AblationArguments) -> bool:
