@@ -144,6 +144,11 @@ class TrainingArguments:
         "fusion heads: each selects its own k regions and the reasoner reads every head's "
         "(default: the preset's, 1)",
     )
+    hops: int | None = option(
+        None,
+        "fusion hops: each later hop queries with another part of the question and selects "
+        "its own k regions, MAC-style (default: the preset's, 1)",
+    )
     epochs: int | None = option(
         None,
         "training epochs (default: the preset's; the default preset's: 5, or 10 without boxes)",
@@ -378,13 +383,15 @@ class TrainingArguments:
                 f"--{shaping[0].replace('_', '-')} shapes an adaptive k: give --k auto or "
                 "--k budget too"
             )
-        if self.heads is not None and self.heads < 1:
-            raise ValueError(f"heads must be >= 1, got {self.heads!r}")
-        if self.heads is not None and self.init_from:
-            raise ValueError(
-                "--heads shapes a new model's fusion; --init-from keeps RUN's (its config's "
-                "fusion_heads)"
-            )
+        for name in ("heads", "hops"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+            if value is not None and self.init_from:
+                raise ValueError(
+                    f"--{name} shapes a new model's fusion; --init-from keeps RUN's (its "
+                    f"config's fusion_{name})"
+                )
         if not 0.0 <= self.augment_shift < 0.5:
             raise ValueError(f"augment_shift must be in [0, 0.5), got {self.augment_shift!r}")
         if not 0.0 <= self.soft_warmup <= 1.0:

@@ -95,6 +95,9 @@ class HybridVQAConfig(PreTrainedConfig):
             ``fusion_k_max`` regions (``hybrid_attention.adaptive``). The rule switches at
             inference on the same weights, except that only a model built with the budget
             rule has its head.
+        fusion_hops: how many times the fusion runs, each hop with its own query (read from
+            the question's tokens, steered by the previous hop) and its own selection
+            (``vqa.hops``); 1: the question's CLS vector only.
         fusion_dim: width of the fusion and reasoning layers (a multiple of 4).
         reasoner_layers: transformer layers over [question tokens; attended; selected regions].
     Head and loss:
@@ -162,6 +165,7 @@ class HybridVQAConfig(PreTrainedConfig):
     fusion_estimator: str = "ste"
     fusion_tau: float = 1.0
     fusion_heads: int = 1
+    fusion_hops: int = 1
     fusion_k_rule: str = "fixed"
     fusion_k_min: int = 1
     fusion_k_max: int = 16
@@ -221,6 +225,7 @@ class HybridVQAConfig(PreTrainedConfig):
             "fusion_k_min",
             "fusion_k_max",
             "fusion_heads",
+            "fusion_hops",
             "fusion_dim",
             "num_answers",
         )

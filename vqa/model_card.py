@@ -197,11 +197,14 @@ def model_section(run: Path, config: dict, arguments: dict) -> list[str]:
     forward = MODE_FORWARD[mode].format(n=regions, k=k if isinstance(k, int) else "k")
     estimator = "" if mode == "soft" else f", `{config['fusion_estimator']}` estimator"
     parameters = parameter_count(run)
+    hops = config.get("fusion_hops", 1)  # configs saved before multi-hop fusion have none
+    hops = f"{hops} hops (each selects its own regions), " if hops > 1 else ""
     lines = [
         "## Model",
         "",
         f"- Fusion: **{mode}** attention from the question to the image regions ({forward}"
         f"{estimator}), width {config['fusion_dim']}, {count(config['fusion_heads'], 'head')}, "
+        f"{hops}"
         f"then {count(config['reasoner_layers'], 'transformer layer')} and a classifier over "
         "the answers",
         f"- Regions: {regions}, the patch tokens of the ViT (a "

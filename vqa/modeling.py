@@ -12,11 +12,12 @@ loss, weighted by ``region_loss_weight``, when a batch carries ``region_labels``
 ``target_regions`` (the regions of the objects a question is about), training adds the pointing
 loss, weighted by ``pointing_loss_weight``: it teaches the fusion scores where to look.
 These losses, and the box-free ones, are in ``vqa.auxiliary_losses``.
-In hard and hybrid modes the reasoner sees ``fusion_heads * k`` region tokens, in soft mode
-all N: that is where selection saves compute downstream of the encoders. With an adaptive k
-(``fusion_k_rule``) each question keeps its own k: the batch carries as many slots as its
-largest k (``k_max`` while training a learned budget) and the reasoner's padding mask hides the
-slots past each question's k, so a question asked alone costs exactly its own k.
+In hard and hybrid modes the reasoner sees ``fusion_heads * fusion_hops * k`` region tokens
+(``vqa.hops``: each hop selects its own), in soft mode all N: that is where selection saves
+compute downstream of the encoders. With an adaptive k (``fusion_k_rule``) each question keeps
+its own k: the batch carries as many slots as its largest k (``k_max`` while training a learned
+budget) and the reasoner's padding mask hides the slots past each question's k, so a question
+asked alone costs exactly its own k.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from vqa.conditioning import FiLMGenerator
 from vqa.configuration import HybridVQAConfig
 from vqa.encoders import build_text_encoder, build_vision_encoder
 from vqa.guided_vision import FOLDED, VisionTokens, encode_guided, scatter_regions
+from vqa.hops import HopQuery, stack_hops
 from vqa.processing import QUESTION_GROUPS
 
 QUESTION, ATTENDED, REGION = 0, 1, 2  # token types of the reasoner's input
@@ -186,6 +188,7 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             estimator=config.fusion_estimator,
             tau=config.fusion_tau,
         )
+        self.hop_queries = nn.ModuleList(HopQuery(dim) for _ in range(config.fusion_hops - 1))
         self.token_type = nn.Embedding(3, dim)
         self.weight_embedding = nn.Parameter(torch.zeros(dim))
         layer = nn.TransformerEncoderLayer(
@@ -414,7 +417,7 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
         question = self.encode_questions(input_ids, attention_mask)  # (B, L, D)
         vision = self.encode_images(pixel_values, question, image_index)  # M tokens each
         regions = self.project_regions(vision)  # (B, M, D)
-        attended = self.fusion(self.query_norm(question[:, :1]), self.region_norm(regions))
+        attended = self.attend(question, attention_mask, self.region_norm(regions))
         tokens, padding = self._reasoner_inputs(question, attention_mask, attended, regions)
         hidden = self.reasoner(tokens, src_key_padding_mask=padding)  # (B, T, D)
         output = region_outputs(attended, vision, self.config.num_regions)
@@ -435,6 +438,25 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             output.answer_loss = answer_loss(output.logits, labels)
             output.loss = self._training_loss(output, question_group)
         return output
+
+    def attend(self, question: Tensor, question_mask: Tensor, regions: Tensor) -> AttentionOutput:
+        """The fusion from the question to the (normalised) regions, once per hop.
+
+        Hop 1 queries with the question's CLS vector; each later hop with what its
+        ``HopQuery`` reads from the question's tokens (``vqa.hops``). The hops are joined as
+        more heads: weights (B, heads * hops, 1, M) and one attended vector per hop (B, hops, D).
+
+        Args:
+            question: (B, L, D) question tokens, CLS first.
+            question_mask: (B, L) 1 for a real token.
+            regions: (B, M, D) region tokens after ``region_norm``.
+        """
+        query = self.query_norm(question[:, :1])  # (B, 1, D)
+        hops = [self.fusion(query, regions)]
+        for hop_query in self.hop_queries:
+            query = self.query_norm(hop_query(question, question_mask, query, hops[-1].output))
+            hops.append(self.fusion(query, regions))
+        return stack_hops(hops)
 
     def encode_images(
         self, pixel_values: Tensor, question: Tensor, image_index: Tensor | None = None
@@ -497,7 +519,8 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             [question + types[QUESTION], attended.output + types[ATTENDED], picked + types[REGION]],
             dim=1,
         )
-        attended_visible = question_mask.new_ones(question_mask.shape[0], 1).bool()
+        hops = attended.output.shape[1]  # one attended vector per hop
+        attended_visible = question_mask.new_ones(question_mask.shape[0], hops).bool()
         visible = torch.cat([question_mask.bool(), attended_visible, kept], dim=1)
         return tokens, ~visible
 

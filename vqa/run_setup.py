@@ -233,6 +233,7 @@ def fresh_model(
         "estimator": args.estimator,
         "k_penalty": args.k_penalty,
         "heads": args.heads,
+        "hops": args.hops,
     }
     fusion.update(fusion_k_settings(args))
     fields.update({f"fusion_{name}": value for name, value in fusion.items() if value is not None})

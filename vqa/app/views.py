@@ -129,7 +129,8 @@ def model_info(app_model: AppModel) -> str:
             "fusion",
             f"{config.fusion_mode}, k = {describe_k(app_model.model.fusion.k)} of "
             f"{config.num_regions} regions, "
-            f"estimator {config.fusion_estimator}, {config.fusion_heads} head(s)",
+            f"estimator {config.fusion_estimator}, {config.fusion_heads} head(s)"
+            + (f", {config.fusion_hops} hops" if config.fusion_hops > 1 else ""),
         ),
         (
             "vision encoder",
