@@ -161,3 +161,17 @@ def test_a_run_with_two_hops_saves_them_and_reloads_to_the_same_answers(tiny_run
         second = again(pixel_values=pixels, input_ids=input_ids)
     torch.testing.assert_close(first.logits, second.logits)
     torch.testing.assert_close(first.attention_weights, second.attention_weights)
+
+
+def test_resuming_without_the_runs_hops_is_one_clear_error(tiny_run, tmp_path, capsys):
+    from conftest import run_train_tiny
+
+    _, data = tiny_run
+    run = tmp_path / "run"
+    assert run_train_tiny(data, run, "--hops", "2", "--epochs", "1") == 0
+    assert run_train_tiny(data, run, "--epochs", "2", "--resume") != 0
+    error = capsys.readouterr().err
+    assert "holds another model than this command builds" in error
+    assert "hop_queries.0.steer.weight" in error
+    assert run_train_tiny(data, run, "--hops", "2", "--epochs", "2", "--resume") == 0
+    assert len(json.loads((run / "metrics.json").read_text())["history"]) == 2

@@ -365,6 +365,22 @@ def save_epoch(
     save_checkpoint(accelerator, Path(args.output), state, args.keep_checkpoints)
 
 
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
+    """``accelerator.load_state``, with a ValueError that says what to do when the model this
+    command built is not the one the checkpoint holds (a model flag of the run left out or
+    changed, e.g. ``--hops``)."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except RuntimeError as error:
+        if "state_dict" not in str(error):
+            raise
+        raise ValueError(
+            f"{checkpoint} holds another model than this command builds: resume with the "
+            "model flags the run started with (metrics.json's 'arguments' lists them once an "
+            f"epoch has ended). {error}"
+        ) from error
+
+
 def train(args: TrainingArguments) -> dict:
     """Train a model as ``args`` says; return the run summary also written to metrics.json."""
     preset = get_preset(args.preset)
@@ -388,7 +404,7 @@ def train(args: TrainingArguments) -> dict:
     accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
     state = initial_state()
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint)
         state = json.loads((checkpoint / STATE_FILE).read_text())
         # a checkpoint from before a loss series was recorded starts that series mid-epoch
         state["progress"] = {**epoch_progress(), **state["progress"]}
