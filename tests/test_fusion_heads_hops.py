@@ -148,7 +148,7 @@ def test_a_run_with_two_hops_saves_them_and_reloads_to_the_same_answers(tiny_run
     run = tmp_path / "run"
     assert run_train_tiny(data, run, "--hops", "2", "--epochs", "1") == 0
     assert json.loads((run / "config.json").read_text())["fusion_hops"] == 2
-    assert "2 hops (each selects its own regions)" in (run / "README.md").read_text()
+    assert "2 hops (each with its own query)" in (run / "README.md").read_text()
     model = HybridVQAModel.from_pretrained(run, use_safetensors=True).eval()
     assert len(model.hop_queries) == 1
     size = model.config.image_size
@@ -171,7 +171,71 @@ def test_resuming_without_the_runs_hops_is_one_clear_error(tiny_run, tmp_path, c
     assert run_train_tiny(data, run, "--hops", "2", "--epochs", "1") == 0
     assert run_train_tiny(data, run, "--epochs", "2", "--resume") != 0
     error = capsys.readouterr().err
-    assert "holds another model than this command builds" in error
-    assert "hop_queries.0.steer.weight" in error
+    assert "was trained with fusion_hops = 2, but this command builds 1" in error
     assert run_train_tiny(data, run, "--hops", "2", "--epochs", "2", "--resume") == 0
     assert len(json.loads((run / "metrics.json").read_text())["history"]) == 2
+
+
+def test_resuming_without_the_runs_heads_is_refused_though_the_weights_would_load(
+    tiny_run, tmp_path, capsys
+):
+    from conftest import run_train_tiny
+
+    _, data = tiny_run
+    run = tmp_path / "run"
+    assert run_train_tiny(data, run, "--heads", "2", "--epochs", "1") == 0
+    assert run_train_tiny(data, run, "--epochs", "2", "--resume") != 0
+    assert "was trained with fusion_heads = 2, but this command builds 1" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["fusion_heads"] == 2
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_one_clear_error(tiny_run, tmp_path, capsys):
+    from conftest import run_train_tiny
+
+    _, data = tiny_run
+    run = tmp_path / "run"
+    assert run_train_tiny(data, run, "--hops", "2", "--epochs", "1") == 0
+    for state in (run / "checkpoint").glob("step-*/trainer_state.json"):
+        saved = json.loads(state.read_text())
+        del saved["architecture"]  # as saved before the architecture was recorded
+        state.write_text(json.dumps(saved))
+    assert run_train_tiny(data, run, "--epochs", "2", "--resume") != 0
+    error = capsys.readouterr().err
+    assert "holds another model than this command builds" in error
+    assert "hop_queries.0.steer.weight" in error
+
+
+@pytest.mark.parametrize("rule", ["top_p", "budget"])
+def test_hops_with_an_adaptive_k_of_their_own_width_join_and_answer(tiny_fields, rule):
+    from hybrid_attention import TopP
+
+    torch.manual_seed(0)
+    config = HybridVQAConfig(
+        **tiny_fields, fusion_hops=2, fusion_k_rule=rule, fusion_top_p=0.7, fusion_k_max=8
+    )
+    model = HybridVQAModel(config).eval()
+    size = config.image_size
+    fusion = model.fusion
+    regions = torch.randn(4, config.num_regions, config.fusion_dim)
+    # Two queries whose top-p sets differ in size: one peaked, one flat.
+    peaked = torch.zeros(4, 1, config.fusion_dim)
+    flat = torch.zeros(4, 1, config.fusion_dim)
+    peaked[..., 0] = 50.0
+    if rule == "top_p":
+        assert isinstance(fusion.k, TopP)
+        hops = [fusion(peaked, regions), fusion(flat, regions)]
+        assert hops[0].indices.shape[-1] != hops[1].indices.shape[-1]
+        joined = stack_hops(hops)
+        assert joined.indices.shape[-1] == max(hop.indices.shape[-1] for hop in hops)
+        torch.testing.assert_close(joined.counts, torch.cat([hop.counts for hop in hops], 1))
+    with torch.no_grad():
+        for seed in range(5):
+            torch.manual_seed(seed)
+            output = model(
+                pixel_values=torch.rand(2, 3, size, size),
+                input_ids=torch.randint(1, 50, (6, 7)),
+                image_index=torch.tensor([0, 0, 0, 1, 1, 1]),
+            )
+            assert output.attention_weights.shape == (6, 2, config.num_regions)
+            kept = (output.attention_weights > 0).sum(-1)  # (B, hops)
+            assert (kept <= output.kept_regions).all()

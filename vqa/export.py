@@ -20,6 +20,7 @@ outputs  logits             (B, num_labels)        answer logits
          kept_regions       (B, H) int64           how many regions each question kept per
                                                    head; adaptive k only
 ```
+H counts the fusion heads of every hop (heads x hops, hop after hop; ``vqa.hops``).
 B and L are dynamic (L up to the processor's ``max_question_length``). The fusion mode and k
 are fixed in the graph: export once per mode (``--mode``, ``--k``). An adaptive k (``--k auto``
 or ``budget``) is exported with ``k_max`` slots: ``selected_indices`` is k_max wide and only its

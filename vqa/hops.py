@@ -8,9 +8,11 @@ tokens, steered by the query of hop h and what hop h attended to (MAC's control 
 later hop can look for the object that the earlier one did not find. Every hop uses the same
 ``HybridAttention`` (hard top-k, then soft over its k, in hybrid mode) with its own selection.
 
-:func:`stack_hops` joins the hops' outputs as if they were more heads: weights, scores and
-selections (B, heads * H, 1, N) and one attended vector per hop (B, H, D), so that the reasoner,
-the losses, evaluation and the app read a multi-hop fusion like a multi-head one.
+:func:`stack_hops` joins the hops' outputs as if they were more heads: weights and scores
+(B, heads * H, 1, N), selections (B, heads * H, 1, k) and one attended vector per hop (B, H, D),
+so that the reasoner, the losses, evaluation and the app read a multi-hop fusion like a
+multi-head one. So the pointing loss (data with boxes) pulls every hop toward all of a
+question's targets, as it does every head.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrid_attention import AttentionOutput
@@ -66,10 +69,19 @@ def stack_hops(hops: list[AttentionOutput]) -> AttentionOutput:
 
     Returns:
         output (B, H, D), one attended vector per hop; weights, scores, indices, log_prob,
-        counts and expected_counts joined over the heads (dim 1): (B, heads * H, 1, ...).
+        counts and expected_counts joined over the heads (dim 1), hop after hop:
+        (B, heads * H, 1, ...). With an adaptive k, indices are as wide as the widest hop's.
     """
     if len(hops) == 1:
         return hops[0]
-    fields = ("weights", "scores", "indices", "log_prob", "counts", "expected_counts")
+    fields = ("weights", "scores", "log_prob", "counts", "expected_counts")
     joined = {name: cat_optional([getattr(hop, name) for hop in hops], dim=1) for name in fields}
-    return AttentionOutput(output=torch.cat([hop.output for hop in hops], dim=1), **joined)
+    indices = None
+    if hops[0].indices is not None:
+        # With an adaptive k each hop is as wide as its own largest k: pad to the widest with
+        # region 0; those slots lie past the hop's counts, where the reasoner masks them.
+        width = max(hop.indices.shape[-1] for hop in hops)
+        padded = [F.pad(hop.indices, (0, width - hop.indices.shape[-1])) for hop in hops]
+        indices = torch.cat(padded, dim=1)
+    output = torch.cat([hop.output for hop in hops], dim=1)
+    return AttentionOutput(output=output, indices=indices, **joined)

@@ -193,6 +193,11 @@ def predict_batch(
     best = probabilities.topk(min(top, probabilities.shape[-1]))
     weights = output.attention_weights.float().mean(1).cpu()  # (B, N)
     scores = output.attention_scores.float().mean(1).cpu()  # (B, N)
+    # How many regions to list: every region some head or hop selected (their union), or in
+    # soft mode the top k.
+    listed = [most_kept(used_k)] * len(questions)
+    if output.selected_indices is not None:
+        listed = (weights > 0).sum(-1).tolist()
     kept = [None] * len(questions)  # per question: the regions each fusion head kept
     if output.kept_regions is not None:  # (B, H)
         kept = output.kept_regions.cpu().tolist()
@@ -214,7 +219,7 @@ def predict_batch(
             images.sizes[slot],
             processor.image_size,
             model.config.patch_size,
-            most_kept(used_k),
+            listed[row],
         )
         if sights is not None:
             for region in regions:

@@ -198,7 +198,7 @@ def model_section(run: Path, config: dict, arguments: dict) -> list[str]:
     estimator = "" if mode == "soft" else f", `{config['fusion_estimator']}` estimator"
     parameters = parameter_count(run)
     hops = config.get("fusion_hops", 1)  # configs saved before multi-hop fusion have none
-    hops = f"{hops} hops (each selects its own regions), " if hops > 1 else ""
+    hops = f"{hops} hops (each with its own query), " if hops > 1 else ""
     lines = [
         "## Model",
         "",

@@ -57,7 +57,8 @@ POSITION_SCALE = 0.6  # of the region position embedding: std about 0.3
 
 @dataclass
 class HybridVQAOutput(ModelOutput):
-    """Outputs of :class:`HybridVQAModel` (H = fusion heads, N = regions, k = kept regions).
+    """Outputs of :class:`HybridVQAModel` (H = fusion heads x hops, hop after hop; N = regions;
+    k = kept regions).
 
     Attributes:
         loss: scalar training loss (answer loss, plus the REINFORCE term when it applies).
@@ -450,6 +451,10 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             question: (B, L, D) question tokens, CLS first.
             question_mask: (B, L) 1 for a real token.
             regions: (B, M, D) region tokens after ``region_norm``.
+
+        Returns:
+            The fusion's output for one query per hop: ``output`` (B, hops, D); weights and
+            scores (B, heads * hops, 1, M); in hard and hybrid modes the selections too.
         """
         query = self.query_norm(question[:, :1])  # (B, 1, D)
         hops = [self.fusion(query, regions)]

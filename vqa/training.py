@@ -39,6 +39,9 @@ from vqa.presets import get_preset
 from vqa.run_setup import setup_run
 
 METRICS_FILE = "metrics.json"
+# Config fields that change what the weights mean without changing their shapes (and hops, whose
+# weights a resumed model without them would not load): --resume checks them.
+RESUME_CHECKED = ("fusion_heads", "fusion_hops", "vision_heads", "text_heads")
 
 logger = get_logger(__name__)
 
@@ -365,6 +368,24 @@ def save_epoch(
     save_checkpoint(accelerator, Path(args.output), state, args.keep_checkpoints)
 
 
+def architecture(config: HybridVQAConfig) -> dict:
+    """The config fields that checkpoints record for ``--resume`` to check
+    (``RESUME_CHECKED``): head and hop counts change what the weights mean, not their shapes."""
+    return {name: getattr(config, name) for name in RESUME_CHECKED}
+
+
+def check_architecture(checkpoint: Path, saved: dict, config: HybridVQAConfig) -> None:
+    """Raise a ValueError if the model this command built differs from the checkpoint's in a
+    field of ``RESUME_CHECKED`` (checkpoints from before they were recorded are not checked)."""
+    for name, value in saved.get("architecture", {}).items():
+        if getattr(config, name) != value:
+            raise ValueError(
+                f"{checkpoint} was trained with {name} = {value}, but this command builds "
+                f"{getattr(config, name)}: resume with the model flags the run started with "
+                "(--heads, --hops, --preset)"
+            )
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> None:
     """``accelerator.load_state``, with a ValueError that says what to do when the model this
     command built is not the one the checkpoint holds (a model flag of the run left out or
@@ -402,10 +423,13 @@ def train(args: TrainingArguments) -> dict:
         setup.model, setup.optimizer, setup.loader, setup.scheduler
     )
     accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
-    state = initial_state()
+    config = accelerator.unwrap_model(model).config
+    state = {**initial_state(), "architecture": architecture(config)}
     if checkpoint is not None:
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        check_architecture(checkpoint, saved, config)
         load_checkpoint(accelerator, checkpoint)
-        state = json.loads((checkpoint / STATE_FILE).read_text())
+        state = {**saved, "architecture": architecture(config)}
         # a checkpoint from before a loss series was recorded starts that series mid-epoch
         state["progress"] = {**epoch_progress(), **state["progress"]}
         accelerator.print(f"Resuming from {checkpoint}.")
@@ -429,7 +453,6 @@ def train(args: TrainingArguments) -> dict:
     }
 
     total_steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
-    config = accelerator.unwrap_model(model).config
     while state["epoch"] < args.epochs:
         seconds = train_epoch(
             accelerator, model, loader, optimizer, scheduler, state, args, total_steps

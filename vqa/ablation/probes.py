@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from vqa.modeling import HybridVQAModel
     from vqa.processing import HybridVQAProcessor
 
-FUSION_MODULES = ("fusion", "reasoner", "head")  # the part whose cost depends on the selection
+# The part whose cost depends on the selection (hop_queries: the queries of later hops).
+FUSION_MODULES = ("hop_queries", "fusion", "reasoner", "head")
 LOSS_TAIL = 0.2  # share of the last training steps whose answer loss gives final loss / variance
 
 
