@@ -239,3 +239,29 @@ def test_hops_with_an_adaptive_k_of_their_own_width_join_and_answer(tiny_fields,
             assert output.attention_weights.shape == (6, 2, config.num_regions)
             kept = (output.attention_weights > 0).sum(-1)  # (B, hops)
             assert (kept <= output.kept_regions).all()
+
+
+def test_predict_lists_every_region_that_some_hop_selected(tiny_run, tmp_path):
+    from conftest import run_train_tiny
+    from PIL import Image
+
+    from vqa.inference import load_model, predict
+
+    _, data = tiny_run
+    run = tmp_path / "run"
+    assert run_train_tiny(data, run, "--hops", "2", "--k", "2", "--epochs", "1") == 0
+    model, processor = load_model(run, "cpu")
+    image = Image.open(next((data / "images" / "test").iterdir())).convert("RGB")
+    unions = []
+    for question in ("what colour is the circle?", "is the red object left of the square?"):
+        prediction = predict(model, processor, image, question)
+        assert prediction.kept == [2, 2]  # per hop
+        with torch.no_grad():
+            output = model(**processor([image], [question]))
+        union = set(output.selected_indices[0].flatten().tolist())
+        unions.append(len(union))
+        assert {region["region"] for region in prediction.regions} == union
+        assert len(prediction.regions) == len(union)
+        soft = predict(model, processor, image, question, mode="soft")
+        assert len(soft.regions) == 2  # soft mode lists the top k
+    assert max(unions) > 2  # the hops did not all pick the same two regions
