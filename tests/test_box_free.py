@@ -16,7 +16,7 @@ import pytest
 from test_answers_only import colour_questions_without_boxes
 
 from vqa.arguments import TrainingArguments
-from vqa.box_free import box_free_fields, box_free_training, rows_have_boxes
+from vqa.box_free import box_free_fields, box_free_training, flag_name, rows_have_boxes
 from vqa.configuration import HybridVQAConfig
 from vqa.data.sources import load_vqa_dataset
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
@@ -125,7 +125,7 @@ def test_every_recipe_field_is_a_config_field_and_a_flag() -> None:
     for name, preset in PRESETS.items():
         for field in preset.box_free:
             assert hasattr(HybridVQAConfig(), field), (name, field)
-            assert field in flags, (name, field)
+            assert flag_name(field) in flags, (name, field)
 
 
 def test_the_default_preset_adds_reconstruction_and_contrast_without_boxes() -> None:

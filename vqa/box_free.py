@@ -27,6 +27,21 @@ NOT_APPLIED = {
     "vision_pretrained": "it was measured with the built-in vision encoder only",
 }
 
+# Recipe fields whose flag has another name than the config field.
+FLAG_NAMES = {"fusion_heads": "heads", "fusion_hops": "hops"}
+
+
+def flag_name(field: str) -> str:
+    """The ``TrainingArguments`` field (and, with dashes, the flag) that sets config ``field``."""
+    return FLAG_NAMES.get(field, field)
+
+
+def describe_settings(fields: dict) -> str:
+    """``fields`` as the flags that would set them, e.g. ``--hops 1, --epochs 10``."""
+    return ", ".join(
+        f"--{flag_name(name).replace('_', '-')} {value}" for name, value in fields.items()
+    )
+
 
 def rows_have_boxes(rows: Dataset) -> bool:
     """Whether any row lists objects (``objects_json`` other than ``[]``) or target boxes.
@@ -58,8 +73,7 @@ def box_free_training(preset: Preset, args: object, has_boxes: bool) -> tuple[di
     }
     if not fields:
         return {}, None
-    settings = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in fields.items())
-    return fields, f"without boxes the preset trains with {settings}"
+    return fields, f"without boxes the preset trains with {describe_settings(fields)}"
 
 
 def box_free_fields(preset: Preset, args: object, has_boxes: bool) -> tuple[dict, str | None]:
@@ -80,8 +94,11 @@ def box_free_fields(preset: Preset, args: object, has_boxes: bool) -> tuple[dict
     for name, reason in NOT_APPLIED.items():
         if getattr(args, name):
             return {}, f"{why}; the preset's box-free recipe is not used: {reason}"
-    fields = {name: value for name, value in preset.box_free.items() if getattr(args, name) is None}
+    fields = {
+        name: value
+        for name, value in preset.box_free.items()
+        if getattr(args, flag_name(name)) is None
+    }
     if not fields:
         return {}, f"{why}; your flags replace the preset's box-free recipe"
-    settings = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in fields.items())
-    return fields, f"{why}: the preset's box-free recipe adds {settings}"
+    return fields, f"{why}: the preset's box-free recipe adds {describe_settings(fields)}"

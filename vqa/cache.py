@@ -73,7 +73,7 @@ def training_data_dir(run_dir: str | Path) -> Path | None:
 
 # Bumped when the model's architecture changes, so `vqa demo` trains a new default model
 # instead of loading weights that no longer fit.
-MODEL_VERSION = 4
+MODEL_VERSION = 5
 
 
 def default_model_dir() -> Path:
