@@ -224,8 +224,9 @@ def markdown_table(result: dict) -> str:
 
 def boxes_table(with_boxes: dict, answers_only: dict, seconds: float = 600) -> str:
     """One table of what the defaults reach with boxes and from the answers alone: per mode
-    (and the peer, which never reads boxes), each result's final validation accuracy, pointing
-    and training seconds, and the answers-only accuracy within ``seconds`` of training."""
+    of either result (and the peer, which never reads boxes), each result's final validation
+    accuracy, pointing and training seconds ("–" where a result lacks the mode), and the
+    answers-only accuracy within ``seconds`` of training."""
     header = [
         "mode",
         "with boxes",
@@ -238,10 +239,10 @@ def boxes_table(with_boxes: dict, answers_only: dict, seconds: float = 600) -> s
     ]
     lines = [markdown_row(header), "|---|" + "---:|" * (len(header) - 1)]
     boxed = {row_name(row): row for row in table_rows(with_boxes)}
-    for row in table_rows(answers_only):
-        name = row_name(row)
-        other = boxed.get(name)
-        within = point_within(row.get("curve") or [], seconds)
+    unboxed = {row_name(row): row for row in table_rows(answers_only)}
+    for name in [*boxed, *(name for name in unboxed if name not in boxed)]:
+        other, row = boxed.get(name), unboxed.get(name)
+        within = point_within((row or {}).get("curve") or [], seconds)
         cells = [name]
         for result in (other, row):
             if result is None:

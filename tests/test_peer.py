@@ -234,8 +234,9 @@ def test_boxes_table_puts_each_mode_with_and_without_boxes_on_one_line() -> None
         curve=curve([300, 599, 700], [0.3, 0.43, 0.45]),
     )
     peer = bench_row(model="peer", val_accuracy=0.4, train_seconds=100, curve=curve([100], [0.4]))
+    soft = bench_row(mode="soft", val_accuracy=0.95, pointing_accuracy=1.0, train_seconds=1100)
     table = load_bench_train().boxes_table(
-        {"machine": machine, "results": [boxed]},
+        {"machine": machine, "results": [soft, boxed]},
         {"machine": {**machine, "matmul_gflops": 70}, "results": [answers], "peer": peer},
     )
     lines = table.splitlines()
@@ -253,6 +254,8 @@ def test_boxes_table_puts_each_mode_with_and_without_boxes_on_one_line() -> None
     assert peer_cells[1:4] == ["–", "–", "–"]  # the peer never reads boxes
     assert peer_cells[4:] == ["0.400", "–", "100", "0.400 (100 s)"]
     assert "50 GFLOP/s" in lines[-1] and "70 GFLOP/s" in lines[-1]
+    # a mode measured with boxes only keeps its row, with nothing from the answers alone
+    assert table_row(lines, "soft", "| mode |") == ["soft", "0.950", "1.00", "1100", *["–"] * 4]
 
 
 def test_bench_table_of_another_dataset_has_a_column_per_question_type() -> None:
