@@ -356,7 +356,7 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--retrain",
         action="store_true",
-        help="train a new default model with the default preset (about 10 minutes on 2 cores)",
+        help="train a new default model with the default preset (about 15 minutes on 2 cores)",
     )
     demo.add_argument("--port", type=int, default=7860, help="port of the app (on 127.0.0.1)")
     demo.set_defaults(run=run_demo)

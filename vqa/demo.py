@@ -2,7 +2,7 @@
 
 The default model (``vqa/default_model/``, built by ``scripts/build_default_model.py``) answers
 at once; ``--retrain`` trains a new one with the default preset into the cache instead (about
-10 minutes on 2 cores), and so does a package whose shipped model is missing or was built for
+15 minutes on 2 cores), and so does a package whose shipped model is missing or was built for
 another ``MODEL_VERSION``. The app's example scenes are the default dataset's test split, which
 is generated on its own in seconds (the splits are drawn independently of each other).
 """

@@ -72,7 +72,7 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "default": Preset(
-        description="the embedded default: about 10 minutes on a 2-core CPU",
+        description="the embedded default: about 15 minutes on a 2-core CPU",
         # No dropout: the model does not overfit the scenes within this budget, and dropout
         # costs CPU time. The region attribute loss teaches the ViT what the objects look like
         # and the pointing loss teaches the fusion where to look (docs/experiments.md). A second
