@@ -13,8 +13,8 @@ The JSON goes to ``--out`` (default ``docs/results/bench-train/<preset>.json``).
 ``--answers-only`` trains as ``vqa train`` does on a dataset without boxes: the region
 attribute and pointing losses, the two that read the rows' boxes, are off, and the preset's
 box-free recipe is on (``vqa.box_free``; the default preset's adds the window reconstruction
-and recoloured-view contrast losses, which need only pixels, and trains 10 epochs rather than
-5 unless ``--epochs`` says otherwise) (default ``--out``:
+and recoloured-view contrast losses, which need only pixels, fuses in one hop rather than two,
+and trains 10 epochs rather than 5 unless ``--epochs`` says otherwise) (default ``--out``:
 ``docs/results/bench-train/<preset>-answers-only.json``). Pointing is
 still measured. ``--peer`` also trains the easy-VQA tutorial model (``vqa.peer``) on the same
 data for as many epochs as the modes trained (or ``--peer-epochs``); it never reads boxes
@@ -41,6 +41,7 @@ from vqa.training import TrainingArguments, learning_curve, train
 FAMILIES = ("colour", "shape", "exist", "count", "relate", "compare")
 # The columns of the accuracy-within-seconds table.
 SECONDS = (60, 120, 300, 600)
+PEER_NAME = "peer (easy-VQA tutorial)"
 
 
 def epoch_summary(history: list[dict]) -> dict:
@@ -85,6 +86,8 @@ def bench_mode(mode: str, args: argparse.Namespace, run_dir: Path) -> dict:
         "mode": mode,
         "k": config["fusion_k"],
         "estimator": config["fusion_estimator"],
+        "heads": config["fusion_heads"],
+        "hops": config["fusion_hops"],
         "region_loss_weight": config["region_loss_weight"],
         "pointing_loss_weight": config["pointing_loss_weight"],
         "reconstruction_loss_weight": config["reconstruction_loss_weight"],
@@ -127,7 +130,7 @@ def bench_peer(args: argparse.Namespace, mode_epochs: int | None) -> dict:
 def row_name(row: dict) -> str:
     """How a table names a mode's row or the peer's."""
     if row.get("model") == "peer":
-        return "peer (easy-VQA tutorial)"
+        return PEER_NAME
     return row["mode"] if row["mode"] == "soft" else f"{row['mode']} ({row['estimator']})"
 
 
@@ -240,7 +243,9 @@ def boxes_table(with_boxes: dict, answers_only: dict, seconds: float = 600) -> s
     lines = [markdown_row(header), "|---|" + "---:|" * (len(header) - 1)]
     boxed = {row_name(row): row for row in table_rows(with_boxes)}
     unboxed = {row_name(row): row for row in table_rows(answers_only)}
-    for name in [*boxed, *(name for name in unboxed if name not in boxed)]:
+    peer = [name for name in (*boxed, *unboxed) if name == PEER_NAME][:1]
+    modes = [name for name in dict.fromkeys([*boxed, *unboxed]) if name != PEER_NAME]
+    for name in modes + peer:
         other, row = boxed.get(name), unboxed.get(name)
         within = point_within((row or {}).get("curve") or [], seconds)
         cells = [name]

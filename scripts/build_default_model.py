@@ -1,6 +1,6 @@
 """Build the default model that ships with the package (``vqa/default_model/``).
 
-    python scripts/build_default_model.py            # about 14 minutes on 2 cores
+    python scripts/build_default_model.py            # about 15 minutes on 2 cores
 
 It trains the default preset on the embedded scenes (``vqa train --preset default``), stores
 the weights in float16 (about 4 MB; ``vqa.inference.load_model`` computes in float32), and

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import vqa.presets
 import vqa.training
 from vqa.ablation import (
     PLOT_FILES,
@@ -259,6 +260,16 @@ def test_pointing_loss_weight_zero_trains_every_run_without_it(dataset, tmp_path
     assert "pointing loss" not in (tmp_path / REPORT_FILE).read_text()
     with pytest.raises(ValueError, match=r"pointing_loss_weight was None, now 2\.0"):
         run_ablation(dataclasses.replace(args, pointing_loss_weight=2.0, resume=True))
+
+
+def test_resume_refuses_runs_with_other_hops(dataset, tmp_path, monkeypatch):
+    args = tiny_grid(tmp_path, dataset, modes=["soft"])
+    run_ablation(args)  # the tiny preset fuses in one hop
+    tiny = get_preset("tiny")
+    two_hops = dataclasses.replace(tiny, model={**tiny.model, "fusion_hops": 2})
+    monkeypatch.setitem(vqa.presets.PRESETS, "tiny", two_hops)
+    with pytest.raises(ValueError, match=r"fusion_hops was None, now 2"):
+        run_ablation(dataclasses.replace(args, resume=True))
 
 
 def test_a_negative_pointing_loss_weight_is_refused_before_anything_is_written(dataset, tmp_path):

@@ -94,6 +94,16 @@ def test_answers_only_applies_the_recipe_where_the_rows_have_boxes() -> None:
     assert note.startswith("--answers-only: ")
 
 
+def test_the_default_recipe_fuses_in_one_hop_unless_hops_is_given() -> None:
+    preset = get_preset("default")
+    assert preset.model["fusion_hops"] == 2  # with boxes
+    fields, note = box_free_fields(preset, TrainingArguments(output="x"), False)
+    assert fields["fusion_hops"] == 1 and note.endswith(", --hops 1")
+    fields, note = box_free_fields(preset, TrainingArguments(output="x", hops=2), False)
+    assert "fusion_hops" not in fields and "--hops" not in note
+    assert fields["contrast_loss_weight"] == 1.0  # the rest of the recipe still applies
+
+
 def test_a_flag_wins_over_the_recipe() -> None:
     args = TrainingArguments(output="x", reconstruction_loss_weight=0.0)
     fields, note = box_free_fields(recipe_preset(), args, False)
@@ -252,3 +262,14 @@ def test_an_ablation_records_the_epochs_its_runs_train(preset, epochs, has_boxes
 
     args = AblationArguments(out="out", preset=preset, epochs=epochs)
     assert run_epochs(args, get_preset(preset), has_boxes) == expected
+
+
+@pytest.mark.parametrize(
+    ("preset", "has_boxes", "expected"),
+    [("default", True, 2), ("default", False, 1), ("quick", True, 1), ("quick", False, 1)],
+)
+def test_an_ablation_knows_the_hops_its_runs_train(preset, has_boxes, expected):
+    from vqa.ablation.run import AblationArguments, run_hops
+
+    args = AblationArguments(out="out", preset=preset)
+    assert run_hops(args, get_preset(preset), has_boxes) == expected

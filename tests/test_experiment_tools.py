@@ -67,3 +67,20 @@ def test_flops_refuses_a_config_whose_k_it_would_not_apply(tmp_path, monkeypatch
         SystemExit, match=r"adaptive\.json: flops\.py does not apply the training option 'k'"
     ):
         load("flops").main()
+
+
+def test_an_experiment_records_the_architecture_it_trained(tiny_run, tmp_path):
+    _, data = tiny_run
+    config = {
+        "name": "two-hops",
+        "description": "the tiny preset with two hops",
+        "preset": "tiny",
+        "training": {"hops": 2, "batch_size": 20},
+        "synthetic": {},
+    }
+    result = load("run").run_experiment(config, 40, 0, tmp_path / "run", data=data)
+    assert result["model"]["fusion_hops"] == 2 and result["model"]["fusion_heads"] == 1
+    assert result["model"]["fusion_mode"] == "hybrid"
+    assert [point["questions"] for point in result["curve"]] == [
+        result["train_questions_per_epoch"]
+    ]

@@ -235,9 +235,16 @@ def test_boxes_table_puts_each_mode_with_and_without_boxes_on_one_line() -> None
     )
     peer = bench_row(model="peer", val_accuracy=0.4, train_seconds=100, curve=curve([100], [0.4]))
     soft = bench_row(mode="soft", val_accuracy=0.95, pointing_accuracy=1.0, train_seconds=1100)
+    hard = bench_row(
+        mode="hard", estimator="ste", val_accuracy=0.42, pointing_accuracy=0.2, train_seconds=600
+    )
     table = load_bench_train().boxes_table(
         {"machine": machine, "results": [soft, boxed]},
-        {"machine": {**machine, "matmul_gflops": 70}, "results": [answers], "peer": peer},
+        {
+            "machine": {**machine, "matmul_gflops": 70},
+            "results": [answers, hard],
+            "peer": peer,
+        },
     )
     lines = table.splitlines()
     assert table_row(lines, "hybrid (ste)", "| mode |") == [
@@ -256,6 +263,9 @@ def test_boxes_table_puts_each_mode_with_and_without_boxes_on_one_line() -> None
     assert "50 GFLOP/s" in lines[-1] and "70 GFLOP/s" in lines[-1]
     # a mode measured with boxes only keeps its row, with nothing from the answers alone
     assert table_row(lines, "soft", "| mode |") == ["soft", "0.950", "1.00", "1100", *["–"] * 4]
+    assert table_row(lines, "hard (ste)", "| mode |")[1:5] == ["–", "–", "–", "0.420"]
+    names = [line.split(" | ")[0].lstrip("| ") for line in lines[2:6]]
+    assert names == ["soft", "hybrid (ste)", "hard (ste)", "peer (easy-VQA tutorial)"]
 
 
 def test_bench_table_of_another_dataset_has_a_column_per_question_type() -> None:

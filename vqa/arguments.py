@@ -147,7 +147,8 @@ class TrainingArguments:
     hops: int | None = option(
         None,
         "fusion hops: each later hop queries with another part of the question and selects "
-        "its own k regions, MAC-style (default: the preset's, 1)",
+        "its own k regions, MAC-style (default: the preset's; the default preset's: 2, or 1 "
+        "without boxes)",
     )
     epochs: int | None = option(
         None,

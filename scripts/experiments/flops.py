@@ -30,6 +30,8 @@ MODEL_FIELDS = {
     "vision_conditioning": "vision_conditioning",
     "vision_stem": "vision_stem",
     "mode": "fusion_mode",
+    "heads": "fusion_heads",
+    "hops": "fusion_hops",
 }
 ANSWERS = 17  # the answer vocabulary of the embedded scenes
 

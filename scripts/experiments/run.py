@@ -39,6 +39,15 @@ from vqa.presets import get_preset
 from vqa.training import TrainingArguments, learning_curve, train
 
 FAMILIES = ("colour", "shape", "exist", "count", "relate", "compare")
+# The trained model's architecture, recorded because a preset's defaults change over time
+# (the default preset's fusion_hops went from 1 to 2).
+RECORDED_MODEL_FIELDS = (
+    "fusion_mode",
+    "fusion_estimator",
+    "fusion_k",
+    "fusion_heads",
+    "fusion_hops",
+)
 
 
 def load_config(path: Path) -> dict:
@@ -77,12 +86,14 @@ def run_experiment(
     )
     summary = train(arguments)
     curve = learning_curve(summary["history"])
+    model = json.loads((run_dir / "config.json").read_text())
     return {
         "name": config["name"],
         "description": config["description"],
         "preset": config["preset"],
         "training": config["training"],
         "synthetic": config["synthetic"],
+        "model": {name: model[name] for name in RECORDED_MODEL_FIELDS},
         "data": source,
         "seed": seed,
         "train_questions_per_epoch": per_epoch,

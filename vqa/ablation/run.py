@@ -53,6 +53,7 @@ OPTIONAL_SETTINGS = (
     "region_loss_weight",
     "vision_class_token",
     "encoder_fold",
+    "fusion_hops",
 )
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"
@@ -409,10 +410,11 @@ def run_ablation(args: AblationArguments) -> Path:
     data_dir = resolve_data_dir(args.data, preset, args.progress)
     split = evaluation_split(data_dir)
     splits = load_local_dataset(data_dir, ["train", split])
+    has_boxes = rows_have_boxes(splits["train"])
     settings = {
         "data": args.data,
         "preset": args.preset,
-        "epochs": run_epochs(args, preset, rows_have_boxes(splits["train"])),
+        "epochs": run_epochs(args, preset, has_boxes),
     }
     pointing = loss_weight("pointing_loss_weight", preset, args)
     region = loss_weight("region_loss_weight", preset, args)
@@ -430,6 +432,9 @@ def run_ablation(args: AblationArguments) -> Path:
         settings["vision_class_token"] = True
     if args.encoder_fold:
         settings["encoder_fold"] = True
+    hops = run_hops(args, preset, has_boxes)
+    if hops != 1:
+        settings["fusion_hops"] = hops
     check_settings(out, settings, args.resume)
     write_json(
         out / SETTINGS_FILE,
@@ -466,6 +471,16 @@ def run_epochs(args: AblationArguments, preset: Preset, has_boxes: bool) -> int:
     training = TrainingArguments(output=args.out, epochs=args.epochs)
     fields, _ = box_free_training(preset, training, has_boxes)
     return training.resolved(preset, fields).epochs
+
+
+def run_hops(args: AblationArguments, preset: Preset, has_boxes: bool) -> int:
+    """The fusion hops each run's model has: the preset's, or on rows without boxes its
+    box-free recipe's (the default preset: 2 with boxes, 1 without)."""
+    from vqa.arguments import TrainingArguments
+    from vqa.box_free import box_free_fields
+
+    fields, _ = box_free_fields(preset, TrainingArguments(output=args.out), has_boxes)
+    return fields.get("fusion_hops", preset.model.get("fusion_hops", 1))
 
 
 def class_token(args: AblationArguments) -> bool:
