@@ -243,9 +243,8 @@ def boxes_table(with_boxes: dict, answers_only: dict, seconds: float = 600) -> s
     lines = [markdown_row(header), "|---|" + "---:|" * (len(header) - 1)]
     boxed = {row_name(row): row for row in table_rows(with_boxes)}
     unboxed = {row_name(row): row for row in table_rows(answers_only)}
-    peer = [name for name in (*boxed, *unboxed) if name == PEER_NAME][:1]
-    modes = [name for name in dict.fromkeys([*boxed, *unboxed]) if name != PEER_NAME]
-    for name in modes + peer:
+    names = dict.fromkeys([*boxed, *unboxed])  # each once, in order of appearance
+    for name in sorted(names, key=lambda name: name == PEER_NAME):  # the peer last
         other, row = boxed.get(name), unboxed.get(name)
         within = point_within((row or {}).get("curve") or [], seconds)
         cells = [name]

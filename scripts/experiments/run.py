@@ -86,14 +86,13 @@ def run_experiment(
     )
     summary = train(arguments)
     curve = learning_curve(summary["history"])
-    model = json.loads((run_dir / "config.json").read_text())
     return {
         "name": config["name"],
         "description": config["description"],
         "preset": config["preset"],
         "training": config["training"],
         "synthetic": config["synthetic"],
-        "model": {name: model[name] for name in RECORDED_MODEL_FIELDS},
+        "model": {name: summary["config"][name] for name in RECORDED_MODEL_FIELDS},
         "data": source,
         "seed": seed,
         "train_questions_per_epoch": per_epoch,
