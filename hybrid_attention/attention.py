@@ -7,10 +7,11 @@
 | hybrid | top-k regions, softmax over the selected k only  | softmax backprop + the estimator   |
 
 In hard and hybrid modes the value projection and the aggregation run on the k selected
-regions only. The one exception is ``ste`` or ``gumbel`` while gradients are computed: a
-straight-through gradient tells every region how the output would change if it were kept,
-which needs every region's value, so that path computes the dense (N-wide) form. Its forward
-value is the same.
+regions only. The one exception is ``ste``, ``ste-soft`` or ``gumbel`` while gradients are
+computed: a straight-through gradient tells every region how the output would change if it
+were kept, which needs every region's value, so that path computes the dense (N-wide) form.
+Its forward value is the same. Under ``ste-soft`` that gradient is soft attention's: the
+weights are the mode's plus ``p - p.detach()``, with ``p`` the softmax over every valid region.
 
 ``k`` is an int, or an adaptive rule (``hybrid_attention.adaptive``): :class:`TopP` or
 :class:`LearnedBudget`. Then each row keeps its own number of regions: every row of a batch
@@ -51,6 +52,8 @@ from hybrid_attention.selection import (
 )
 
 MODES = ("soft", "hard", "hybrid")
+# estimators whose gradient reaches every region's score through the dense weights
+STRAIGHT_THROUGH = ("ste", "ste-soft", "gumbel")
 
 
 @dataclass
@@ -223,7 +226,7 @@ class HybridAttention(nn.Module):
             return AttentionOutput(self._merge_heads(out), weights, scores)
 
         selection, slots, expected = self._select(query, scores, valid)
-        if self.estimator in ("ste", "gumbel") and torch.is_grad_enabled():
+        if self.estimator in STRAIGHT_THROUGH and torch.is_grad_enabled():
             weights, out = self._aggregate_straight_through(
                 scores, valid, selection, regions, slots
             )
@@ -296,12 +299,14 @@ class HybridAttention(nn.Module):
         """The dense form whose forward equals ``_aggregate_selected`` and whose backward
         carries the estimator's gradient to every region's score."""
         keep = selection.mask  # (B, H, Lq, N), forward exactly 0/1
+        probs = masked_scores(scores, valid).softmax(-1)
         if self.mode == "hard":
             weights = keep / (self.k if slots is None else slots.sum(-1, keepdim=True))
         else:
-            probs = masked_scores(scores, valid).softmax(-1)
             kept = keep * probs
             weights = kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+        if self.estimator == "ste-soft":  # exactly 0 forward; soft attention's gradient
+            weights = weights + (probs - probs.detach())
         values = self._split_heads(self.v_proj(regions))  # (B, H, N, d)
         return weights, weights.to(values.dtype) @ values
 

@@ -10,6 +10,11 @@ what differs between estimators is how (and whether) a gradient reaches the scor
 - ``reinforce``: when training, a sample of k regions without replacement from
   ``softmax(scores)``; no gradient through the mask, but the Plackett-Luce log-probability of
   the sample, for :func:`reinforce_loss`. Deterministic top-k in eval.
+- ``ste-soft``: straight-through with soft attention as the selection's surrogate. The mask
+  itself is plain top-k (no gradient, as ``none``); ``HybridAttention`` adds the gradient that
+  soft attention over every valid region would have, so a region outside the top k learns as
+  fast as under soft attention instead of through a relaxed mask times its small weight.
+  Where there is no attention weighting (``TokenSelector``) it is ``ste``.
 - ``none``: plain top-k, no gradient through the selection.
 """
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-ESTIMATORS = ("ste", "gumbel", "reinforce", "none")
+ESTIMATORS = ("ste", "ste-soft", "gumbel", "reinforce", "none")
 
 
 @dataclass

@@ -89,7 +89,8 @@ class TokenSelector(nn.Module):
             valid tokens, since every row keeps the same k). ``keep=1`` keeps one token,
             ``keep=1.0`` all of them. When k is every token the output is the input.
         query_dim: width of the query (default: ``dim``).
-        estimator: gradient estimator of the selection, one of ``ESTIMATORS``.
+        estimator: gradient estimator of the selection, one of ``ESTIMATORS`` (``ste-soft``
+            works as ``ste`` here).
         tau: temperature of the relaxed softmax used by ``ste`` and ``gumbel``.
         fold: append one token, the softmax(scores)-weighted mean of the dropped tokens.
         num_prefix: leading tokens (CLS, registers) that are always kept and never scored.
@@ -193,6 +194,8 @@ class TokenSelector(nn.Module):
         """
         valid = self._check_inputs(tokens, query, scores, key_padding_mask)  # (B, N) or None
         estimator = self.estimator if estimator is None else check_estimator(estimator)
+        if estimator == "ste-soft":  # no attention weighting here to take a soft gradient from
+            estimator = "ste"
         batch = tokens.shape[0]
         prefix, scored = tokens[:, : self.num_prefix], tokens[:, self.num_prefix :]
         if scores is None:

@@ -197,6 +197,29 @@ def test_ste_gives_gradient_to_scores_of_non_selected_regions():
     assert (out.scores.grad[not_selected] != 0).all()
 
 
+@pytest.mark.parametrize("mode", ["hard", "hybrid"])
+def test_ste_soft_gives_non_selected_regions_the_gradient_of_soft_attention(mode):
+    query, regions = make_inputs()
+    padding = make_padding(2, 10, [10, 6])
+    upstream = torch.randn(2, 3, QUERY_DIM, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for estimator, attn in [
+        ("ste-soft", make_attention(mode=mode, k=2, estimator="ste-soft")),
+        ("ste", make_attention(mode=mode, k=2, estimator="ste")),
+        ("soft", make_attention(mode="soft")),
+    ]:
+        out = attn(query, regions, padding)
+        out.scores.retain_grad()
+        (out.output * upstream).sum().backward()
+        outputs[estimator] = out
+    surrogate, straight, soft = outputs["ste-soft"], outputs["ste"], outputs["soft"]
+    torch.testing.assert_close(surrogate.output, straight.output)
+    torch.testing.assert_close(surrogate.weights, straight.weights)
+    outside = ~selected_mask(surrogate.indices, 10) & ~padding[:, None, None, :]
+    torch.testing.assert_close(surrogate.scores.grad[outside], soft.scores.grad[outside])
+    assert not torch.allclose(straight.scores.grad[outside], soft.scores.grad[outside])
+
+
 def test_none_estimator_gives_no_gradient_to_scores_of_non_selected_regions():
     attn = make_attention(mode="hybrid", k=2, estimator="none")
     out = attn(*make_inputs())

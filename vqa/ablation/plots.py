@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MODE_COLOURS = {"soft": "tab:blue", "hard": "tab:orange", "hybrid": "tab:green"}
-ESTIMATOR_MARKERS = {"ste": "o", "gumbel": "s", "reinforce": "^", "none": "x", SOFT_ESTIMATOR: "D"}
+ESTIMATOR_MARKERS = {
+    "ste": "o",
+    "ste-soft": "v",
+    "gumbel": "s",
+    "reinforce": "^",
+    "none": "x",
+    SOFT_ESTIMATOR: "D",
+}
 RULE_MARKERS = {"top_p": "*", "budget": "P"}  # adaptive-k points of accuracy vs mean k
 GALLERY_QUESTIONS = 4
 
