@@ -273,3 +273,45 @@ def test_an_ablation_knows_the_hops_its_runs_train(preset, has_boxes, expected):
 
     args = AblationArguments(out="out", preset=preset)
     assert run_hops(args, get_preset(preset), has_boxes) == expected
+
+
+def test_an_ablation_answers_only_trains_with_the_recipe_where_the_rows_have_boxes():
+    from vqa.ablation.run import AblationArguments, recipe_fields, run_epochs, run_hops
+
+    preset = get_preset("default")
+    args = AblationArguments(out="out", preset="default", answers_only=True)
+    assert run_epochs(args, preset, has_boxes=True) == 10
+    assert run_hops(args, preset, has_boxes=True) == 1
+    assert recipe_fields(args, preset, has_boxes=True) == preset.box_free
+    assert recipe_fields(AblationArguments(out="out", preset="default"), preset, True) == {}
+
+
+class TrainCalled(Exception):
+    """Raised by the stand-in for ``train`` once it has seen its arguments."""
+
+
+def test_an_answers_only_ablation_run_trains_answers_only(monkeypatch) -> None:
+    import vqa.training
+    from vqa.ablation.run import AblationArguments, grid, measure_run
+
+    seen = []
+
+    def record(training_args):
+        seen.append(training_args)
+        raise TrainCalled
+
+    monkeypatch.setattr(vqa.training, "train", record)
+    args = AblationArguments(
+        out="out",
+        preset="default",
+        modes=["hybrid"],
+        seeds=[0],
+        estimators=["ste"],
+        pointing_loss_weight=0.0,
+        region_loss_weight=0.0,
+        answers_only=True,
+    )
+    with pytest.raises(TrainCalled):
+        measure_run(grid(args)[0], args, None, None)
+    assert seen[0].answers_only
+    assert seen[0].region_loss_weight == seen[0].pointing_loss_weight == 0

@@ -280,7 +280,8 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
         "--answers-only",
         action="store_true",
         help="no loss that reads a box (region attribute and pointing weights 0): every run "
-        "learns from the answers alone, as on data without boxes",
+        "learns from the answers alone with the preset's box-free recipe, as on data without "
+        "boxes (the default preset's; quick has none)",
     )
     ablate.add_argument(
         "--preset", default="quick", help="quick (2-core CPU, 20 min) | full (GPU) | tiny"
@@ -322,6 +323,7 @@ def run_ablate(args: argparse.Namespace) -> None:
             k_max=args.k_max,
             epochs=args.epochs,
             **ablation_loss_weights(args),
+            answers_only=args.answers_only,
             resume=args.resume,
             progress=not args.no_progress,
         )

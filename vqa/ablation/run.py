@@ -54,6 +54,8 @@ OPTIONAL_SETTINGS = (
     "vision_class_token",
     "encoder_fold",
     "fusion_hops",
+    "reconstruction_loss_weight",
+    "contrast_loss_weight",
 )
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"
@@ -110,6 +112,9 @@ class AblationArguments:
         region_loss_weight: weight of the region attribute loss in every run (None: the
             preset's, 1 in ``quick``). With it and the pointing loss at 0, nothing reads a box:
             every run learns from the answers alone, as on data without boxes.
+        answers_only: every run trains as ``vqa train --answers-only`` does: no loss that
+            reads a box, and the preset's box-free recipe (the default preset's; ``quick``
+            has none) even where the rows have boxes. The two loss weights must then be 0.
         resume: skip the runs already in ``results.csv`` and finish a half-trained run.
         progress: show the overall progress bar and each run's own bars.
         grad_repeats: passes R of the score-gradient measurements.
@@ -134,6 +139,7 @@ class AblationArguments:
     epochs: int | None = None
     pointing_loss_weight: float | None = None
     region_loss_weight: float | None = None
+    answers_only: bool = False
     resume: bool = False
     progress: bool = True
     grad_repeats: int = 8
@@ -435,6 +441,9 @@ def run_ablation(args: AblationArguments) -> Path:
     hops = run_hops(args, preset, has_boxes)
     if hops != 1:
         settings["fusion_hops"] = hops
+    for name, value in recipe_fields(args, preset, has_boxes).items():
+        if name != "fusion_hops":  # recorded above, where it is not 1
+            settings[name] = value
     check_settings(out, settings, args.resume)
     write_json(
         out / SETTINGS_FILE,
@@ -468,19 +477,29 @@ def run_epochs(args: AblationArguments, preset: Preset, has_boxes: bool) -> int:
     from vqa.arguments import TrainingArguments
     from vqa.box_free import box_free_training
 
-    training = TrainingArguments(output=args.out, epochs=args.epochs)
+    training = TrainingArguments(
+        output=args.out, epochs=args.epochs, answers_only=args.answers_only
+    )
     fields, _ = box_free_training(preset, training, has_boxes)
     return training.resolved(preset, fields).epochs
 
 
 def run_hops(args: AblationArguments, preset: Preset, has_boxes: bool) -> int:
-    """The fusion hops each run's model has: the preset's, or on rows without boxes its
-    box-free recipe's (the default preset: 2 with boxes, 1 without)."""
+    """The fusion hops each run's model has: the preset's, or on rows without boxes (or with
+    ``answers_only``) its box-free recipe's (the default preset: 2 with boxes, 1 without)."""
+    fields = recipe_fields(args, preset, has_boxes)
+    return fields.get("fusion_hops", preset.model.get("fusion_hops", 1))
+
+
+def recipe_fields(args: AblationArguments, preset: Preset, has_boxes: bool) -> dict:
+    """The preset's box-free ``HybridVQAConfig`` fields that every run's model trains with:
+    on rows without boxes, or with ``answers_only`` (``vqa.box_free.box_free_fields``)."""
     from vqa.arguments import TrainingArguments
     from vqa.box_free import box_free_fields
 
-    fields, _ = box_free_fields(preset, TrainingArguments(output=args.out), has_boxes)
-    return fields.get("fusion_hops", preset.model.get("fusion_hops", 1))
+    training = TrainingArguments(output=args.out, answers_only=args.answers_only)
+    fields, _ = box_free_fields(preset, training, has_boxes)
+    return fields
 
 
 def class_token(args: AblationArguments) -> bool:
@@ -555,6 +574,7 @@ def measure_run(
             epochs=args.epochs,
             pointing_loss_weight=args.pointing_loss_weight,
             region_loss_weight=args.region_loss_weight,
+            answers_only=args.answers_only,
             seed=spec.seed,
             resume=args.resume and (run_dir / CHECKPOINT_DIR).is_dir(),
             progress=args.progress,
