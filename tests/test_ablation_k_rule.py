@@ -401,6 +401,21 @@ def test_the_fixed_k_reference_is_interpolated_seed_by_seed(tmp_path):
     assert equal_cost_accuracy(top_p, curve) is None  # a mean k of 2 is below k = 4
 
 
+def test_the_fixed_k_reference_is_placed_by_the_regions_each_fixed_run_used(tmp_path):
+    # Two hops: each fixed run's selections together cover more than its k.
+    stats = aggregate(read_results(write_results(tmp_path / RESULTS_FILE, CONSTRUCTED)))
+    top_p = next(entry for entry in stats if entry.get("top_p") == 0.5)
+    curve = [
+        {**entry, "values": {**entry["values"], "regions_used": (2.0 * entry["k"],) * 3}}
+        for entry in fixed_curve(top_p, stats)
+    ]
+    at_eight = {**top_p, "values": {**top_p["values"], "regions_used": (8.0, 8.0, 8.0)}}
+    below = {**top_p, "values": {**top_p["values"], "regions_used": (5.0, 6.0, 7.0)}}
+    lowest = curve[0]["values"]["accuracy"]
+    assert equal_cost_accuracy(at_eight, curve) == pytest.approx(lowest)
+    assert equal_cost_accuracy(below, curve) is None  # below the 8 regions that k = 4 used
+
+
 def test_an_adaptive_rule_is_its_own_configuration_beside_fixed_k_max(tmp_path):
     stats = aggregate(read_results(write_results(tmp_path / RESULTS_FILE, CONSTRUCTED)))
     at_eight = [

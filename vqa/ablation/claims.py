@@ -180,7 +180,11 @@ def fixed_curve(adaptive: dict, stats: Sequence[dict]) -> list[dict]:
 
 def equal_cost_accuracy(adaptive: dict, curve: Sequence[dict]) -> tuple[float, ...] | None:
     """Per seed (lowest first), the accuracy of fixed k at the mean k that ``adaptive`` kept
-    with that seed: linear in k between the two fixed k around it, same seed.
+    with that seed: linear between the two fixed configurations around it, same seed.
+
+    Both sides are placed by the regions they used (``regions_used``): with one head and one
+    hop a fixed configuration's is its k, with several it is the union of their selections,
+    which is what an adaptive configuration's mean k counts too.
 
     Args:
         adaptive: an aggregated adaptive-k configuration (its ``regions_used`` is its mean k).
@@ -188,18 +192,29 @@ def equal_cost_accuracy(adaptive: dict, curve: Sequence[dict]) -> tuple[float, .
 
     Returns:
         One accuracy per seed of ``adaptive``; None when a seed's mean k is outside the
-        fixed k of ``curve``, or a fixed configuration lacks that seed.
+        regions the fixed configurations of ``curve`` used, or one of them lacks that seed.
     """
     import numpy as np
 
-    ks = [entry["k"] for entry in curve]
-    accuracies = [entry["values"]["accuracy"] for entry in curve]
     references = []
     for seed, mean_k in enumerate(adaptive["values"].get("regions_used", ())):
-        if not ks or not ks[0] <= mean_k <= ks[-1] or min(map(len, accuracies)) <= seed:
+        if not curve or any(len(entry["values"]["accuracy"]) <= seed for entry in curve):
             return None
-        references.append(float(np.interp(mean_k, ks, [values[seed] for values in accuracies])))
+        points = sorted(
+            (regions_of(entry, seed), entry["values"]["accuracy"][seed]) for entry in curve
+        )
+        costs, accuracies = zip(*points, strict=True)
+        if not costs[0] <= mean_k <= costs[-1]:
+            return None
+        references.append(float(np.interp(mean_k, costs, accuracies)))
     return tuple(references) or None
+
+
+def regions_of(entry: dict, seed: int) -> float:
+    """The regions a fixed-k configuration used with its ``seed``-th seed (its k where
+    results.csv has no ``regions_used``)."""
+    used = entry["values"].get("regions_used", ())
+    return float(used[seed]) if len(used) > seed else float(entry["k"])
 
 
 def family_column(entry: dict, family: str) -> str | None:

@@ -75,9 +75,11 @@ DEFINITIONS = f"""\
 - **entropy**: entropy in nats of the head-averaged attention weights over the N regions
   (log k for hard attention, at most log N).
 - **regions used**: regions with a non-zero weight (of the head-averaged weights: with
-  several fusion heads, the regions that any head kept). Per question this is its k, so its
-  mean is the **mean k**; `regions_used_<type>` and `regions_spread_<type>` in results.csv
-  are its mean and its standard deviation over the questions of each type, and
+  several fusion heads or hops, the regions that any head or hop kept). With one head and one
+  hop this is the question's k, so its mean is the **mean k**; the fixed-k reference of an
+  adaptive rule is placed by the regions each fixed run used, so that both count the same;
+  `regions_used_<type>` and `regions_spread_<type>` in results.csv are its mean and its
+  standard deviation over the questions of each type, and
   `runs/<name>/regions_used.json` its distribution (questions per number of regions).
 - **k rule** (`k_rule`, `top_p`, `k_penalty` in results.csv): how many regions hard and hybrid
   runs keep: a fixed k; `top_p=P k_max=K`, per question the fewest regions whose attention
