@@ -315,3 +315,12 @@ def test_an_answers_only_ablation_run_trains_answers_only(monkeypatch) -> None:
         measure_run(grid(args)[0], args, None, None)
     assert seen[0].answers_only
     assert seen[0].region_loss_weight == seen[0].pointing_loss_weight == 0
+
+
+def test_an_answers_only_ablation_turns_the_box_losses_off() -> None:
+    from vqa.ablation.run import AblationArguments
+
+    args = AblationArguments(out="out", answers_only=True)
+    assert args.pointing_loss_weight == args.region_loss_weight == 0
+    with pytest.raises(ValueError, match="region_loss_weight 1"):
+        AblationArguments(out="out", answers_only=True, region_loss_weight=1.0)

@@ -114,7 +114,7 @@ class AblationArguments:
             every run learns from the answers alone, as on data without boxes.
         answers_only: every run trains as ``vqa train --answers-only`` does: no loss that
             reads a box, and the preset's box-free recipe (the default preset's; ``quick``
-            has none) even where the rows have boxes. The two loss weights must then be 0.
+            has none) even where the rows have boxes. The two loss weights are then 0.
         resume: skip the runs already in ``results.csv`` and finish a half-trained run.
         progress: show the overall progress bar and each run's own bars.
         grad_repeats: passes R of the score-gradient measurements.
@@ -144,6 +144,19 @@ class AblationArguments:
     progress: bool = True
     grad_repeats: int = 8
     probe_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        """With ``answers_only``, the box losses' unset weights become 0 (a positive one is a
+        ValueError), so that ablation.json records what the runs train with."""
+        if not self.answers_only:
+            return
+        for name in ("pointing_loss_weight", "region_loss_weight"):
+            value = getattr(self, name)
+            if value:
+                raise ValueError(
+                    f"answers_only turns every box-reading loss off, but {name} {value:g}"
+                )
+            setattr(self, name, 0.0)
 
 
 @dataclass(frozen=True)
