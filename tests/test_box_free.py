@@ -322,5 +322,5 @@ def test_an_answers_only_ablation_turns_the_box_losses_off() -> None:
 
     args = AblationArguments(out="out", answers_only=True)
     assert args.pointing_loss_weight == args.region_loss_weight == 0
-    with pytest.raises(ValueError, match="region_loss_weight 1"):
+    with pytest.raises(ValueError, match="--region-loss-weight 1"):
         AblationArguments(out="out", answers_only=True, region_loss_weight=1.0)

@@ -367,7 +367,7 @@ class TrainingArguments:
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if self.answers_only:
-            self.turn_off_box_losses()
+            turn_off_box_losses(self)
         ratio = self.reconstruction_mask_ratio
         if ratio is not None and not 0 <= ratio < 1:
             raise ValueError(f"reconstruction_mask_ratio must be in [0, 1), got {ratio!r}")
@@ -409,18 +409,6 @@ class TrainingArguments:
                 f"reinforce_baseline must be one of {REINFORCE_BASELINES}, got "
                 f"{self.reinforce_baseline!r}"
             )
-
-    def turn_off_box_losses(self) -> None:
-        """``--answers-only``: the region attribute and pointing weights 0; a positive one
-        contradicts it (ValueError)."""
-        for name in ("region_loss_weight", "pointing_loss_weight"):
-            value = getattr(self, name)
-            if value:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(
-                    f"--answers-only turns every box-reading loss off, but {flag} {value:g}"
-                )
-            setattr(self, name, 0.0)
 
     def resolved(self, preset: Preset, overrides: dict | None = None) -> TrainingArguments:
         """A copy whose unset epochs / batch size / lr come from ``overrides`` (for example
@@ -492,3 +480,17 @@ def from_namespace(cls: type[DataclassT], args: argparse.Namespace, **overrides:
     """The dataclass ``cls`` built from the flags that :func:`add_arguments` added."""
     values = {item.name: getattr(args, item.name) for item in dataclasses.fields(cls)}
     return cls(**{**values, **overrides})
+
+
+def turn_off_box_losses(args: object) -> None:
+    """Set ``args``' region attribute and pointing loss weights to 0, as ``--answers-only``
+    does (``TrainingArguments``, ``vqa.ablation.AblationArguments``); a positive one
+    contradicts it: a ValueError that names its flag."""
+    for name in ("region_loss_weight", "pointing_loss_weight"):
+        value = getattr(args, name)
+        if value:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"--answers-only turns every box-reading loss off, but {flag} {value:g}"
+            )
+        setattr(args, name, 0.0)

@@ -322,7 +322,8 @@ def run_ablate(args: argparse.Namespace) -> None:
             k_penalty=args.k_penalty,
             k_max=args.k_max,
             epochs=args.epochs,
-            **ablation_loss_weights(args),
+            pointing_loss_weight=args.pointing_loss_weight,
+            region_loss_weight=args.region_loss_weight,
             answers_only=args.answers_only,
             resume=args.resume,
             progress=not args.no_progress,
@@ -584,24 +585,6 @@ def run_demo(args: argparse.Namespace) -> None:
     from vqa.demo import run_demo as demo
 
     demo(retrain=args.retrain, port=args.port)
-
-
-def ablation_loss_weights(args: argparse.Namespace) -> dict:
-    """``pointing_loss_weight`` and ``region_loss_weight`` of ``vqa ablate``'s flags: both 0
-    with ``--answers-only``, which a positive weight contradicts."""
-    weights = {
-        "pointing_loss_weight": args.pointing_loss_weight,
-        "region_loss_weight": args.region_loss_weight,
-    }
-    if not args.answers_only:
-        return weights
-    for name, value in weights.items():
-        if value:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(
-                f"--answers-only turns every box-reading loss off, but {flag} {value:g}"
-            )
-    return dict.fromkeys(weights, 0.0)
 
 
 def run_export(args: argparse.Namespace) -> None:

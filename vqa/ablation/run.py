@@ -148,15 +148,10 @@ class AblationArguments:
     def __post_init__(self) -> None:
         """With ``answers_only``, the box losses' unset weights become 0 (a positive one is a
         ValueError), so that ablation.json records what the runs train with."""
-        if not self.answers_only:
-            return
-        for name in ("pointing_loss_weight", "region_loss_weight"):
-            value = getattr(self, name)
-            if value:
-                raise ValueError(
-                    f"answers_only turns every box-reading loss off, but {name} {value:g}"
-                )
-            setattr(self, name, 0.0)
+        from vqa.arguments import turn_off_box_losses
+
+        if self.answers_only:
+            turn_off_box_losses(self)
 
 
 @dataclass(frozen=True)
