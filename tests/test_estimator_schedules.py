@@ -18,7 +18,7 @@ from hybrid_attention import HybridAttention, TokenSelector, reinforce_loss, sel
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import load_local_dataset
 from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
-from vqa.estimators import annealed_tau, scheduled_entropy_weight
+from vqa.estimators import annealed_k, annealed_tau, check_k_schedule, scheduled_entropy_weight
 from vqa.modeling import HybridVQAModel
 from vqa.processing import QUESTION_GROUPS, HybridVQAProcessor, VQACollator, question_group
 from vqa.training import TrainingArguments, train
@@ -58,9 +58,29 @@ def test_the_entropy_weight_is_constant_or_decays_to_zero_at_the_last_step():
         scheduled_entropy_weight("step", 0.02, 0, 5)
 
 
+def test_k_shrinks_geometrically_to_the_models_k_over_its_share_of_the_steps():
+    ks = [annealed_k(64, 16, 0.5, step, 5) for step in range(6)]
+    assert ks == [64, 32, 16, 16, 16, 16]  # 64 * (1/4) ** (progress / 0.5), then 16
+    assert [annealed_k(16, 4, 1.0, step, 3) for step in range(3)] == [16, 8, 4]
+    assert annealed_k(None, 16, 0.5, 0, 5) == 16  # no --k-start: the model's k throughout
+    assert annealed_k(64, 16, 0.0, 0, 5) == 16  # no share of the steps to shrink over
+
+
+def test_a_k_schedule_the_fusion_cannot_follow_is_refused():
+    check_k_schedule(None, 4, "top_p", 16)
+    check_k_schedule(16, 4, "fixed", 16)
+    with pytest.raises(ValueError, match="fusion_k_rule is 'budget'"):
+        check_k_schedule(16, 4, "budget", 16)
+    for start in (3, 17):
+        with pytest.raises(ValueError, match=rf"fusion_k \(4\) .* regions \(16\), got {start}"):
+            check_k_schedule(start, 4, "fixed", 16)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
+        ("k_start", 0, "k_start must be >= 1"),
+        ("k_anneal", 1.5, r"k_anneal must be in \[0, 1\]"),
         ("tau_final", 0.0, "tau_final must be > 0"),
         ("entropy_schedule", "step", "entropy_schedule must be one of"),
         ("reinforce_baseline", "answer", "reinforce_baseline must be one of"),
@@ -117,7 +137,7 @@ def test_reinforce_subtracts_each_questions_type_baseline_and_the_scheduled_entr
     model = reinforce_model(tiny_fields)
     model.baseline.group_value[[3, 7]] = torch.tensor([-1.0, -5.0])
     model.baseline.group_initialized[[3, 7]] = True
-    model.set_schedule(tau=0.5, entropy_weight=0.3)
+    model.set_schedule(tau=0.5, entropy_weight=0.3, k=None)
     output = model(**tiny_batch(), question_group=torch.tensor([3, 3, 7, 7]))
     policy = reinforce_loss(
         output.log_prob,
@@ -157,8 +177,11 @@ def test_eval_and_inference_need_no_question_group(tiny_fields):
 
 def test_set_schedule_reaches_the_fusion_and_the_encoders_selector(tiny_fields):
     model = reinforce_model(tiny_fields, encoder_select_after=0, encoder_k=8)
-    model.set_schedule(tau=0.25, entropy_weight=0.0)
+    model.set_schedule(tau=0.25, entropy_weight=0.0, k=3)
     assert model.fusion.tau == model.encoder_selector.tau == 0.25
+    assert model.fusion.k == 3 and model.config.fusion_k == 4
+    model.set_schedule(tau=0.25, entropy_weight=0.0, k=None)
+    assert model.fusion.k == 4
     assert model.entropy_weight == 0.0
     assert model.config.fusion_tau == 1.0  # the config keeps the starting value
 
@@ -217,6 +240,38 @@ def test_gumbel_anneals_tau_in_the_fusion_and_the_encoders_selector(
     assert [record["tau"] for record in history(tmp_path / "run")] == [expected[5], 0.1]
 
 
+def test_hybrid_shrinks_its_k_while_training_and_validates_with_its_own_k(
+    dataset, tmp_path, train_tiny, monkeypatch
+):
+    ks: dict[bool, list[int]] = {True: [], False: []}  # training, validation
+    forward = HybridAttention.forward
+
+    def recording(self, *args, **kwargs):
+        ks[self.training].append(self.k)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(HybridAttention, "forward", recording)
+    options = ("--epochs", "2", "--batch-size", "8", "--k-start", "16", "--k-anneal", "0.75")
+    assert train_tiny(dataset, tmp_path / "run", *options) == 0
+    expected = [annealed_k(16, 4, 0.75, step, 12) for step in range(12)]
+    assert expected[0] == 16 and expected[-1] == 4 and len(set(expected)) > 4
+    assert ks[True] == expected
+    assert ks[False] and set(ks[False]) == {4}  # the tiny preset's fusion_k
+    assert [record["k"] for record in history(tmp_path / "run")] == [expected[5], 4]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["fusion_k"] == 4
+
+
+def test_k_start_with_an_adaptive_k_rule_is_refused_before_training(
+    dataset, tmp_path, train_tiny, capsys
+):
+    assert train_tiny(dataset, tmp_path / "run", "--k", "auto", "--k-start", "16") != 0
+    assert "--k-start anneals a fixed k; the model's fusion_k_rule is 'top_p'" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 def recording_tau(forward, taus: list[float]):
     """``forward`` of a selection module that appends its tau to ``taus`` while training."""
 
@@ -231,16 +286,16 @@ def recording_tau(forward, taus: list[float]):
 def test_a_resumed_run_continues_the_schedules_and_the_type_baseline_exactly(
     dataset, tmp_path, monkeypatch
 ):
-    used: list[tuple[float, float]] = []  # (tau, entropy weight) of each training step
+    used: list[tuple] = []  # (tau, k, entropy weight) of each training step
     forward, loss = HybridAttention.forward, vqa.modeling.reinforce_loss
 
     def recording_forward(self, *args, **kwargs):
         if self.training:
-            used.append((self.tau, None))
+            used.append((self.tau, self.k, None))
         return forward(self, *args, **kwargs)
 
     def recording_loss(*args, entropy_weight, **kwargs):
-        used[-1] = (used[-1][0], entropy_weight)
+        used[-1] = (*used[-1][:2], entropy_weight)
         return loss(*args, entropy_weight=entropy_weight, **kwargs)
 
     monkeypatch.setattr(HybridAttention, "forward", recording_forward)
@@ -256,6 +311,7 @@ def test_a_resumed_run_continues_the_schedules_and_the_type_baseline_exactly(
             batch_size=8,
             estimator="reinforce",
             tau_final=0.1,
+            k_start=16,
             entropy_schedule="cosine",
             save_every_steps=2,
             seed=3,
@@ -277,10 +333,11 @@ def test_a_resumed_run_continues_the_schedules_and_the_type_baseline_exactly(
 
     assert len(used) == 12 and len(before) == 8
     assert before + resumed == used
-    assert used[-1] == (pytest.approx(0.1), 0.0)
+    assert used[0][1] == 16 and used[-1] == (pytest.approx(0.1), 4, 0.0)
     for after, uninterrupted in zip(history(killed), history(whole), strict=True):
         assert after["tau"] == uninterrupted["tau"]
         assert after["entropy_weight"] == uninterrupted["entropy_weight"]
+        assert after["k"] == uninterrupted["k"]
         assert after["step_losses"] == pytest.approx(uninterrupted["step_losses"], abs=1e-6)
     last = "checkpoint/step-00000012/model.safetensors"
     a, b = load_file(killed / last), load_file(whole / last)

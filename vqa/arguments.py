@@ -307,6 +307,19 @@ class TrainingArguments:
         metavar="TAU",
         group="estimator training",
     )
+    k_start: int | None = option(
+        None,
+        "hard and hybrid runs start with the fusion keeping K regions (up to all of them, "
+        "where hybrid is soft) and shrink it geometrically to the model's fusion_k over the "
+        "first --k-anneal of the steps (default: the model's k throughout)",
+        metavar="K",
+        group="estimator training",
+    )
+    k_anneal: float = option(
+        0.5,
+        "share of the training steps over which --k-start shrinks to the model's fusion_k",
+        group="estimator training",
+    )
     entropy_schedule: str = option(
         "linear",
         "REINFORCE's entropy bonus: the model's reinforce_entropy_weight throughout, or "
@@ -399,6 +412,10 @@ class TrainingArguments:
             raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
         if self.tau_final is not None and not self.tau_final > 0:
             raise ValueError(f"tau_final must be > 0, got {self.tau_final!r}")
+        if self.k_start is not None and self.k_start < 1:
+            raise ValueError(f"k_start must be >= 1, got {self.k_start!r}")
+        if not 0.0 <= self.k_anneal <= 1.0:
+            raise ValueError(f"k_anneal must be in [0, 1], got {self.k_anneal!r}")
         if self.entropy_schedule not in ENTROPY_SCHEDULES:
             raise ValueError(
                 f"entropy_schedule must be one of {ENTROPY_SCHEDULES}, got "

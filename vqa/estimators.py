@@ -1,5 +1,5 @@
 """How the selection's estimators train: REINFORCE's reward baseline and entropy schedule,
-and the annealing of the relaxed selection's temperature (ste, gumbel).
+the annealing of the relaxed selection's temperature (ste, gumbel) and of the fusion's k.
 
 The schedules are pure functions of the optimizer step, so that a resumed run continues them
 exactly where it stopped:
@@ -10,6 +10,11 @@ exactly where it stopped:
 - REINFORCE's entropy bonus (``--entropy-schedule``): the config's
   ``reinforce_entropy_weight`` throughout (``constant``), or decayed from it to 0 at the last
   step, ``linear``-ly or along a half ``cosine``: explore early, exploit late.
+- the fusion's k (``--k-start``, ``--k-anneal``): from a larger k, up to every region (where
+  hybrid attention is soft attention), shrinking geometrically to the model's ``fusion_k`` over
+  the first share of the steps. Unlike ``--soft-warmup``, which switches modes at one step, the
+  selection narrows gradually, so the scores learn which regions matter before the top k
+  excludes the rest.
 """
 
 from __future__ import annotations
@@ -46,3 +51,30 @@ def scheduled_entropy_weight(schedule: str, start: float, step: int, total_steps
     if schedule == "cosine":
         return start * (1.0 + math.cos(math.pi * progress)) / 2.0
     return start
+
+
+def annealed_k(start: int | None, final: int, share: float, step: int, total_steps: int) -> int:
+    """The fusion's k at ``step``: from ``start`` at the first step to ``final`` at the
+    ``share`` of the steps, geometrically (``start * (final / start) ** (progress / share)``,
+    rounded), and ``final`` from there on; ``final`` throughout when ``start`` is None."""
+    if start is None or share == 0:
+        return final
+    progress = min(training_progress(step, total_steps) / share, 1.0)
+    return round(start * (final / start) ** progress)
+
+
+def check_k_schedule(start: int | None, final: int, rule: str, regions: int) -> None:
+    """Refuse a ``--k-start`` that the model's fusion cannot anneal from: an adaptive k rule
+    (no single k), or a start outside ``final..regions``."""
+    if start is None:
+        return
+    if rule != "fixed":
+        raise ValueError(
+            f"--k-start anneals a fixed k; the model's fusion_k_rule is {rule!r} (its k adapts "
+            "per question already)"
+        )
+    if not final <= start <= regions:
+        raise ValueError(
+            f"--k-start must be between the model's fusion_k ({final}) and its number of "
+            f"regions ({regions}), got {start}"
+        )

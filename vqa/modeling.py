@@ -280,10 +280,12 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             "top_p": config.fusion_top_p,
         }
 
-    def set_schedule(self, *, tau: float, entropy_weight: float) -> None:
+    def set_schedule(self, *, tau: float, entropy_weight: float, k: int | None) -> None:
         """Set the values that training schedules per step: the temperature of the relaxed
-        selection (ste, gumbel) in the fusion and in the encoder's selector, and the weight
-        of REINFORCE's entropy bonus. The config keeps the starting values."""
+        selection (ste, gumbel) in the fusion and in the encoder's selector, the weight of
+        REINFORCE's entropy bonus, and the fusion's k (None: the config's k or k rule). The
+        config keeps the model's own values."""
+        self.fusion.k = self.config.fusion_rule if k is None else k
         self.fusion.tau = tau
         if self.encoder_selector is not None:
             self.encoder_selector.tau = tau

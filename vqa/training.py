@@ -30,7 +30,12 @@ from vqa.arguments import TrainingArguments
 from vqa.checkpoints import STATE_FILE, clear_checkpoints, latest_checkpoint, save_checkpoint
 from vqa.configuration import HybridVQAConfig
 from vqa.curves import CURVES_FILE, plot_training_curves
-from vqa.estimators import annealed_tau, scheduled_entropy_weight
+from vqa.estimators import (
+    annealed_k,
+    annealed_tau,
+    check_k_schedule,
+    scheduled_entropy_weight,
+)
 from vqa.evaluation import evaluate
 from vqa.files import write_json
 from vqa.finetune import freeze_batchnorm_statistics
@@ -165,10 +170,15 @@ def initial_state() -> dict:
 def scheduled_values(
     args: TrainingArguments, config: HybridVQAConfig, step: int, total_steps: int
 ) -> dict[str, float]:
-    """The relaxed selection's ``tau`` and REINFORCE's ``entropy_weight`` at the 0-based
-    optimizer ``step`` of ``total_steps`` (``vqa.estimators``): functions of the step alone,
-    so a resumed run continues them exactly. Keywords of ``HybridVQAModel.set_schedule``."""
+    """The relaxed selection's ``tau``, REINFORCE's ``entropy_weight`` and the fusion's ``k``
+    (None under an adaptive k rule) at the 0-based optimizer ``step`` of ``total_steps``
+    (``vqa.estimators``): functions of the step alone, so a resumed run continues them
+    exactly. Keywords of ``HybridVQAModel.set_schedule``."""
+    fixed = config.fusion_k_rule == "fixed"
     return {
+        "k": annealed_k(args.k_start, config.fusion_k, args.k_anneal, step, total_steps)
+        if fixed
+        else None,
         "tau": annealed_tau(config.fusion_tau, args.tau_final, step, total_steps),
         "entropy_weight": scheduled_entropy_weight(
             args.entropy_schedule, config.reinforce_entropy_weight, step, total_steps
@@ -229,8 +239,8 @@ def train_epoch(
 
     Updates ``state`` (steps, bad steps, the epoch's progress) and checkpoints every
     ``args.save_every_steps``. The first ``args.soft_warmup`` of the steps run the fusion in
-    soft mode; each step sets the scheduled tau and entropy weight (:func:`scheduled_values`).
-    The model's own mode, tau and weight are back when the epoch ends. Returns the epoch's
+    soft mode; each step sets the scheduled tau, entropy weight and k (:func:`scheduled_values`).
+    The model's own mode, tau, weight and k are back when the epoch ends. Returns the epoch's
     training seconds.
     """
     run, epoch, progress = Path(args.output), state["epoch"], state["progress"]
@@ -291,7 +301,9 @@ def train_epoch(
             start = time.perf_counter()
             save_checkpoint(accelerator, run, state, args.keep_checkpoints)
     fusion.mode = mode
-    unwrapped.set_schedule(tau=config.fusion_tau, entropy_weight=config.reinforce_entropy_weight)
+    unwrapped.set_schedule(
+        tau=config.fusion_tau, entropy_weight=config.reinforce_entropy_weight, k=None
+    )
     record_losses(accelerator, pending, progress)
     skipped = torch.tensor(collator.skipped_rows - skipped_before, device=accelerator.device)
     progress["skipped_bad_image_questions"] += int(accelerator.reduce(skipped, "sum"))
@@ -424,6 +436,7 @@ def train(args: TrainingArguments) -> dict:
     )
     accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
     config = accelerator.unwrap_model(model).config
+    check_k_schedule(args.k_start, config.fusion_k, config.fusion_k_rule, config.num_regions)
     state = {**initial_state(), "architecture": architecture(config)}
     if checkpoint is not None:
         saved = json.loads((checkpoint / STATE_FILE).read_text())
