@@ -72,7 +72,7 @@ def test_a_k_schedule_the_fusion_cannot_follow_is_refused():
     with pytest.raises(ValueError, match="fusion_k_rule is 'budget'"):
         check_k_schedule(16, 4, "budget", 16)
     for start in (3, 17):
-        with pytest.raises(ValueError, match=rf"fusion_k \(4\) .* regions \(16\), got {start}"):
+        with pytest.raises(ValueError, match=rf"fusion_k \(4\) .* reads \(16\), got {start}"):
             check_k_schedule(start, 4, "fixed", 16)
 
 
@@ -262,13 +262,19 @@ def test_hybrid_shrinks_its_k_while_training_and_validates_with_its_own_k(
     assert config["fusion_k"] == 4
 
 
-def test_k_start_with_an_adaptive_k_rule_is_refused_before_training(
-    dataset, tmp_path, train_tiny, capsys
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--k", "auto"), "--k-start anneals a fixed k; the model's fusion_k_rule is 'top_p'"),
+        # the fusion reads only the 8 tokens that the encoder's selection keeps
+        (("--select-after", "0", "--encoder-k", "8"), "the number of regions its fusion reads"),
+    ],
+)
+def test_a_k_start_the_model_cannot_follow_is_refused_before_training(
+    dataset, tmp_path, train_tiny, capsys, options, message
 ):
-    assert train_tiny(dataset, tmp_path / "run", "--k", "auto", "--k-start", "16") != 0
-    assert "--k-start anneals a fixed k; the model's fusion_k_rule is 'top_p'" in (
-        capsys.readouterr().err
-    )
+    assert train_tiny(dataset, tmp_path / "run", *options, "--k-start", "16") != 0
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 

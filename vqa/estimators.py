@@ -65,7 +65,8 @@ def annealed_k(start: int | None, final: int, share: float, step: int, total_ste
 
 def check_k_schedule(start: int | None, final: int, rule: str, regions: int) -> None:
     """Refuse a ``--k-start`` that the model's fusion cannot anneal from: an adaptive k rule
-    (no single k), or a start outside ``final..regions``."""
+    (no single k), or a start outside ``final..regions`` (the region tokens the fusion reads,
+    ``HybridVQAModel.fusion_tokens``)."""
     if start is None:
         return
     if rule != "fixed":
@@ -75,6 +76,6 @@ def check_k_schedule(start: int | None, final: int, rule: str, regions: int) -> 
         )
     if not final <= start <= regions:
         raise ValueError(
-            f"--k-start must be between the model's fusion_k ({final}) and its number of "
-            f"regions ({regions}), got {start}"
+            f"--k-start must be between the model's fusion_k ({final}) and the number of "
+            f"regions its fusion reads ({regions}), got {start}"
         )

@@ -169,7 +169,7 @@ def initial_state() -> dict:
 
 def scheduled_values(
     args: TrainingArguments, config: HybridVQAConfig, step: int, total_steps: int
-) -> dict[str, float]:
+) -> dict[str, float | int | None]:
     """The relaxed selection's ``tau``, REINFORCE's ``entropy_weight`` and the fusion's ``k``
     (None under an adaptive k rule) at the 0-based optimizer ``step`` of ``total_steps``
     (``vqa.estimators``): functions of the step alone, so a resumed run continues them
@@ -436,7 +436,8 @@ def train(args: TrainingArguments) -> dict:
     )
     accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
     config = accelerator.unwrap_model(model).config
-    check_k_schedule(args.k_start, config.fusion_k, config.fusion_k_rule, config.num_regions)
+    regions = accelerator.unwrap_model(model).fusion_tokens()  # fewer after encoder selection
+    check_k_schedule(args.k_start, config.fusion_k, config.fusion_k_rule, regions)
     state = {**initial_state(), "architecture": architecture(config)}
     if checkpoint is not None:
         saved = json.loads((checkpoint / STATE_FILE).read_text())
