@@ -67,13 +67,15 @@ def test_k_shrinks_geometrically_to_the_models_k_over_its_share_of_the_steps():
 
 
 def test_a_k_schedule_the_fusion_cannot_follow_is_refused():
-    check_k_schedule(None, 4, "top_p", 16)
-    check_k_schedule(16, 4, "fixed", 16)
+    check_k_schedule(None, 4, "soft", "top_p", 16)
+    check_k_schedule(16, 4, "hard", "fixed", 16)
+    with pytest.raises(ValueError, match="soft mode has no k"):
+        check_k_schedule(16, 4, "soft", "fixed", 16)
     with pytest.raises(ValueError, match="fusion_k_rule is 'budget'"):
-        check_k_schedule(16, 4, "budget", 16)
+        check_k_schedule(16, 4, "hybrid", "budget", 16)
     for start in (3, 17):
         with pytest.raises(ValueError, match=rf"fusion_k \(4\) .* reads \(16\), got {start}"):
-            check_k_schedule(start, 4, "fixed", 16)
+            check_k_schedule(start, 4, "hybrid", "fixed", 16)
 
 
 @pytest.mark.parametrize(

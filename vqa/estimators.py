@@ -12,9 +12,8 @@ exactly where it stopped:
   step, ``linear``-ly or along a half ``cosine``: explore early, exploit late.
 - the fusion's k (``--k-start``, ``--k-anneal``): from a larger k, up to every region (where
   hybrid attention is soft attention), shrinking geometrically to the model's ``fusion_k`` over
-  the first share of the steps. Unlike ``--soft-warmup``, which switches modes at one step, the
-  selection narrows gradually, so the scores learn which regions matter before the top k
-  excludes the rest.
+  the first share of the steps: the selection narrows gradually, where ``--soft-warmup``
+  switches from soft to the model's mode at one step.
 """
 
 from __future__ import annotations
@@ -63,12 +62,14 @@ def annealed_k(start: int | None, final: int, share: float, step: int, total_ste
     return round(start * (final / start) ** progress)
 
 
-def check_k_schedule(start: int | None, final: int, rule: str, regions: int) -> None:
-    """Refuse a ``--k-start`` that the model's fusion cannot anneal from: an adaptive k rule
-    (no single k), or a start outside ``final..regions`` (the region tokens the fusion reads,
-    ``HybridVQAModel.fusion_tokens``)."""
+def check_k_schedule(start: int | None, final: int, mode: str, rule: str, regions: int) -> None:
+    """Refuse a ``--k-start`` that the model's fusion cannot anneal from: soft ``mode`` (no
+    k), an adaptive k ``rule`` (no single k), or a start outside ``final..regions`` (the
+    region tokens the fusion reads, ``HybridVQAModel.fusion_tokens``)."""
     if start is None:
         return
+    if mode == "soft":
+        raise ValueError("--k-start anneals the k of hard and hybrid modes; soft mode has no k")
     if rule != "fixed":
         raise ValueError(
             f"--k-start anneals a fixed k; the model's fusion_k_rule is {rule!r} (its k adapts "

@@ -437,7 +437,9 @@ def train(args: TrainingArguments) -> dict:
     accelerator.init_trackers("hybrid-vqa", config={k: str(v) for k, v in asdict(args).items()})
     config = accelerator.unwrap_model(model).config
     regions = accelerator.unwrap_model(model).fusion_tokens()  # fewer after encoder selection
-    check_k_schedule(args.k_start, config.fusion_k, config.fusion_k_rule, regions)
+    check_k_schedule(
+        args.k_start, config.fusion_k, config.fusion_mode, config.fusion_k_rule, regions
+    )
     state = {**initial_state(), "architecture": architecture(config)}
     if checkpoint is not None:
         saved = json.loads((checkpoint / STATE_FILE).read_text())
