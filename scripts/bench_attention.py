@@ -66,7 +66,7 @@ def markdown_table(result: dict) -> str:
     for n, by_setting in sorted(rows.items()):
         cells = [str(n)]
         for phase in ("train", "infer"):
-            cells.append(f"{by_setting['soft', None][f'{phase}_ms']:.0f}")
+            cells.append(f"{by_setting['soft', None][f'{phase}_ms']:.3g}")
             cells += [
                 f"{by_setting[key][f'{phase}_ratio_to_soft']:.2f}x" if key in by_setting else ""
                 for key in settings

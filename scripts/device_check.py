@@ -1,14 +1,17 @@
-"""The GPU check: training under bf16 and fp16, synchronised evaluation latency, attention timing.
+"""The GPU check: training under bf16 and fp16, synchronised evaluation latency, benchmarks.
 
-    python scripts/device_check.py --out DIR            # on a GPU machine, about 5 minutes
+    python scripts/device_check.py --out DIR            # on a GPU machine, about 4 minutes
     python scripts/device_check.py --smoke --out DIR    # the same steps in seconds, on a CPU
 
-For the default preset and the larger ``full`` one, under bf16 and under fp16, it trains one
-epoch (a few hundred steps) on freshly generated scenes and records whether the loss fell,
+For the default preset and the larger ``full`` one, under bf16 and under fp16, it trains a few
+epochs (a few hundred steps) on freshly generated scenes and records whether the loss fell,
 questions per second, peak GPU memory and what precision the run chose; then it scores the
-last model with ``vqa.evaluation.evaluate`` (latency synchronised with the device) and times
-``HybridAttention`` with ``scripts/bench_attention.py``. It prints one JSON object and writes
-it to ``DIR/device_check.json``. ``scripts/device_check.sh`` runs it on the device machine.
+last model with ``vqa.evaluation.evaluate`` (latency synchronised with the device), times
+``HybridAttention`` with ``scripts/bench_attention.py`` and the whole model with the selection
+inside the encoder with ``scripts/bench_encoder.py``. A stage that fails is recorded with its
+error and the others still run; the JSON in ``DIR/device_check.json`` is rewritten after every
+stage, so a run cut short keeps what it measured. It prints the JSON and exits non-zero if a
+stage failed. ``scripts/device_check.sh`` runs it on the device machine.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -30,7 +36,9 @@ from vqa.evaluation import evaluate
 from vqa.files import write_json
 from vqa.inference import load_model
 from vqa.machine import machine
-from vqa.training import TrainingArguments, train
+from vqa.training import TrainingArguments, resolve_precision, train
+
+PACKAGES = ("torch", "transformers", "accelerate", "timm", "datasets", "pyarrow")
 
 
 def peak_memory_mb() -> float | None:
@@ -40,8 +48,8 @@ def peak_memory_mb() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def train_check(data: Path, preset: str, precision: str, run: Path) -> dict:
-    """One epoch of ``preset`` under ``precision``: loss trend, speed, memory, precision used."""
+def train_check(data: Path, preset: str, precision: str, run: Path, epochs: int) -> dict:
+    """``epochs`` of ``preset`` under ``precision``: loss trend, speed, memory, precision used."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -51,30 +59,56 @@ def train_check(data: Path, preset: str, precision: str, run: Path) -> dict:
             data=str(data),
             preset=preset,
             mixed_precision=precision,
-            epochs=1,
+            epochs=epochs,
             progress=False,
         )
     )
-    (record,) = summary["history"]
-    losses = [loss for loss in record["step_losses"] if loss == loss]  # finite ones
+    history = summary["history"]
+    steps = [loss for record in history for loss in record["step_losses"]]
+    losses = [loss for loss in steps if loss == loss]  # finite ones
     window = max(1, len(losses) // 10)
     first, last = statistics.mean(losses[:window]), statistics.mean(losses[-window:])
+    seconds = sum(record["train_seconds"] for record in history)
+    questions = sum(record["train_questions"] for record in history)
     return {
         "preset": preset,
         "requested_precision": precision,
         "mixed_precision": summary["mixed_precision"],
         "device": summary["device"],
-        "steps": len(record["step_losses"]),
-        "skipped_steps": record["skipped_steps"],
+        "epochs": epochs,
+        "steps": len(steps),
+        "skipped_steps": sum(record["skipped_steps"] for record in history),
         "first_loss": round(first, 4),
         "last_loss": round(last, 4),
         "loss_fell": last < first,
-        "questions_per_second": round(record["train_questions"] / record["train_seconds"], 1),
-        "train_seconds": round(record["train_seconds"], 1),
+        "questions_per_second": round(questions / seconds, 1),
+        "train_seconds": round(seconds, 1),
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "val_accuracy": record.get("val_accuracy"),
+        "val_accuracy": history[-1].get("val_accuracy"),
         "peak_memory_mb": peak_memory_mb(),
     }
+
+
+def stage(result: dict, name: str, out: Path, work: Callable[[], object]) -> None:
+    """Run ``work``, store what it returns (or its error) under ``result[name]`` with its
+    seconds, and rewrite ``out/device_check.json``."""
+    start = time.perf_counter()
+    try:
+        result[name] = work()
+    except Exception as error:  # a device check reports a failing stage and goes on
+        result[name] = {"error": repr(error), "traceback": traceback.format_exc()[-3000:]}
+        result.setdefault("failed", []).append(name)
+    result.setdefault("stage_seconds", {})[name] = round(time.perf_counter() - start, 1)
+    write_json(out / "device_check.json", result)
+
+
+def run_benchmark(script: str, out: Path, options: list[str]) -> dict:
+    """Run ``scripts/SCRIPT`` on the GPU (when there is one); its JSON result."""
+    command = [sys.executable, f"scripts/{script}", "--out", str(out), *options]
+    if torch.cuda.is_available():
+        command += ["--device", "cuda"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
 
 
 def main() -> None:
@@ -82,41 +116,71 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script")
     args = parser.parse_args()
-    scenes, presets = (40, ["tiny"]) if args.smoke else (4000, ["default", "full"])
-    result: dict = {"machine": machine(), "smoke": args.smoke}
+    args.out.mkdir(parents=True, exist_ok=True)
+    # 600 scenes with up to 10 questions each: about 2700 training questions, so 4 epochs are
+    # about 225 steps of the default preset. The device's CPU wrote a scene in about 75 ms on
+    # 2026-12-04 (2500 scenes took 208 s), so more scenes would not leave time for the rest.
+    scenes, epochs, presets = (40, 1, ["tiny"]) if args.smoke else (600, 4, ["default", "full"])
+    result: dict = {
+        "machine": machine(),
+        "packages": {name: version(name) for name in PACKAGES},
+        "auto_precision": resolve_precision("auto"),
+        "smoke": args.smoke,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "scenes"
-        start = time.perf_counter()
-        write_synthetic_dataset(
-            data,
-            train=scenes,
-            val=scenes // 10,
-            test=0,
-            seed=0,
-            progress=False,
-            config=SyntheticConfig(questions_per_image=6),
-        )
-        result["data_seconds"] = round(time.perf_counter() - start, 1)
-        result["training"] = [
-            train_check(data, preset, precision, Path(scratch) / f"{preset}-{precision}")
-            for preset in presets
-            for precision in ("bf16", "fp16")
-        ]
-        model, processor = load_model(Path(scratch) / f"{presets[-1]}-bf16")
-        rows = load_vqa_dataset(data, ["val"])["val"]
-        scores = evaluate(model, processor, rows, batch_size=256, progress=False)
-        result["evaluation"] = {
-            key: scores[key] for key in ("questions", "accuracy", "ms_per_question")
-        }
-    attention = args.out / "bench_attention.json"
-    command = [sys.executable, "scripts/bench_attention.py", "--out", str(attention)]
-    command += ["--n", "64", "256"] if args.smoke else ["--repeats", "20"]
-    if torch.cuda.is_available():
-        command += ["--device", "cuda"]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    result["attention"] = json.loads(attention.read_text())["results"]
-    write_json(args.out / "device_check.json", result)
+
+        def generate() -> dict:
+            config = SyntheticConfig(questions_per_image=10)
+            write_synthetic_dataset(
+                data, train=scenes, val=scenes // 10, test=0, seed=0, progress=False, config=config
+            )
+            return {"scenes": scenes, "questions_per_image": config.questions_per_image}
+
+        stage(result, "data", args.out, generate)
+        for preset in presets:
+            for precision in ("bf16", "fp16"):
+                run = Path(scratch) / f"{preset}-{precision}"
+                stage(
+                    result,
+                    f"train {preset} {precision}",
+                    args.out,
+                    lambda preset=preset, precision=precision, run=run: train_check(
+                        data, preset, precision, run, epochs
+                    ),
+                )
+
+        def evaluation() -> dict:
+            model, processor = load_model(Path(scratch) / f"{presets[-1]}-bf16")
+            rows = load_vqa_dataset(data, ["val"])["val"]
+            scores = evaluate(model, processor, rows, batch_size=256, progress=False)
+            keys = ("questions", "accuracy", "ms_per_question")
+            return {"device": str(model.device), **{key: scores[key] for key in keys}}
+
+        stage(result, "evaluation", args.out, evaluation)
+    attention_options = ["--n", "64", "256"] if args.smoke else ["--repeats", "20"]
+    stage(
+        result,
+        "attention",
+        args.out,
+        lambda: run_benchmark(
+            "bench_attention.py", args.out / "bench_attention.json", attention_options
+        )["results"],
+    )
+    encoder_options = (
+        ["--only", "default 64px", "--repeats", "2"] if args.smoke else ["--repeats", "5"]
+    )
+    stage(
+        result,
+        "encoder",
+        args.out,
+        lambda: run_benchmark("bench_encoder.py", args.out / "bench_encoder.json", encoder_options)[
+            "cases"
+        ],
+    )
     print(json.dumps(result, indent=2))
+    if result.get("failed"):
+        sys.exit(f"device check: failed stages: {', '.join(result['failed'])}")
 
 
 if __name__ == "__main__":
