@@ -90,6 +90,7 @@ LOSS_WEIGHTS = (
     "pointing_loss_weight",
     "reconstruction_loss_weight",
     "contrast_loss_weight",
+    "glimpse_loss_weight",
 )
 
 
@@ -245,6 +246,12 @@ class TrainingArguments:
         "weight of the box-free auxiliary loss in which each region's vision token must find "
         "itself in a shifted view of its image with the colour channels permuted (any data; "
         "0: off; default: the preset's)",
+    )
+    glimpse_loss_weight: float | None = option(
+        None,
+        "weight of the box-free auxiliary answer loss of a head that answers from the "
+        "question and a softmax of the fusion scores over every region: it teaches the scores "
+        "that choose hybrid's top k where to look (any data; 0: off; default: the preset's)",
     )
     init_from: str | None = option(
         None,

@@ -4,7 +4,8 @@ With boxes (the embedded scenes): the region attribute loss (a linear head predi
 vision token, the attributes of the object under that region) and the pointing loss (the fusion
 scores should put their mass on the regions of the objects a question is about). Without boxes,
 losses that need only pixels: window reconstruction (``vqa.reconstruction``) and the
-recoloured-view contrast (``vqa.contrast``). Each has its weight in the config; the model adds
+recoloured-view contrast (``vqa.contrast``), and an answer read from one soft glimpse
+with the fusion's scores (``vqa.glimpse``). Each has its weight in the config; the model adds
 the weighted sum to the answer loss.
 """
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from hybrid_attention import AttentionOutput
 from vqa.configuration import HybridVQAConfig
 from vqa.contrast import RegionContrast, recoloured_view
+from vqa.glimpse import GlimpseReadout
 from vqa.guided_vision import FOLDED, VisionTokens, scatter_regions
 from vqa.reconstruction import WindowReconstruction, frozen_batch_norm_statistics, hide_regions
 
@@ -27,7 +29,8 @@ class AuxiliaryLossesMixin:
     """The auxiliary losses and their heads, for :class:`vqa.modeling.HybridVQAModel`.
 
     Reads the model's ``config``, ``vision`` encoder, ``film`` generator and its heads
-    ``region_head``, ``reconstruction`` and ``contrast`` (each None when its loss is off);
+    ``region_head``, ``reconstruction``, ``contrast`` and ``glimpse`` (each None when its loss
+    is off);
     a head added later is placed on the model's ``device`` and set up by its ``_init_weights``.
     """
 
@@ -135,6 +138,27 @@ class AuxiliaryLossesMixin:
         with frozen_batch_norm_statistics(self.vision):
             features = self.vision(masked)  # (U', N, D): every region, in order
         return self.reconstruction(features, None, pixel_values, hidden)
+
+    def set_glimpse_loss_weight(self, weight: float) -> None:
+        """Set the glimpse readout's answer loss weight (:meth:`_set_loss_weight`)."""
+        self._set_loss_weight("glimpse", weight, self._build_glimpse)
+
+    @staticmethod
+    def _build_glimpse(config: HybridVQAConfig) -> GlimpseReadout:
+        """The glimpse readout of the config's fusion size and answers."""
+        return GlimpseReadout(config.fusion_dim, config.num_labels)
+
+    def glimpse_logits(
+        self, question: Tensor, attended: AttentionOutput, regions: Tensor
+    ) -> Tensor:
+        """(B, num_labels): the glimpse readout (``vqa.glimpse``) of each question.
+
+        Args:
+            question: (B, L, D) question tokens, CLS first.
+            attended: the fusion's output; its scores (B, H, 1, M) weigh the regions.
+            regions: (B, M, D) the region tokens the fusion scored (after ``region_norm``).
+        """
+        return self.glimpse(question[:, 0], attended.scores[:, :, 0], regions)
 
     def set_contrast_loss_weight(self, weight: float) -> None:
         """Set the recoloured-view contrast loss's weight (:meth:`_set_loss_weight`)."""

@@ -32,6 +32,7 @@ NUMBERS = (
     "reconstruction_loss_weight",
     "reconstruction_mask_ratio",
     "contrast_loss_weight",
+    "glimpse_loss_weight",
     "pointing_loss_weight",
 )
 
@@ -42,6 +43,7 @@ AUXILIARY_LOSS_WEIGHTS = (
     "pointing_loss_weight",
     "reconstruction_loss_weight",
     "contrast_loss_weight",
+    "glimpse_loss_weight",
 )
 
 
@@ -129,6 +131,10 @@ class HybridVQAConfig(PreTrainedConfig):
         contrast_loss_weight: weight of the box-free auxiliary loss in which each region's
             token must find itself in a second view of its image, shifted by whole regions and
             with its colour channels permuted (``vqa.contrast``; 0: no such head).
+        glimpse_loss_weight: weight of the box-free auxiliary answer loss of a small head that
+            answers from the question and a softmax of the fusion scores over every region
+            (``vqa.glimpse``): a dense signal for the scores that choose hybrid's top k (0: no
+            such head).
     """
 
     model_type = "hybrid_vqa"
@@ -188,6 +194,7 @@ class HybridVQAConfig(PreTrainedConfig):
     reconstruction_window: int = 3
     reconstruction_mask_ratio: float = 0.0
     contrast_loss_weight: float = 0.0
+    glimpse_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)

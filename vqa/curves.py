@@ -29,6 +29,7 @@ LOSS_SERIES = (
     ("step_pointing_losses", "pointing loss"),
     ("step_reconstruction_losses", "reconstruction loss"),
     ("step_contrast_losses", "contrast loss"),
+    ("step_glimpse_losses", "glimpse loss"),
 )
 
 

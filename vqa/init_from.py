@@ -175,6 +175,8 @@ def model_from_run(
         model.set_reconstruction_loss_weight(args.reconstruction_loss_weight)
     if args.contrast_loss_weight is not None:
         model.set_contrast_loss_weight(args.contrast_loss_weight)
+    if args.glimpse_loss_weight is not None:
+        model.set_glimpse_loss_weight(args.glimpse_loss_weight)
     if args.reconstruction_mask_ratio is not None:
         model.config.reconstruction_mask_ratio = float(args.reconstruction_mask_ratio)
     if args.reinforce_baseline is not None:

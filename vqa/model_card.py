@@ -257,7 +257,8 @@ def training_section(metrics: dict, config: dict) -> list[str]:
             if config.get("reconstruction_mask_ratio") and config.get("reconstruction_loss_weight")
             else ""
         )
-        + f", recoloured-view contrast × {config.get('contrast_loss_weight', 0)}",
+        + f", recoloured-view contrast × {config.get('contrast_loss_weight', 0)}"
+        + f", glimpse answer × {config.get('glimpse_loss_weight', 0)}",
         f"- Precision: {PRECISIONS.get(precision, precision)} on `{metrics.get('device')}`, "
         f"{count(processes, 'process')}, seed {arguments.get('seed')}",
         f"- Training time: {duration(seconds)} (training steps; validation not counted)",

@@ -86,6 +86,8 @@ class HybridVQAOutput(ModelOutput):
             ``labels`` were given to a model with a reconstruction weight).
         contrast_loss: scalar recoloured-view contrast loss (``vqa.contrast``; when ``labels``
             were given to a model with a contrast weight).
+        glimpse_loss: scalar answer loss of the glimpse readout (``vqa.glimpse``; when
+            ``labels`` were given to a model with a glimpse weight).
         region_logits: (B, N, sum of attribute classes) the region head's logits for the image
             of each question (when asked for with ``return_region_logits``).
     """
@@ -96,6 +98,7 @@ class HybridVQAOutput(ModelOutput):
     pointing_loss: Tensor | None = None
     reconstruction_loss: Tensor | None = None
     contrast_loss: Tensor | None = None
+    glimpse_loss: Tensor | None = None
     region_logits: Tensor | None = None
     logits: Tensor | None = None
     attention_scores: Tensor | None = None
@@ -224,6 +227,9 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
         self.contrast = None
         if config.contrast_loss_weight > 0:
             self.contrast = self._build_contrast(config)
+        self.glimpse = None
+        if config.glimpse_loss_weight > 0:
+            self.glimpse = self._build_glimpse(config)
         self.post_init()
 
     def set_fusion(
@@ -420,7 +426,8 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
         question = self.encode_questions(input_ids, attention_mask)  # (B, L, D)
         vision = self.encode_images(pixel_values, question, image_index)  # M tokens each
         regions = self.project_regions(vision)  # (B, M, D)
-        attended = self.attend(question, attention_mask, self.region_norm(regions))
+        scored = self.region_norm(regions)  # what the fusion scores and pools
+        attended = self.attend(question, attention_mask, scored)
         tokens, padding = self._reasoner_inputs(question, attention_mask, attended, regions)
         hidden = self.reasoner(tokens, src_key_padding_mask=padding)  # (B, T, D)
         output = region_outputs(attended, vision, self.config.num_regions)
@@ -437,6 +444,9 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             output.reconstruction_loss = self.reconstruction_loss(vision, pixel_values, image_index)
         if labels is not None and self.contrast is not None:
             output.contrast_loss = self.contrast_loss(vision, pixel_values, image_index)
+        if labels is not None and self.glimpse is not None:
+            glimpse = self.glimpse_logits(question, attended, scored)
+            output.glimpse_loss = answer_loss(glimpse, labels).mean()
         if labels is not None:
             output.answer_loss = answer_loss(output.logits, labels)
             output.loss = self._training_loss(output, question_group)
@@ -533,7 +543,8 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
 
     def _training_loss(self, output: HybridVQAOutput, question_group: Tensor | None) -> Tensor:
         """Mean answer loss, plus the region attribute, pointing, window reconstruction,
-        compute (a learned budget's ``fusion_k_penalty * E[k]``) and REINFORCE terms.
+        contrast, glimpse, compute (a learned budget's ``fusion_k_penalty * E[k]``) and
+        REINFORCE terms.
 
         REINFORCE's reward baseline is that of each question's group (its type) when the
         config's ``reinforce_baseline`` is ``"type"`` and ``question_group`` (B,) is given.
@@ -556,6 +567,8 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             loss = loss + self.config.reconstruction_loss_weight * output.reconstruction_loss
         if output.contrast_loss is not None:
             loss = loss + self.config.contrast_loss_weight * output.contrast_loss
+        if output.glimpse_loss is not None:
+            loss = loss + self.config.glimpse_loss_weight * output.glimpse_loss
         if output.log_prob is None:
             return loss
         reward = -output.answer_loss.detach()  # (B,)

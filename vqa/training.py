@@ -61,6 +61,7 @@ def epoch_progress() -> dict:
         "pointing_losses": [],
         "reconstruction_losses": [],
         "contrast_losses": [],
+        "glimpse_losses": [],
         "seconds": 0.0,
         "skipped_steps": 0,
         "skipped_bad_image_questions": 0,
@@ -187,8 +188,8 @@ def scheduled_values(
 
 
 def batch_losses(output: object) -> torch.Tensor:
-    """(6,) total, answer, region, pointing, reconstruction and contrast loss of a batch on
-    this process, detached.
+    """(7,) total, answer, region, pointing, reconstruction, contrast and glimpse loss of a
+    batch on this process, detached.
 
     The answer loss is without REINFORCE's term; a loss the model does not have is 0.
     """
@@ -199,6 +200,7 @@ def batch_losses(output: object) -> torch.Tensor:
             output.pointing_loss,
             output.reconstruction_loss,
             output.contrast_loss,
+            output.glimpse_loss,
         )
     ]
     return torch.stack(parts).detach().float()
@@ -215,13 +217,23 @@ def record_losses(accelerator: Accelerator, pending: list[torch.Tensor], progres
         return
     values = accelerator.reduce(torch.stack(pending), "mean").tolist()
     pending.clear()
-    for loss, answer_loss, region_loss, pointing_loss, reconstruction_loss, contrast in values:
+    for (
+        loss,
+        answer_loss,
+        region_loss,
+        pointing_loss,
+        reconstruction_loss,
+        contrast,
+        glimpse,
+    ) in values:
         progress["losses"].append(loss)
         progress["answer_losses"].append(answer_loss)
         progress["region_losses"].append(region_loss)
         progress["pointing_losses"].append(pointing_loss)
         progress["reconstruction_losses"].append(reconstruction_loss)
         progress["contrast_losses"].append(contrast)
+        # a checkpoint written before the glimpse loss existed has no such list
+        progress.setdefault("glimpse_losses", []).append(glimpse)
 
 
 def train_epoch(
@@ -323,6 +335,7 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
         "step_pointing_losses": progress["pointing_losses"],
         "step_reconstruction_losses": progress["reconstruction_losses"],
         "step_contrast_losses": progress["contrast_losses"],
+        "step_glimpse_losses": progress.get("glimpse_losses", []),
         "skipped_steps": progress["skipped_steps"],
         "skipped_bad_image_questions": progress["skipped_bad_image_questions"],
         "train_seconds": seconds,

@@ -56,6 +56,7 @@ OPTIONAL_SETTINGS = (
     "fusion_hops",
     "reconstruction_loss_weight",
     "contrast_loss_weight",
+    "glimpse_loss_weight",
 )
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"

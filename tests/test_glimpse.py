@@ -1,0 +1,117 @@
+"""The glimpse readout (vqa.glimpse): an auxiliary answer from one soft glimpse with the fusion's
+scores, the box-free signal that teaches hybrid's selection where to look."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vqa.arguments import TrainingArguments
+from vqa.configuration import HybridVQAConfig
+from vqa.glimpse import GlimpseReadout
+from vqa.modeling import HybridVQAModel
+
+BOX_LOSSES_OFF = {"region_loss_weight": 0.0, "pointing_loss_weight": 0.0}
+
+
+def _model(fields: dict, **extra) -> HybridVQAModel:
+    torch.manual_seed(0)
+    return HybridVQAModel(HybridVQAConfig(**{**fields, **BOX_LOSSES_OFF, **extra})).train()
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 32, 32), torch.randint(3, 50, (2, 6)), torch.tensor([0, 2])
+
+
+def test_a_peaked_score_reads_that_region_and_heads_are_averaged():
+    torch.manual_seed(0)
+    readout = GlimpseReadout(dim=4, num_labels=3)
+    question, regions = torch.randn(1, 4), torch.randn(1, 5, 4)
+    scores = torch.full((1, 2, 5), -1e4)
+    scores[0, 0, 1] = scores[0, 1, 3] = 0.0  # head 0 looks at region 1, head 1 at region 3
+    glimpse = (regions[:, 1] + regions[:, 3]) / 2
+    expected = readout.mlp(torch.cat([question, glimpse, question * glimpse], dim=-1))
+    torch.testing.assert_close(readout(question, scores, regions), expected)
+
+
+def test_an_absent_region_gets_no_weight():
+    torch.manual_seed(0)
+    readout = GlimpseReadout(dim=4, num_labels=3)
+    question, regions = torch.randn(1, 4), torch.randn(1, 3, 4)
+    scores = torch.tensor([[[0.0, 0.0, float("-inf")]]])
+    moved = regions.clone()
+    moved[:, 2] = 1e3  # whatever the absent region holds
+    torch.testing.assert_close(readout(question, scores, regions), readout(question, scores, moved))
+
+
+def test_a_negative_weight_is_refused(tiny_fields):
+    with pytest.raises(ValueError, match="glimpse_loss_weight"):
+        HybridVQAConfig(**tiny_fields, glimpse_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="glimpse_loss_weight must be >= 0"):
+        TrainingArguments(output="x", glimpse_loss_weight=-0.5)
+
+
+def test_without_a_weight_the_model_has_no_head_and_no_loss(tiny_fields):
+    model = _model(tiny_fields)
+    assert model.glimpse is None
+    pixels, ids, labels = _batch()
+    assert model(pixels, ids, labels=labels).glimpse_loss is None
+
+
+def test_the_weighted_loss_is_added_to_the_answer_loss(tiny_fields):
+    model = _model(tiny_fields, glimpse_loss_weight=0.5)
+    pixels, ids, labels = _batch()
+    output = model(pixels, ids, labels=labels)
+    assert torch.isfinite(output.glimpse_loss) and output.glimpse_loss > 0
+    torch.testing.assert_close(output.loss, output.answer_loss.mean() + 0.5 * output.glimpse_loss)
+
+
+def test_it_sends_a_gradient_to_the_scores_of_every_region_not_only_the_selected(tiny_fields):
+    model = _model(tiny_fields, glimpse_loss_weight=1.0)
+    assert model.fusion.mode == "hybrid" and model.config.fusion_k < model.config.num_regions
+    captured = {}
+
+    def keep_scores(module, inputs, output):
+        output.scores.retain_grad()
+        captured["output"] = output
+
+    model.fusion.register_forward_hook(keep_scores)
+    pixels, ids, labels = _batch()
+    model(pixels, ids, labels=labels).glimpse_loss.backward()
+    attended = captured["output"]
+    gradient = attended.scores.grad[:, :, 0]  # (B, H, N)
+    outside = torch.ones_like(gradient, dtype=torch.bool)
+    outside.scatter_(-1, attended.indices[:, :, 0], False)  # the regions hybrid did not keep
+    assert (gradient[outside] != 0).all()
+
+
+def test_a_model_trained_without_the_loss_gets_a_head_to_fine_tune_with_it(tiny_fields):
+    model = _model(tiny_fields)
+    model.set_glimpse_loss_weight(0.25)
+    assert model.config.glimpse_loss_weight == 0.25 and model.glimpse is not None
+    pixels, ids, labels = _batch()
+    assert torch.isfinite(model(pixels, ids, labels=labels).glimpse_loss)
+    with pytest.raises(ValueError, match="glimpse_loss_weight must be >= 0"):
+        model.set_glimpse_loss_weight(-1)
+
+
+def test_the_flag_reaches_the_trained_model_its_curve_and_card(tmp_path, tiny_run, train_tiny):
+    _, data = tiny_run
+    run = tmp_path / "run"
+    assert train_tiny(data, run, "--glimpse-loss-weight", "0.5") == 0
+    assert json.loads((run / "config.json").read_text())["glimpse_loss_weight"] == 0.5
+    assert HybridVQAModel.from_pretrained(run).glimpse is not None
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    losses = [value for epoch in history for value in epoch["step_glimpse_losses"]]
+    assert losses and all(value > 0 for value in losses)
+    assert "glimpse answer × 0.5" in (run / "README.md").read_text()
+
+
+def test_init_from_adds_the_loss_to_a_run_trained_without_it(tmp_path, tiny_run, train_tiny):
+    trained, data = tiny_run
+    run = tmp_path / "run"
+    assert train_tiny(data, run, "--init-from", str(trained), "--glimpse-loss-weight", "1") == 0
+    assert json.loads((run / "config.json").read_text())["glimpse_loss_weight"] == 1.0
