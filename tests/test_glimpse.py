@@ -10,7 +10,9 @@ import torch
 
 from vqa.arguments import TrainingArguments
 from vqa.configuration import HybridVQAConfig
+from vqa.data.answers import AnswerVocab
 from vqa.glimpse import GlimpseReadout
+from vqa.init_from import adapt_answer_head
 from vqa.modeling import HybridVQAModel
 
 BOX_LOSSES_OFF = {"region_loss_weight": 0.0, "pointing_loss_weight": 0.0}
@@ -115,3 +117,16 @@ def test_init_from_adds_the_loss_to_a_run_trained_without_it(tmp_path, tiny_run,
     run = tmp_path / "run"
     assert train_tiny(data, run, "--init-from", str(trained), "--glimpse-loss-weight", "1") == 0
     assert json.loads((run / "config.json").read_text())["glimpse_loss_weight"] == 1.0
+
+
+def test_new_answers_give_the_glimpse_one_row_each_keeping_the_known_ones(tiny_fields):
+    model = _model(tiny_fields, glimpse_loss_weight=1.0)  # answers: red, blue, green
+    old = model.glimpse.mlp[-1]
+    assert adapt_answer_head(model, AnswerVocab(["blue", "zebra"])).endswith(
+        "1 kept from RUN, 1 new"
+    )
+    new = model.glimpse.mlp[-1]
+    assert new.out_features == 2 and model.head[-1].out_features == 2
+    assert torch.equal(new.weight[0], old.weight[1]) and torch.equal(new.bias[0], old.bias[1])
+    pixels, ids, _ = _batch()
+    assert torch.isfinite(model(pixels, ids, labels=torch.tensor([0, 1])).glimpse_loss)

@@ -120,8 +120,27 @@ def describe_tokenizer(tokenizer: PreTrainedTokenizerBase, questions: Iterable[s
     )
 
 
+def answer_rows(
+    model: HybridVQAModel, final: nn.Linear, old: list[str], new: list[str]
+) -> tuple[nn.Linear, int]:
+    """A copy of the output layer ``final`` (one row per answer of ``old``) with one row per
+    answer of ``new``: a known answer keeps its row (weights and bias), a new one starts as in a
+    fresh model. Returns the layer and how many answers kept their rows."""
+    layer = nn.Linear(final.in_features, len(new)).to(final.weight.device, final.weight.dtype)
+    model._init_weights(layer)
+    old_ids = {answer: index for index, answer in enumerate(old)}
+    shared = [(index, old_ids[answer]) for index, answer in enumerate(new) if answer in old_ids]
+    if shared:
+        rows, old_rows = (torch.tensor(ids) for ids in zip(*shared, strict=True))
+        with torch.no_grad():
+            layer.weight[rows] = final.weight[old_rows]
+            layer.bias[rows] = final.bias[old_rows]
+    return layer, len(shared)
+
+
 def adapt_answer_head(model: HybridVQAModel, answers: AnswerVocab) -> str:
-    """Give ``model``'s answer head one output per answer of ``answers``, in place.
+    """Give ``model``'s answer head one output per answer of ``answers``, in place (and the
+    glimpse readout's, which answers too, where the model has one).
 
     An answer the model knew keeps its row (weights and bias); a new one starts as in a fresh
     model. ``config.id2label`` / ``label2id`` follow. Returns one log line.
@@ -131,23 +150,12 @@ def adapt_answer_head(model: HybridVQAModel, answers: AnswerVocab) -> str:
     new = answers.answers
     if old == new:
         return f"answer head: RUN's {len(new)} answers, kept as it is"
-    final = model.head[-1]
-    head = nn.Linear(final.in_features, len(new)).to(final.weight.device, final.weight.dtype)
-    model._init_weights(head)
-    old_ids = {answer: index for index, answer in enumerate(old)}
-    shared = [(index, old_ids[answer]) for index, answer in enumerate(new) if answer in old_ids]
-    if shared:
-        rows, old_rows = (torch.tensor(ids) for ids in zip(*shared, strict=True))
-        with torch.no_grad():
-            head.weight[rows] = final.weight[old_rows]
-            head.bias[rows] = final.bias[old_rows]
-    model.head[-1] = head
+    model.head[-1], shared = answer_rows(model, model.head[-1], old, new)
+    if model.glimpse is not None:
+        model.glimpse.mlp[-1], _ = answer_rows(model, model.glimpse.mlp[-1], old, new)
     config.id2label = dict(enumerate(new))
     config.label2id = {answer: index for index, answer in enumerate(new)}
-    return (
-        f"answer head: {len(new)} answers, {len(shared)} kept from RUN, "
-        f"{len(new) - len(shared)} new"
-    )
+    return f"answer head: {len(new)} answers, {shared} kept from RUN, {len(new) - shared} new"
 
 
 def model_from_run(
