@@ -84,3 +84,11 @@ def test_an_experiment_records_the_architecture_it_trained(tiny_run, tmp_path):
     assert [point["questions"] for point in result["curve"]] == [
         result["train_questions_per_epoch"]
     ]
+
+
+def test_a_second_seed_into_the_same_out_gets_its_own_file(tmp_path):
+    run = load("run")
+    assert run.result_path(tmp_path, "recipe", 1) == tmp_path / "recipe.json"
+    (tmp_path / "recipe.json").write_text(json.dumps({"seed": 0}))
+    assert run.result_path(tmp_path, "recipe", 0) == tmp_path / "recipe.json"
+    assert run.result_path(tmp_path, "recipe", 2) == tmp_path / "recipe-seed2.json"

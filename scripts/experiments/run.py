@@ -147,6 +147,15 @@ def compare(subject: str, reference: str) -> dict:
     return summary
 
 
+def result_path(out: Path, name: str, seed: int) -> Path:
+    """``OUT/NAME.json``, unless that holds another seed's result (runs of several seeds into
+    one ``--out``): then ``OUT/NAME-seedSEED.json``, so that no seed overwrites another."""
+    path = out / f"{name}.json"
+    if path.is_file() and json.loads(path.read_text()).get("seed") != seed:
+        return out / f"{name}-seed{seed}.json"
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("configs", nargs="*", type=Path, help="config JSON files")
@@ -179,7 +188,9 @@ def main() -> None:
             run_dir = args.runs / config["name"] if args.runs else Path(scratch)
             result = run_experiment(config, args.questions, args.seed, run_dir, args.data)
         result["machine"] = machine()
-        write_json(args.out / f"{config['name']}.json", result)
+        path = result_path(args.out, config["name"], args.seed)
+        write_json(path, result)
+        print(f"wrote {path}")
         print(json.dumps(result["final"]))
 
 
