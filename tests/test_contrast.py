@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -164,22 +162,3 @@ def test_a_model_trained_without_the_loss_gets_a_head_to_fine_tune_with_it(tiny_
     assert torch.isfinite(output.contrast_loss)
     with pytest.raises(ValueError, match="contrast_loss_weight must be >= 0"):
         model.set_contrast_loss_weight(-1)
-
-
-def test_the_flag_reaches_the_trained_model_its_curve_and_card(tmp_path, tiny_run, train_tiny):
-    _, data = tiny_run
-    run = tmp_path / "run"
-    assert train_tiny(data, run, "--contrast-loss-weight", "0.5") == 0
-    assert json.loads((run / "config.json").read_text())["contrast_loss_weight"] == 0.5
-    assert HybridVQAModel.from_pretrained(run).contrast is not None
-    history = json.loads((run / "metrics.json").read_text())["history"]
-    losses = [value for epoch in history for value in epoch["step_contrast_losses"]]
-    assert losses and all(value > 0 for value in losses)
-    assert "recoloured-view contrast × 0.5" in (run / "README.md").read_text()
-
-
-def test_init_from_adds_the_loss_to_a_run_trained_without_it(tmp_path, tiny_run, train_tiny):
-    trained, data = tiny_run
-    run = tmp_path / "run"
-    assert train_tiny(data, run, "--init-from", str(trained), "--contrast-loss-weight", "1") == 0
-    assert json.loads((run / "config.json").read_text())["contrast_loss_weight"] == 1.0

@@ -3,8 +3,6 @@ scores, the box-free signal that teaches hybrid's selection where to look."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -98,25 +96,6 @@ def test_a_model_trained_without_the_loss_gets_a_head_to_fine_tune_with_it(tiny_
     assert torch.isfinite(model(pixels, ids, labels=labels).glimpse_loss)
     with pytest.raises(ValueError, match="glimpse_loss_weight must be >= 0"):
         model.set_glimpse_loss_weight(-1)
-
-
-def test_the_flag_reaches_the_trained_model_its_curve_and_card(tmp_path, tiny_run, train_tiny):
-    _, data = tiny_run
-    run = tmp_path / "run"
-    assert train_tiny(data, run, "--glimpse-loss-weight", "0.5") == 0
-    assert json.loads((run / "config.json").read_text())["glimpse_loss_weight"] == 0.5
-    assert HybridVQAModel.from_pretrained(run).glimpse is not None
-    history = json.loads((run / "metrics.json").read_text())["history"]
-    losses = [value for epoch in history for value in epoch["step_glimpse_losses"]]
-    assert losses and all(value > 0 for value in losses)
-    assert "glimpse answer × 0.5" in (run / "README.md").read_text()
-
-
-def test_init_from_adds_the_loss_to_a_run_trained_without_it(tmp_path, tiny_run, train_tiny):
-    trained, data = tiny_run
-    run = tmp_path / "run"
-    assert train_tiny(data, run, "--init-from", str(trained), "--glimpse-loss-weight", "1") == 0
-    assert json.loads((run / "config.json").read_text())["glimpse_loss_weight"] == 1.0
 
 
 def test_new_answers_give_the_glimpse_one_row_each_keeping_the_known_ones(tiny_fields):
