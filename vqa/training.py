@@ -232,8 +232,7 @@ def record_losses(accelerator: Accelerator, pending: list[torch.Tensor], progres
         progress["pointing_losses"].append(pointing_loss)
         progress["reconstruction_losses"].append(reconstruction_loss)
         progress["contrast_losses"].append(contrast)
-        # a checkpoint written before the glimpse loss existed has no such list
-        progress.setdefault("glimpse_losses", []).append(glimpse)
+        progress["glimpse_losses"].append(glimpse)
 
 
 def train_epoch(
@@ -335,7 +334,7 @@ def epoch_record(state: dict, seconds: float, questions: int, lr: float) -> dict
         "step_pointing_losses": progress["pointing_losses"],
         "step_reconstruction_losses": progress["reconstruction_losses"],
         "step_contrast_losses": progress["contrast_losses"],
-        "step_glimpse_losses": progress.get("glimpse_losses", []),
+        "step_glimpse_losses": progress["glimpse_losses"],
         "skipped_steps": progress["skipped_steps"],
         "skipped_bad_image_questions": progress["skipped_bad_image_questions"],
         "train_seconds": seconds,
