@@ -6,7 +6,8 @@
 For the default preset and the larger ``full`` one, under bf16 and under fp16, it trains a few
 epochs (a few hundred steps) on freshly generated scenes and records whether the loss fell,
 questions per second, peak GPU memory and what precision the run chose; then it scores the
-last model with ``vqa.evaluation.evaluate`` (latency synchronised with the device), times
+last model with ``vqa.evaluation.evaluate`` (latency synchronised with the device), profiles
+one epoch of the default preset (host time, data loading, GPU kernel time), times
 ``HybridAttention`` with ``scripts/bench_attention.py`` and the whole model with the selection
 inside the encoder with ``scripts/bench_encoder.py``. A stage that fails is recorded with its
 error and the others still run; the JSON in ``DIR/device_check.json`` is rewritten after every
@@ -89,6 +90,42 @@ def train_check(data: Path, preset: str, precision: str, run: Path, epochs: int)
     }
 
 
+def profile_check(data: Path, preset: str, run: Path) -> dict:
+    """One epoch of ``preset`` under ``torch.profiler``: where a training step's time goes.
+
+    Returns the wall seconds, the host seconds spent waiting for batches (the DataLoader's
+    ``__next__``), the seconds the GPU ran kernels, and the 15 operators that took the most host
+    time, so a host-bound step (the GPU idle between small kernels) shows as kernel seconds far
+    below the wall seconds.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as profiler:
+        train_check(data, preset, "bf16", run, epochs=1)
+    wall = time.perf_counter() - start
+    events = profiler.key_averages()
+    loading = [event for event in events if event.key.startswith("enumerate(DataLoader)")]
+    top = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:15]
+    return {
+        "preset": preset,
+        "wall_seconds": round(wall, 1),
+        "data_loading_seconds": round(sum(e.self_cpu_time_total for e in loading) / 1e6, 2),
+        "kernel_seconds": round(sum(e.self_device_time_total for e in events) / 1e6, 2),
+        "host_operator_seconds": round(sum(e.self_cpu_time_total for e in events) / 1e6, 2),
+        "top_host_operators": [
+            {
+                "name": event.key[:80],
+                "calls": event.count,
+                "self_host_ms": round(event.self_cpu_time_total / 1e3, 1),
+                "self_kernel_ms": round(event.self_device_time_total / 1e3, 1),
+            }
+            for event in top
+        ],
+    }
+
+
 def stage(result: dict, name: str, out: Path, work: Callable[[], object]) -> None:
     """Run ``work``, store what it returns (or its error) under ``result[name]`` with its
     seconds, and rewrite ``out/device_check.json``."""
@@ -158,6 +195,12 @@ def main() -> None:
             return {"device": str(model.device), **{key: scores[key] for key in keys}}
 
         stage(result, "evaluation", args.out, evaluation)
+        stage(
+            result,
+            "profile",
+            args.out,
+            lambda: profile_check(data, presets[0], Path(scratch) / "profile"),
+        )
     attention_options = ["--n", "64", "256"] if args.smoke else ["--repeats", "20"]
     stage(
         result,

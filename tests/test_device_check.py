@@ -37,6 +37,10 @@ def test_smoke_run_trains_evaluates_and_benchmarks(tmp_path: Path) -> None:
         assert run["requested_precision"] == precision
         assert run["steps"] > 0 and run["questions_per_second"] > 0
     assert result["evaluation"]["questions"] > 0
+    profile = result["profile"]
+    assert 0 < profile["data_loading_seconds"] < profile["wall_seconds"]
+    assert profile["kernel_seconds"] == 0  # no GPU here
+    assert any(row["name"].startswith("aten::") for row in profile["top_host_operators"])
     assert {row["mode"] for row in result["attention"]} == {"soft", "hard", "hybrid"}
     assert result["encoder"][0]["name"] == "default 64px"
-    assert set(result["stage_seconds"]) >= {"data", "evaluation", "attention", "encoder"}
+    assert set(result["stage_seconds"]) >= {"data", "evaluation", "profile", "attention", "encoder"}
