@@ -37,7 +37,9 @@ from vqa.evaluation import evaluate
 from vqa.files import write_json
 from vqa.inference import load_model
 from vqa.machine import machine
-from vqa.training import TrainingArguments, resolve_precision, train
+from vqa.presets import get_preset
+from vqa.run_setup import setup_run
+from vqa.training import TrainingArguments, make_accelerator, resolve_precision, train
 
 PACKAGES = ("torch", "transformers", "accelerate", "timm", "datasets", "pyarrow")
 
@@ -126,6 +128,52 @@ def profile_check(data: Path, preset: str, run: Path) -> dict:
     }
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def step_throughput(data: Path, preset: str, batch: int, run: Path, steps: int) -> dict:
+    """Questions per second of ``preset``'s training step (forward, backward, AdamW) under bf16
+    at ``batch`` questions, on batches already on the device: the model's own throughput, without
+    data loading or the training loop's bookkeeping. The median of ``steps`` timed steps."""
+    args = TrainingArguments(
+        output=str(run), data=str(data), preset=preset, mixed_precision="bf16", batch_size=batch
+    )
+    accelerator = make_accelerator(args)
+    setup = setup_run(args, get_preset(preset), accelerator)
+    model, optimizer = accelerator.prepare(setup.model, setup.optimizer)
+    batches = [inputs for inputs, _ in setup.loader][: max(1, len(setup.loader) - 1)]  # full ones
+    batches = [
+        {
+            key: value.to(accelerator.device) if torch.is_tensor(value) else value
+            for key, value in b.items()
+        }
+        for b in batches
+    ]
+    model.train()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(steps + 3):  # three warm-up steps
+        synchronize()
+        start = time.perf_counter()
+        output = model(**batches[step % len(batches)])
+        accelerator.backward(output.loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    step_seconds = statistics.median(times[3:])
+    return {
+        "batch": batch,
+        "ms_per_step": round(step_seconds * 1e3, 2),
+        "questions_per_second": round(batch / step_seconds, 1),
+        "peak_memory_mb": peak_memory_mb(),
+    }
+
+
 def stage(result: dict, name: str, out: Path, work: Callable[[], object]) -> None:
     """Run ``work``, store what it returns (or its error) under ``result[name]`` with its
     seconds, and rewrite ``out/device_check.json``."""
@@ -148,16 +196,23 @@ def run_benchmark(script: str, out: Path, options: list[str]) -> dict:
     return json.loads(out.read_text())
 
 
+STAGES = ("train", "evaluation", "profile", "throughput", "attention", "encoder")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script")
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="what to run (all)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     # 600 scenes with up to 10 questions each: about 2700 training questions, so 4 epochs are
     # about 225 steps of the default preset. The device's CPU wrote a scene in about 75 ms on
     # 2026-12-04 (2500 scenes took 208 s), so more scenes would not leave time for the rest.
     scenes, epochs, presets = (40, 1, ["tiny"]) if args.smoke else (600, 4, ["default", "full"])
+    batches = [4, 16] if args.smoke else [48, 192, 768]
     result: dict = {
         "machine": machine(),
         "packages": {name: version(name) for name in PACKAGES},
@@ -174,19 +229,6 @@ def main() -> None:
             )
             return {"scenes": scenes, "questions_per_image": config.questions_per_image}
 
-        stage(result, "data", args.out, generate)
-        for preset in presets:
-            for precision in ("bf16", "fp16"):
-                run = Path(scratch) / f"{preset}-{precision}"
-                stage(
-                    result,
-                    f"train {preset} {precision}",
-                    args.out,
-                    lambda preset=preset, precision=precision, run=run: train_check(
-                        data, preset, precision, run, epochs
-                    ),
-                )
-
         def evaluation() -> dict:
             model, processor = load_model(Path(scratch) / f"{presets[-1]}-bf16")
             rows = load_vqa_dataset(data, ["val"])["val"]
@@ -194,33 +236,63 @@ def main() -> None:
             keys = ("questions", "accuracy", "ms_per_question")
             return {"device": str(model.device), **{key: scores[key] for key in keys}}
 
-        stage(result, "evaluation", args.out, evaluation)
+        if {"train", "evaluation", "profile", "throughput"} & set(args.stages):
+            stage(result, "data", args.out, generate)
+        if "train" in args.stages or "evaluation" in args.stages:  # evaluation scores a run
+            for preset in presets:
+                for precision in ("bf16", "fp16"):
+                    run = Path(scratch) / f"{preset}-{precision}"
+                    stage(
+                        result,
+                        f"train {preset} {precision}",
+                        args.out,
+                        lambda preset=preset, precision=precision, run=run: train_check(
+                            data, preset, precision, run, epochs
+                        ),
+                    )
+        if "evaluation" in args.stages:
+            stage(result, "evaluation", args.out, evaluation)
+        if "profile" in args.stages:
+            stage(
+                result,
+                "profile",
+                args.out,
+                lambda: profile_check(data, presets[0], Path(scratch) / "profile"),
+            )
+        if "throughput" in args.stages:
+            stage(
+                result,
+                "throughput",
+                args.out,
+                lambda: [
+                    step_throughput(data, presets[0], batch, Path(scratch) / f"step-{batch}", 10)
+                    for batch in batches
+                ],
+            )
+    if "attention" in args.stages:
+        attention_options = ["--n", "64", "256"] if args.smoke else ["--repeats", "20"]
         stage(
             result,
-            "profile",
+            "attention",
             args.out,
-            lambda: profile_check(data, presets[0], Path(scratch) / "profile"),
+            lambda: run_benchmark(
+                "bench_attention.py", args.out / "bench_attention.json", attention_options
+            )["results"],
         )
-    attention_options = ["--n", "64", "256"] if args.smoke else ["--repeats", "20"]
-    stage(
-        result,
-        "attention",
-        args.out,
-        lambda: run_benchmark(
-            "bench_attention.py", args.out / "bench_attention.json", attention_options
-        )["results"],
-    )
-    encoder_options = (
-        ["--only", "default 64px", "--repeats", "2"] if args.smoke else ["--repeats", "5"]
-    )
-    stage(
-        result,
-        "encoder",
-        args.out,
-        lambda: run_benchmark("bench_encoder.py", args.out / "bench_encoder.json", encoder_options)[
-            "cases"
-        ],
-    )
+    if "encoder" in args.stages:
+        encoder_options = (
+            ["--only", "default 64px", "--repeats", "2"]
+            if args.smoke
+            else ["--repeats", "5", "--batch", "1", "32", "256"]
+        )
+        stage(
+            result,
+            "encoder",
+            args.out,
+            lambda: run_benchmark(
+                "bench_encoder.py", args.out / "bench_encoder.json", encoder_options
+            )["cases"],
+        )
     print(json.dumps(result, indent=2))
     if result.get("failed"):
         sys.exit(f"device check: failed stages: {', '.join(result['failed'])}")

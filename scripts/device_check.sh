@@ -3,7 +3,7 @@
 # accelerate, timm and pyarrow but no network and no datasets: datasets travels as wheels.
 #
 #   bash scripts/device_check.sh --prepare   # here: download the wheels into .device-wheels/
-#   bash scripts/device_check.sh             # there (carry .device-wheels): install, check
+#   bash scripts/device_check.sh [--stages ...]  # there (carry .device-wheels): install, check
 #
 # Only datasets and the two packages it needs that the device image lacks travel (a call
 # carries at most 64 MiB); pyarrow travels too and is installed only where the image's is
@@ -27,4 +27,4 @@ fi
 python3 -m pip install --quiet --no-index --no-deps "$WHEELS"/datasets-*.whl \
     "$WHEELS"/dill-*.whl "$WHEELS"/multiprocess-*.whl
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-timeout 420 python3 scripts/device_check.py --out "${OUT:-device-check}"
+timeout 420 python3 scripts/device_check.py --out "${OUT:-device-check}" "$@"

@@ -42,5 +42,14 @@ def test_smoke_run_trains_evaluates_and_benchmarks(tmp_path: Path) -> None:
     assert profile["kernel_seconds"] == 0  # no GPU here
     assert any(row["name"].startswith("aten::") for row in profile["top_host_operators"])
     assert {row["mode"] for row in result["attention"]} == {"soft", "hard", "hybrid"}
+    assert [row["batch"] for row in result["throughput"]] == [4, 16]
+    assert all(row["questions_per_second"] > 0 for row in result["throughput"])
     assert result["encoder"][0]["name"] == "default 64px"
-    assert set(result["stage_seconds"]) >= {"data", "evaluation", "profile", "attention", "encoder"}
+    assert set(result["stage_seconds"]) >= {
+        "data",
+        "evaluation",
+        "profile",
+        "throughput",
+        "attention",
+        "encoder",
+    }
