@@ -94,13 +94,15 @@ def test_answers_only_applies_the_recipe_where_the_rows_have_boxes() -> None:
     assert note.startswith("--answers-only: ")
 
 
-def test_the_default_recipe_fuses_in_one_hop_unless_hops_is_given() -> None:
+def test_the_default_recipe_fuses_in_one_hop_keeping_32_regions_unless_flags_say() -> None:
     preset = get_preset("default")
     assert preset.model["fusion_hops"] == 2  # with boxes
     fields, note = box_free_fields(preset, TrainingArguments(output="x"), False)
-    assert fields["fusion_hops"] == 1 and note.endswith(", --hops 1")
-    fields, note = box_free_fields(preset, TrainingArguments(output="x", hops=2), False)
+    assert fields["fusion_hops"] == 1 and fields["fusion_k"] == 32
+    assert note.endswith(", --hops 1, --k 32")
+    fields, note = box_free_fields(preset, TrainingArguments(output="x", hops=2, k=8), False)
     assert "fusion_hops" not in fields and "--hops" not in note
+    assert "fusion_k" not in fields and "--k" not in note
     assert fields["contrast_loss_weight"] == 1.0  # the rest of the recipe still applies
 
 
