@@ -16,7 +16,7 @@ taken after every epoch. ``--threads`` sets torch's threads per run, so that two
 a 2-core machine as the README's table was measured. ``--runs DIR`` keeps each trained model
 (``DIR/<config>``, a ``vqa train`` run directory) for later probes, e.g.
 ``scripts/probe_regions.py``. ``--data DIR`` trains on a local-format dataset instead (for
-example ``scripts/easy_vqa.py``'s); a config's ``synthetic`` sizes then do not apply.
+example ``scripts/prepare_easy_vqa.py``'s); a config's ``synthetic`` sizes then do not apply.
 """
 
 from __future__ import annotations

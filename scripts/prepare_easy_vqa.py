@@ -1,7 +1,7 @@
 """Write the easy-VQA dataset in the local format, to train and benchmark on a public dataset.
 
     pip install easy-vqa            # the dataset's package (MIT): 5,000 images, 3 MB
-    python scripts/easy_vqa.py data/easy-vqa
+    python scripts/prepare_easy_vqa.py data/easy-vqa
     python scripts/bench_train.py --data data/easy-vqa --modes hybrid --peer --epochs 5
 
 easy-VQA (github.com/vzhou842/easy-VQA) is the dataset of the tutorial that ``vqa.peer``

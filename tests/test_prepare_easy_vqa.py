@@ -1,8 +1,11 @@
-"""scripts/easy_vqa.py: the easy-VQA package's files -> the local format, read back."""
+"""scripts/prepare_easy_vqa.py: the easy-VQA package's files -> the local format, read back."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ from conftest import load_script
 from PIL import Image
 
 from vqa.data.formats import load_local_dataset
+
+ROOT = Path(__file__).parents[1]
 
 QUESTIONS = {
     "train": [
@@ -36,7 +41,7 @@ def package_data(tmp_path: Path) -> Path:
 
 
 def test_writes_splits_with_question_types_that_the_local_reader_loads(package_data, tmp_path):
-    easy_vqa = load_script("easy_vqa")
+    easy_vqa = load_script("prepare_easy_vqa")
     out = tmp_path / "easy"
     counts = easy_vqa.write_easy_vqa(package_data, out, val_from=2)
     assert counts == {"train": 3, "val": 1, "test": 1}
@@ -56,14 +61,27 @@ def test_a_malformed_entry_is_named_and_nothing_is_left_behind(package_data, tmp
     questions.write_text(json.dumps([*QUESTIONS["train"], entry]))
     out = tmp_path / "easy"
     with pytest.raises(ValueError, match=r"questions.json: entry 5 is not \[question, answer"):
-        load_script("easy_vqa").write_easy_vqa(package_data, out)
+        load_script("prepare_easy_vqa").write_easy_vqa(package_data, out)
     assert not out.exists() and list(tmp_path.glob(".easy*")) == []
 
 
 def test_an_existing_directory_is_replaced_only_when_asked(package_data, tmp_path):
-    easy_vqa = load_script("easy_vqa")
+    easy_vqa = load_script("prepare_easy_vqa")
     out = tmp_path / "easy"
     easy_vqa.write_easy_vqa(package_data, out)
     with pytest.raises(FileExistsError):
         easy_vqa.write_easy_vqa(package_data, out)
     assert easy_vqa.write_easy_vqa(package_data, out, val_from=1, overwrite=True)["val"] == 2
+
+
+def test_the_script_reads_the_installed_package(package_data, tmp_path):
+    # run as the README says, with the fixture as the installed easy_vqa package: the script's
+    # own name must not shadow the package's
+    (package_data.parent / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{package_data.parents[1]}"}
+    out = tmp_path / "easy"
+    command = [sys.executable, "scripts/prepare_easy_vqa.py", str(out), "--val-from", "2"]
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(completed.stdout)["questions"] == {"train": 3, "val": 1, "test": 1}
+    assert len(load_local_dataset(out, ["train"])["train"]) == 3
