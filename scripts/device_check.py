@@ -7,12 +7,13 @@ For the default preset and the larger ``full`` one, under bf16 and under fp16, i
 epochs (a few hundred steps) on freshly generated scenes and records whether the loss fell,
 questions per second, peak GPU memory and what precision the run chose; then it scores the
 last model with ``vqa.evaluation.evaluate`` (latency synchronised with the device), profiles
-one epoch of the default preset (host time, data loading, GPU kernel time), times
-``HybridAttention`` with ``scripts/bench_attention.py`` and the whole model with the selection
-inside the encoder with ``scripts/bench_encoder.py``. A stage that fails is recorded with its
-error and the others still run; the JSON in ``DIR/device_check.json`` is rewritten after every
-stage, so a run cut short keeps what it measured. It prints the JSON and exits non-zero if a
-stage failed. ``scripts/device_check.sh`` runs it on the device machine.
+one epoch of the default preset (host time, data loading, GPU kernel time), times its training
+step alone at batch 48, 192 and 768, times ``HybridAttention`` with
+``scripts/bench_attention.py`` and the whole model with the selection inside the encoder with
+``scripts/bench_encoder.py``. A stage that fails is recorded with its error and the others
+still run; the JSON in ``DIR/device_check.json`` is rewritten after every stage, so a run cut
+short keeps what it measured. ``--stages`` runs a part. It prints the JSON and exits non-zero
+if a stage failed. ``scripts/device_check.sh`` runs it on the device machine.
 """
 
 from __future__ import annotations
