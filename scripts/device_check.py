@@ -114,7 +114,7 @@ def profile_check(data: Path, preset: str, run: Path) -> dict:
     return {
         "preset": preset,
         "wall_seconds": round(wall, 1),
-        "data_loading_seconds": round(sum(e.self_cpu_time_total for e in loading) / 1e6, 2),
+        "data_loading_seconds": round(sum(e.self_cpu_time_total for e in loading) / 1e6, 3),
         "kernel_seconds": round(sum(e.self_device_time_total for e in events) / 1e6, 2),
         "host_operator_seconds": round(sum(e.self_cpu_time_total for e in events) / 1e6, 2),
         "top_host_operators": [
