@@ -342,6 +342,13 @@ class TrainingArguments:
         group="estimator training",
     )
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
+    ema_decay: float | None = option(
+        None,
+        "keep an exponential moving average of the weights with this decay (warmed up from 0, "
+        "e.g. 0.999); validation scores it and the trained weights, and the saved model is the "
+        "average (default: none)",
+        metavar="DECAY",
+    )
     image_group_size: int | None = option(
         None,
         "at most N questions about one image next to each other in the training order (default: "
@@ -417,6 +424,8 @@ class TrainingArguments:
             raise ValueError(f"augment_shift must be in [0, 0.5), got {self.augment_shift!r}")
         if not 0.0 <= self.soft_warmup <= 1.0:
             raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.tau_final is not None and not self.tau_final > 0:
             raise ValueError(f"tau_final must be > 0, got {self.tau_final!r}")
         if self.k_start is not None and self.k_start < 1:

@@ -1,6 +1,7 @@
 """Training checkpoints: ``RUN/checkpoint/step-N/``, written atomically, newest kept.
 
-A checkpoint holds Accelerate's state (model, optimizer, scheduler, RNG of every process) and
+A checkpoint holds Accelerate's state (model, optimizer, scheduler, RNG of every process), the
+moving average of the weights when the run keeps one (``vqa.weight_average``), and
 ``trainer_state.json`` (epoch, batches seen in it, losses so far), which is all that an exact
 mid-epoch ``--resume`` needs.
 """
@@ -12,8 +13,10 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from timm.utils.model_ema import ModelEmaV3
 
 from vqa.files import write_json
+from vqa.weight_average import save_weight_average
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -53,8 +56,15 @@ def clear_checkpoints(accelerator: Accelerator, run: Path) -> int:
     return found
 
 
-def save_checkpoint(accelerator: Accelerator, run: Path, state: dict, keep: int) -> None:
-    """Accelerate state + trainer state as ``checkpoint/step-N``; keep the newest ``keep``.
+def save_checkpoint(
+    accelerator: Accelerator,
+    run: Path,
+    state: dict,
+    keep: int,
+    average: ModelEmaV3 | None = None,
+) -> None:
+    """Accelerate state, ``average`` (if any) and trainer state as ``checkpoint/step-N``; keep
+    the newest ``keep``.
 
     Written beside as ``step-N.tmp`` and renamed once complete, so a kill at any moment
     leaves the previous checkpoints intact.
@@ -67,6 +77,7 @@ def save_checkpoint(accelerator: Accelerator, run: Path, state: dict, keep: int)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
+        save_weight_average(average, staging)
         write_json(staging / STATE_FILE, state)
         os.replace(staging, final)
         for path in [*directory.glob("step-*.tmp"), *checkpoints(run)[:-keep]]:

@@ -3,7 +3,8 @@
 ``train(TrainingArguments(...))`` builds the run (``vqa.run_setup``), prepares it with
 Accelerate, loops over the epochs, evaluates after each and saves. It writes into the run
 directory:
-- the best model (``config.json``, ``model.safetensors``) and its processor files,
+- the best model (``config.json``, ``model.safetensors``; with ``--ema-decay`` the moving
+  average of the weights, ``vqa.weight_average``) and its processor files,
 - ``metrics.json``: per epoch the training loss, validation scores and wall time,
 - ``README.md`` (the model card, ``vqa.model_card``) and ``curves.png`` (``vqa.curves``),
 - ``checkpoint/``: everything ``--resume`` needs (``vqa.checkpoints``).
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from timm.utils.model_ema import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -41,9 +43,12 @@ from vqa.files import write_json
 from vqa.finetune import freeze_batchnorm_statistics
 from vqa.model_card import write_model_card
 from vqa.presets import get_preset
-from vqa.run_setup import setup_run
+from vqa.run_setup import RunSetup, setup_run
+from vqa.weight_average import load_weight_average, make_weight_average, update_weight_average
 
 METRICS_FILE = "metrics.json"
+# With --ema-decay the val_* scores are the weight average's, these the trained weights'.
+RAW_SCORES = ("val_raw_accuracy", "val_raw_accuracy_by_type", "val_raw_pointing_accuracy")
 # Config fields that change what the weights mean without changing their shapes (and hops, whose
 # weights a resumed model without them would not load): --resume checks them.
 RESUME_CHECKED = ("fusion_heads", "fusion_hops", "vision_heads", "text_heads")
@@ -244,13 +249,15 @@ def train_epoch(
     state: dict,
     args: TrainingArguments,
     total_steps: int,
+    average: ModelEmaV3 | None = None,
 ) -> float:
     """Train the epoch ``state["epoch"]`` (its rest, when resuming mid-epoch) of a run of
     ``total_steps`` optimizer steps.
 
-    Updates ``state`` (steps, bad steps, the epoch's progress) and checkpoints every
-    ``args.save_every_steps``. The first ``args.soft_warmup`` of the steps run the fusion in
-    soft mode; each step sets the scheduled tau, entropy weight and k (:func:`scheduled_values`).
+    Updates ``state`` (steps, bad steps, the epoch's progress) and the moving ``average`` of
+    the weights after each applied step, and checkpoints every ``args.save_every_steps``. The
+    first ``args.soft_warmup`` of the steps run the fusion in soft mode; each step sets the
+    scheduled tau, entropy weight and k (:func:`scheduled_values`).
     The model's own mode, tau, weight and k are back when the epoch ends. Returns the epoch's
     training seconds.
     """
@@ -296,6 +303,8 @@ def train_epoch(
         if not accelerator.sync_gradients:
             continue
         state["global_step"] += 1
+        if applied:
+            update_weight_average(average, accelerator, model, state["global_step"])
         if applied or (accelerator.scaler is not None and finite_loss):
             state["bad_steps"] = 0  # an fp16 overflow that the scaler skipped is routine
         else:
@@ -310,7 +319,7 @@ def train_epoch(
             record_losses(accelerator, pending, progress)
             progress["seconds"] += time.perf_counter() - start
             start = time.perf_counter()
-            save_checkpoint(accelerator, run, state, args.keep_checkpoints)
+            save_checkpoint(accelerator, run, state, args.keep_checkpoints, average)
     fusion.mode = mode
     unwrapped.set_schedule(
         tau=config.fusion_tau, entropy_weight=config.reinforce_entropy_weight, k=None
@@ -359,6 +368,11 @@ def learning_curve(history: list[dict]) -> list[dict]:
                 "val_accuracy": record.get("val_accuracy"),
                 "val_accuracy_by_type": record.get("val_accuracy_by_type"),
                 "val_pointing_accuracy": record.get("val_pointing_accuracy"),
+                **{
+                    name: record[name]
+                    for name in RAW_SCORES
+                    if name in record  # with --ema-decay: the trained weights' own scores
+                },
             }
         )
     return curve
@@ -370,11 +384,13 @@ def save_epoch(
     record: dict,
     state: dict,
     args: TrainingArguments,
+    average: ModelEmaV3 | None = None,
 ) -> None:
     """Close the epoch in ``state``, save the model if it is the best so far, and checkpoint.
 
     The best model has the highest validation accuracy, or the lowest training loss when the
-    data has no validation split.
+    data has no validation split. With a moving ``average`` of the weights, that is what is
+    saved (and what the validation accuracy scored).
     """
     accuracy = record.get("val_accuracy", -record["train_loss"])
     state["history"].append(record)
@@ -382,14 +398,63 @@ def save_epoch(
     if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
         state["best_accuracy"], state["best_epoch"] = accuracy, record["epoch"]
         # the whole weights, gathered from every process under FSDP and DeepSpeed ZeRO-3
-        state_dict = accelerator.get_state_dict(model)
+        state_dict = (
+            accelerator.get_state_dict(model) if average is None else average.module.state_dict()
+        )
         accelerator.unwrap_model(model).save_pretrained(
             args.output,
             is_main_process=accelerator.is_main_process,
             save_function=accelerator.save,
             state_dict=state_dict,
         )
-    save_checkpoint(accelerator, Path(args.output), state, args.keep_checkpoints)
+    save_checkpoint(accelerator, Path(args.output), state, args.keep_checkpoints, average)
+
+
+def validate(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    average: ModelEmaV3 | None,
+    setup: RunSetup,
+    args: TrainingArguments,
+) -> dict:
+    """The validation scores of an epoch as ``val_*`` fields (none without a validation split).
+
+    With a moving ``average`` of the weights, ``val_*`` scores the average (the model that is
+    saved) and ``RAW_SCORES`` the trained weights.
+    """
+    if setup.val_rows is None:
+        return {}
+
+    def scores(scored: torch.nn.Module, prefix: str) -> dict:
+        found = evaluate(
+            scored,  # as prepared: under FSDP only the wrapper holds whole weights
+            setup.processor,
+            setup.val_rows,
+            accelerator=accelerator,
+            batch_size=args.eval_batch_size,
+            num_workers=args.num_workers,
+            on_bad_image=args.on_bad_image,
+            progress=args.progress,
+        )
+        return {f"{prefix}{name}": value for name, value in found.items()}
+
+    if average is None:
+        return scores(model, "val_")
+    raw = scores(model, "val_raw_")
+    return {**scores(average.module, "val_"), **{name: raw[name] for name in RAW_SCORES}}
+
+
+def check_weight_average(checkpoint: Path, saved: dict, ema_decay: float | None) -> None:
+    """Raise a ValueError if ``--ema-decay`` differs from the checkpoint's run (checkpoints
+    from before it was recorded had none)."""
+    if saved.get("ema_decay") != ema_decay:
+        was = saved.get("ema_decay")
+        raise ValueError(
+            f"{checkpoint} was trained with "
+            + ("no weight average" if was is None else f"--ema-decay {was}")
+            + f", but this command has --ema-decay {ema_decay}: resume with the flags the run "
+            "started with"
+        )
 
 
 def architecture(config: HybridVQAConfig) -> dict:
@@ -452,12 +517,15 @@ def train(args: TrainingArguments) -> dict:
     check_k_schedule(
         args.k_start, config.fusion_k, config.fusion_mode, config.fusion_k_rule, regions
     )
-    state = {**initial_state(), "architecture": architecture(config)}
+    average = make_weight_average(accelerator, model, args.ema_decay)
+    state = {**initial_state(), "architecture": architecture(config), "ema_decay": args.ema_decay}
     if checkpoint is not None:
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         check_architecture(checkpoint, saved, config)
+        check_weight_average(checkpoint, saved, args.ema_decay)
         load_checkpoint(accelerator, checkpoint)
-        state = {**saved, "architecture": architecture(config)}
+        load_weight_average(average, checkpoint)
+        state = {**saved, "architecture": architecture(config), "ema_decay": args.ema_decay}
         # a checkpoint from before a loss series was recorded starts that series mid-epoch
         state["progress"] = {**epoch_progress(), **state["progress"]}
         accelerator.print(f"Resuming from {checkpoint}.")
@@ -483,27 +551,21 @@ def train(args: TrainingArguments) -> dict:
     total_steps = math.ceil(len(loader) / args.grad_accum) * args.epochs
     while state["epoch"] < args.epochs:
         seconds = train_epoch(
-            accelerator, model, loader, optimizer, scheduler, state, args, total_steps
+            accelerator, model, loader, optimizer, scheduler, state, args, total_steps, average
         )
         record = epoch_record(state, seconds, len(setup.train_rows), scheduler.get_last_lr()[0])
         # the schedules' values at the epoch's last step
         record.update(scheduled_values(args, config, state["global_step"] - 1, total_steps))
-        if setup.val_rows is not None:
-            scores = evaluate(
-                model,  # as prepared: under FSDP only the wrapper holds whole weights
-                setup.processor,
-                setup.val_rows,
-                accelerator=accelerator,
-                batch_size=args.eval_batch_size,
-                num_workers=args.num_workers,
-                on_bad_image=args.on_bad_image,
-                progress=args.progress,
-            )
-            record.update({f"val_{name}": value for name, value in scores.items()})
+        record.update(validate(accelerator, model, average, setup, args))
         accelerator.log(record, step=record["epoch"])
         accelerator.print(
             f"epoch {record['epoch']}: loss {record['train_loss']:.4f}"
             + (f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
+            + (
+                f" (weight average; trained weights {record['val_raw_accuracy']:.4f})"
+                if "val_raw_accuracy" in record
+                else ""
+            )
             + f" ({seconds:.0f} s)"
             + (
                 f"; {record['skipped_bad_image_questions']} questions about images that do not "
@@ -512,7 +574,7 @@ def train(args: TrainingArguments) -> dict:
                 else ""
             )
         )
-        save_epoch(accelerator, model, record, state, args)
+        save_epoch(accelerator, model, record, state, args, average)
         if accelerator.is_main_process:
             write_json(run / METRICS_FILE, {**summary, **state})
             plot_training_curves({**summary, **state}, run / CURVES_FILE)
