@@ -342,6 +342,12 @@ class TrainingArguments:
         group="estimator training",
     )
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
+    label_smoothing: float | None = option(
+        None,
+        "share of each answer target spread evenly over all the answers, in [0, 1) (default: "
+        "the model's; 0 for a new one)",
+        metavar="SHARE",
+    )
     ema_decay: float | None = option(
         None,
         "keep an exponential moving average of the weights with this decay (warmed up from 0, "
@@ -424,6 +430,8 @@ class TrainingArguments:
             raise ValueError(f"augment_shift must be in [0, 0.5), got {self.augment_shift!r}")
         if not 0.0 <= self.soft_warmup <= 1.0:
             raise ValueError(f"soft_warmup must be in [0, 1], got {self.soft_warmup!r}")
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.tau_final is not None and not self.tau_final > 0:

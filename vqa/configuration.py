@@ -34,6 +34,7 @@ NUMBERS = (
     "contrast_loss_weight",
     "glimpse_loss_weight",
     "pointing_loss_weight",
+    "label_smoothing",
 )
 
 
@@ -105,6 +106,9 @@ class HybridVQAConfig(PreTrainedConfig):
     Head and loss:
         num_answers: size of the answer vocabulary (``id2label`` holds the answers).
         dropout: dropout in the fusion layers and the head.
+        label_smoothing: share of each question's answer target spread evenly over all the
+            answers, in [0, 1) (0: none): for answer ids the cross-entropy's own label
+            smoothing, for soft scores each target ``t`` becomes ``t (1 - s) + s / A``.
         reinforce_weight, reinforce_entropy_weight, reinforce_baseline_decay: the REINFORCE
             term added to the loss when ``fusion_estimator == "reinforce"``. Training may
             schedule the entropy weight (``--entropy-schedule``); this is its starting value.
@@ -182,6 +186,7 @@ class HybridVQAConfig(PreTrainedConfig):
 
     num_answers: int = 2
     dropout: float = 0.1
+    label_smoothing: float = 0.0
     reinforce_weight: float = 1.0
     reinforce_entropy_weight: float = 0.01
     reinforce_baseline_decay: float = 0.9
@@ -290,6 +295,10 @@ class HybridVQAConfig(PreTrainedConfig):
                 raise ValueError(f"config field {name!r} must be a number, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"config field 'dropout' must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                f"config field 'label_smoothing' must be in [0, 1), got {self.label_smoothing!r}"
+            )
         if not self.fusion_tau > 0:
             raise ValueError(f"config field 'fusion_tau' must be > 0, got {self.fusion_tau!r}")
         if not 0.0 <= self.reinforce_baseline_decay < 1.0:

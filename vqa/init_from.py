@@ -189,6 +189,8 @@ def model_from_run(
         model.config.reconstruction_mask_ratio = float(args.reconstruction_mask_ratio)
     if args.reinforce_baseline is not None:
         model.config.reinforce_baseline = args.reinforce_baseline
+    if args.label_smoothing is not None:
+        model.config.label_smoothing = float(args.label_smoothing)
     notes = [
         f"model: {run}'s architecture and weights (the preset's model sizes are not used)",
         adapt_answer_head(model, answers),

@@ -446,9 +446,10 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             output.contrast_loss = self.contrast_loss(vision, pixel_values, image_index)
         if labels is not None and self.glimpse is not None:
             glimpse = self.glimpse_logits(question, attended, scored)
-            output.glimpse_loss = answer_loss(glimpse, labels).mean()
+            smoothing = self.config.label_smoothing
+            output.glimpse_loss = answer_loss(glimpse, labels, smoothing).mean()
         if labels is not None:
-            output.answer_loss = answer_loss(output.logits, labels)
+            output.answer_loss = answer_loss(output.logits, labels, self.config.label_smoothing)
             output.loss = self._training_loss(output, question_group)
         return output
 
@@ -626,15 +627,19 @@ def region_outputs(
     )
 
 
-def answer_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-question loss (B,): cross-entropy for answer ids, soft-score BCE for (B, A) scores.
+def answer_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
+    """Per-question loss (B,): cross-entropy for answer ids (B,), soft-score BCE for (B, A)
+    scores, against targets with ``smoothing`` of their mass spread evenly over the A answers.
 
     Questions whose label is -100 (an answer outside the vocabulary) cost 0.
     """
     if labels.dtype.is_floating_point:
-        bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+        targets = labels.float() * (1 - smoothing) + smoothing / logits.shape[-1]
+        bce = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
         return bce.sum(-1)
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+    return F.cross_entropy(
+        logits.float(), labels, ignore_index=-100, reduction="none", label_smoothing=smoothing
+    )
 
 
 AutoConfig.register(HybridVQAConfig.model_type, HybridVQAConfig)

@@ -237,7 +237,13 @@ def fresh_model(
     }
     fusion.update(fusion_k_settings(args))
     fields.update({f"fusion_{name}": value for name, value in fusion.items() if value is not None})
-    for name in ("vision_stem", "vision_conditioning", "encoder_k", "reinforce_baseline"):
+    for name in (
+        "vision_stem",
+        "vision_conditioning",
+        "encoder_k",
+        "reinforce_baseline",
+        "label_smoothing",
+    ):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if args.select_after is not None:
