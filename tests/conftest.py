@@ -98,8 +98,8 @@ def stop_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
     save, stops = vqa.training.save_checkpoint, [step]
 
-    def save_then_stop(accelerator, run, state, keep):
-        save(accelerator, run, state, keep)
+    def save_then_stop(accelerator, run, state, keep, average=None):
+        save(accelerator, run, state, keep, average)
         if state["global_step"] in stops:
             stops.remove(state["global_step"])
             raise Interrupted

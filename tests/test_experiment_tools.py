@@ -1,5 +1,6 @@
 """``scripts/experiments``: ``run.py --compare`` tests two sets of results with Welch's t-test,
-and ``flops.py`` counts what a training question costs under each config."""
+``--average-vs-raw`` pairs the weight average of each run with its trained weights, and
+``flops.py`` counts what a training question costs under each config."""
 
 from __future__ import annotations
 
@@ -45,6 +46,27 @@ def test_compare_names_a_pattern_that_matches_nothing(tmp_path):
     run = load("run")
     with pytest.raises(SystemExit, match="no result file matches"):
         run.compare(str(tmp_path / "missing*.json"), str(tmp_path / "*.json"))
+
+
+def write_averaged_run(path: Path, average: list[float], raw: list[float]) -> None:
+    curve = [{"val_accuracy": a, "val_raw_accuracy": r} for a, r in zip(average, raw, strict=True)]
+    path.write_text(json.dumps({"curve": curve}))
+
+
+def test_average_vs_raw_pairs_each_run_s_two_weights(tmp_path):
+    run = load("run")
+    write_averaged_run(tmp_path / "seed0.json", [0.30, 0.52], [0.31, 0.50])
+    write_averaged_run(tmp_path / "seed1.json", [0.28, 0.61], [0.27, 0.58])
+    write_averaged_run(tmp_path / "seed2.json", [0.33, 0.47], [0.30, 0.46])
+    result = run.average_against_raw(str(tmp_path / "seed*.json"))
+    assert [entry["raw"] for entry in result["runs"]][1] == [0.27, 0.58]
+    assert result["final_differences"] == pytest.approx([0.02, 0.03, 0.01])
+    assert result["final_difference_mean"] == pytest.approx(0.02)
+    # differences 0.02, 0.03, 0.01: t = 0.02 / (0.01 / sqrt 3) = 3.46 on 2 degrees of freedom
+    assert result["test"]["p_value"] == pytest.approx(0.0742, abs=1e-3)
+    (tmp_path / "plain.json").write_text(json.dumps({"curve": [{"val_accuracy": 0.5}]}))
+    with pytest.raises(SystemExit, match="trained without ema_decay"):
+        run.average_against_raw(str(tmp_path / "plain.json"))
 
 
 def test_film_costs_more_per_question_only_in_the_encoder(monkeypatch, capsys):

@@ -3,6 +3,8 @@
     python scripts/experiments/run.py scripts/experiments/configs/*.json \
         --out docs/results/experiments --questions 135000
     python scripts/experiments/run.py --table docs/results/experiments   # the README table
+    python scripts/experiments/run.py --compare "A/seed*.json" "B/seed*.json"   # Welch's test
+    python scripts/experiments/run.py --average-vs-raw "A/seed*.json"   # runs with ema_decay
 
 A config names a preset and overrides of its training arguments and embedded data::
 
@@ -147,6 +149,38 @@ def compare(subject: str, reference: str) -> dict:
     return summary
 
 
+def average_against_raw(pattern: str) -> dict:
+    """For runs trained with ``ema_decay``: per file and epoch the weight average's validation
+    accuracy against the trained weights' (``val_raw_accuracy``) in the same run, and the
+    paired two-sided t-test of the final epochs (scipy's ``ttest_rel``; None for one run)."""
+    from scipy.stats import ttest_rel
+
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise SystemExit(f"--average-vs-raw: no result file matches {pattern!r}")
+    runs = []
+    for path in paths:
+        curve = json.loads(Path(path).read_text())["curve"]
+        if "val_raw_accuracy" not in curve[-1]:
+            raise SystemExit(f"--average-vs-raw: {path} was trained without ema_decay")
+        runs.append(
+            {
+                "file": path,
+                "average": [point["val_accuracy"] for point in curve],
+                "raw": [point["val_raw_accuracy"] for point in curve],
+            }
+        )
+    average, raw = [run["average"][-1] for run in runs], [run["raw"][-1] for run in runs]
+    differences = [a - b for a, b in zip(average, raw, strict=True)]
+    p_value = float(ttest_rel(average, raw).pvalue) if len(runs) > 1 else None
+    return {
+        "runs": runs,
+        "final_difference_mean": statistics.fmean(differences),
+        "final_differences": differences,
+        "test": {"name": "paired t-test (two-sided)", "p_value": p_value},
+    }
+
+
 def result_path(out: Path, name: str, seed: int) -> Path:
     """``OUT/NAME.json``, unless that holds another seed's result (runs of several seeds into
     one ``--out``): then ``OUT/NAME-seedSEED.json``, so that no seed overwrites another."""
@@ -173,12 +207,20 @@ def main() -> None:
     parser.add_argument(
         "--compare", nargs=2, metavar=("A", "B"), help="Welch's test of two globs of results"
     )
+    parser.add_argument(
+        "--average-vs-raw",
+        metavar="GLOB",
+        help="runs trained with ema_decay: the weight average against the trained weights",
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(args.table))
         return
     if args.compare:
         print(json.dumps(compare(*args.compare), indent=1))
+        return
+    if args.average_vs_raw:
+        print(json.dumps(average_against_raw(args.average_vs_raw), indent=1))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
