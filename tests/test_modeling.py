@@ -167,6 +167,27 @@ def test_reinforce_adds_a_policy_term_and_trains_the_scorer(processor):
     assert model.fusion.k_proj.weight.grad.abs().sum() > 0
 
 
+def test_label_smoothing_changes_the_trained_loss_but_not_the_reward_or_the_log(processor):
+    labels = processor.labels(ANSWERS)
+    plain = make_model(processor, fusion_mode="hard", fusion_estimator="reinforce").train()
+    smoothed = make_model(
+        processor, fusion_mode="hard", fusion_estimator="reinforce", label_smoothing=0.2
+    ).train()
+    with torch.no_grad():  # confident answers, where smoothing changes the loss visibly
+        for model in (plain, smoothed):
+            model.head[-1].weight.mul_(100)
+    torch.manual_seed(1)
+    a = plain(**batch(processor), labels=labels)
+    torch.manual_seed(1)
+    b = smoothed(**batch(processor), labels=labels)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(b.answer_loss, answer_loss(b.logits, labels))  # unsmoothed
+    # same reward and policy term: the losses differ by the smoothed answer term alone
+    difference = answer_loss(b.logits, labels, 0.2).mean() - answer_loss(b.logits, labels).mean()
+    torch.testing.assert_close(b.loss - a.loss, difference)
+    assert difference.abs() > 1e-3
+
+
 def test_multi_answer_rows_use_soft_score_bce(processor):
     labels = processor.labels([["red", "red", "red", "blue"], ["2"] * 10])
     assert labels.dtype == torch.float and labels.shape == (2, len(processor.answers))

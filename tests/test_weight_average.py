@@ -100,12 +100,25 @@ def test_the_average_follows_each_step_with_the_warmed_up_decay_and_is_the_saved
     assert curve[0]["val_raw_accuracy"] == record["val_raw_accuracy"]
 
 
-def test_without_ema_decay_there_is_no_average_and_no_raw_scores(dataset, tmp_path):
-    run = tmp_path / "run"
-    summary = train(arguments(run, dataset, epochs=1))
-    assert "val_raw_accuracy" not in summary["history"][0]
-    assert not (latest_checkpoint(run) / AVERAGE_FILE).exists()
-    assert summary["ema_decay"] is None
+def test_the_trained_weights_follow_a_run_without_an_average_and_each_score_is_its_own(
+    dataset, tmp_path, capsys
+):
+    plain, averaged = tmp_path / "plain", tmp_path / "averaged"
+    without = train(arguments(plain, dataset, epochs=2))
+    HybridVQAProcessor.from_pretrained(plain).save_pretrained(averaged)  # the same tokenizer
+    summary = train(arguments(averaged, dataset, epochs=2, ema_decay=DECAY, resume=True))
+    assert "val_raw_accuracy" not in without["history"][0] and without["ema_decay"] is None
+    assert not (latest_checkpoint(plain) / AVERAGE_FILE).exists()
+    for record, reference in zip(summary["history"], without["history"], strict=True):
+        assert record["step_losses"] == reference["step_losses"]
+        assert record["val_raw_accuracy"] == reference["val_accuracy"]
+    # the saved model is the average: evaluated on its own, it scores the best val_accuracy
+    capsys.readouterr()
+    command = ["eval", "--model", str(averaged), "--data", str(dataset), "--split", "val"]
+    assert main([*command, "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    best = max(record["val_accuracy"] for record in summary["history"])
+    assert scored["accuracy"] == pytest.approx(best)
 
 
 def test_a_resumed_run_continues_the_average_exactly(dataset, tmp_path, monkeypatch):

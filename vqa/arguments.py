@@ -344,8 +344,8 @@ class TrainingArguments:
     weight_decay: float = option(0.05, "AdamW weight decay (none on biases and norms)")
     label_smoothing: float | None = option(
         None,
-        "share of each answer target spread evenly over all the answers, in [0, 1) (default: "
-        "the model's; 0 for a new one)",
+        "share of each answer target spread evenly over all the answers, in [0, 1), in the "
+        "trained loss (default: the model's; 0 for a new one)",
         metavar="SHARE",
     )
     ema_decay: float | None = option(

@@ -108,7 +108,9 @@ class HybridVQAConfig(PreTrainedConfig):
         dropout: dropout in the fusion layers and the head.
         label_smoothing: share of each question's answer target spread evenly over all the
             answers, in [0, 1) (0: none): for answer ids the cross-entropy's own label
-            smoothing, for soft scores each target ``t`` becomes ``t (1 - s) + s / A``.
+            smoothing, for soft scores each target ``t`` becomes ``t (1 - s) + s / A``. It
+            changes the trained loss only: REINFORCE's reward and the logged answer loss are
+            unsmoothed.
         reinforce_weight, reinforce_entropy_weight, reinforce_baseline_decay: the REINFORCE
             term added to the loss when ``fusion_estimator == "reinforce"``. Training may
             schedule the entropy weight (``--entropy-schedule``); this is its starting value.

@@ -62,7 +62,7 @@ class HybridVQAOutput(ModelOutput):
 
     Attributes:
         loss: scalar training loss (answer loss, plus the REINFORCE term when it applies).
-        answer_loss: (B,) per-question answer loss.
+        answer_loss: (B,) per-question answer loss, without label smoothing.
         logits: (B, num_labels) answer logits.
         attention_scores: (B, H, N) fusion scores before selection; -inf for the regions that
             a selection inside the vision encoder dropped.
@@ -449,8 +449,11 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             smoothing = self.config.label_smoothing
             output.glimpse_loss = answer_loss(glimpse, labels, smoothing).mean()
         if labels is not None:
-            output.answer_loss = answer_loss(output.logits, labels, self.config.label_smoothing)
-            output.loss = self._training_loss(output, question_group)
+            # unsmoothed: REINFORCE's reward and the logged answer loss
+            output.answer_loss = answer_loss(output.logits, labels)
+            smoothing = self.config.label_smoothing
+            trained = answer_loss(output.logits, labels, smoothing) if smoothing else None
+            output.loss = self._training_loss(output, question_group, trained)
         return output
 
     def attend(self, question: Tensor, question_mask: Tensor, regions: Tensor) -> AttentionOutput:
@@ -542,8 +545,14 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
         visible = torch.cat([question_mask.bool(), attended_visible, kept], dim=1)
         return tokens, ~visible
 
-    def _training_loss(self, output: HybridVQAOutput, question_group: Tensor | None) -> Tensor:
-        """Mean answer loss, plus the region attribute, pointing, window reconstruction,
+    def _training_loss(
+        self,
+        output: HybridVQAOutput,
+        question_group: Tensor | None,
+        smoothed_answer_loss: Tensor | None = None,
+    ) -> Tensor:
+        """Mean answer loss (``smoothed_answer_loss`` (B,) under label smoothing, else
+        ``output.answer_loss``), plus the region attribute, pointing, window reconstruction,
         contrast, glimpse, compute (a learned budget's ``fusion_k_penalty * E[k]``) and
         REINFORCE terms.
 
@@ -554,7 +563,8 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
         mode (or a soft warm-up, or another k rule) they are not used, and DDP needs every
         trained parameter in every step's graph.
         """
-        loss = output.answer_loss.mean()
+        answer = output.answer_loss if smoothed_answer_loss is None else smoothed_answer_loss
+        loss = answer.mean()
         for module in (self.encoder_selector, self.fusion.budget):
             if module is not None:
                 loss = loss + sum(p.sum() for p in module.parameters()) * 0.0
@@ -629,7 +639,9 @@ def region_outputs(
 
 def answer_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.0) -> Tensor:
     """Per-question loss (B,): cross-entropy for answer ids (B,), soft-score BCE for (B, A)
-    scores, against targets with ``smoothing`` of their mass spread evenly over the A answers.
+    scores. With ``smoothing`` s, the cross-entropy's target spreads s of its mass evenly over
+    the A answers; each soft score t becomes ``t (1 - s) + s / A``, so a positive score drops
+    by ``s t`` while a negative one rises by only ``s / A``.
 
     Questions whose label is -100 (an answer outside the vocabulary) cost 0.
     """

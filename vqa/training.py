@@ -441,19 +441,24 @@ def validate(
     if average is None:
         return scores(model, "val_")
     raw = scores(model, "val_raw_")
-    return {**scores(average.module, "val_"), **{name: raw[name] for name in RAW_SCORES}}
+    # scoring draws from the RNG (the loader's seed): the trained weights follow the same
+    # steps as in a run without an average
+    with torch.random.fork_rng(devices=[]):
+        averaged = scores(average.module, "val_")
+    return {**averaged, **{name: raw[name] for name in RAW_SCORES}}
 
 
 def check_weight_average(checkpoint: Path, saved: dict, ema_decay: float | None) -> None:
     """Raise a ValueError if ``--ema-decay`` differs from the checkpoint's run (checkpoints
     from before it was recorded had none)."""
     if saved.get("ema_decay") != ema_decay:
-        was = saved.get("ema_decay")
+        was, now = saved.get("ema_decay"), ema_decay
         raise ValueError(
             f"{checkpoint} was trained with "
             + ("no weight average" if was is None else f"--ema-decay {was}")
-            + f", but this command has --ema-decay {ema_decay}: resume with the flags the run "
-            "started with"
+            + ", but this command has "
+            + ("no --ema-decay" if now is None else f"--ema-decay {now}")
+            + ": resume with the flags the run started with"
         )
 
 

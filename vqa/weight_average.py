@@ -2,8 +2,9 @@
 
 timm's ``ModelEmaV3`` holds the average: a copy of the model whose floating-point parameters and
 buffers move towards the trained ones by ``1 - decay`` after each optimizer step. The decay is
-warmed up (timm's ``use_warmup``, ``1 - (1 + step) ** -0.75``, at most ``decay``), so that a
-short run's average is not dominated by the random initial weights. When a run keeps one,
+warmed up (timm's ``use_warmup``: 0 after the first optimizer step, ``1 - step ** -0.75`` after
+step ``step``, at most ``decay``), so that a short run's average is not dominated by the random
+initial weights. When a run keeps one,
 validation scores the average (``val_*``) and the trained weights (``val_raw_*``), and the saved
 model is the average. Checkpoints hold it as safetensors (``AVERAGE_FILE``), so ``--resume``
 continues it exactly.
@@ -64,14 +65,14 @@ def save_weight_average(average: ModelEmaV3 | None, directory: Path) -> None:
 def load_weight_average(average: ModelEmaV3 | None, checkpoint: Path) -> None:
     """Load ``average``'s weights from ``checkpoint``; nothing without one.
 
-    Raises a ValueError when the checkpoint holds none (its run trained without --ema-decay).
+    Raises a ValueError when the checkpoint lacks the file (an incomplete copy of it).
     """
     if average is None:
         return
     path = checkpoint / AVERAGE_FILE
     if not path.is_file():
         raise ValueError(
-            f"{checkpoint} holds no weight average ({AVERAGE_FILE}): its run trained without "
-            "--ema-decay; resume without it"
+            f"{checkpoint} lacks {AVERAGE_FILE}, the weight average its run kept: the "
+            "checkpoint is incomplete"
         )
     load_model(average.module, str(path), device=str(next(average.module.parameters()).device))

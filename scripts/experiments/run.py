@@ -172,12 +172,16 @@ def average_against_raw(pattern: str) -> dict:
         )
     average, raw = [run["average"][-1] for run in runs], [run["raw"][-1] for run in runs]
     differences = [a - b for a, b in zip(average, raw, strict=True)]
-    p_value = float(ttest_rel(average, raw).pvalue) if len(runs) > 1 else None
+    p_value = float(ttest_rel(average, raw).pvalue) if len(runs) > 1 else math.nan
     return {
         "runs": runs,
         "final_difference_mean": statistics.fmean(differences),
         "final_differences": differences,
-        "test": {"name": "paired t-test (two-sided)", "p_value": p_value},
+        # None for one run, or differences all equal (no variance to test against)
+        "test": {
+            "name": "paired t-test (two-sided)",
+            "p_value": None if math.isnan(p_value) else p_value,
+        },
     }
 
 
