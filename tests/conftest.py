@@ -3,6 +3,8 @@
 Fixtures:
 - ``tiny_fields``: ``HybridVQAConfig`` fields of the tiny preset's model (32 px, 16 regions).
 - ``free_port``: a function that returns a loopback TCP port nothing listens on.
+- ``dataset``: a directory of 16 training scenes (48 questions) and 3 validation scenes of 32 px,
+  written once per test module (a module may define its own ``dataset`` instead).
 - ``train_tiny``: a function that runs ``vqa train`` with the tiny preset and returns its status.
 - ``tiny_run``: (run directory, dataset directory) of a tiny model trained once per session.
 - ``tiny_selecting_run``: the run directory of a tiny model, trained on ``tiny_run``'s data,
@@ -39,6 +41,17 @@ def tiny_fields() -> dict:
         "text_vocab_size": 50,
         "id2label": {0: "red", 1: "blue", 2: "green"},
     }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 training images (48 questions), 3 validation images (9 questions), 32 pixels."""
+    from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("data") / "scenes"
+    config = SyntheticConfig(image_size=32)
+    write_synthetic_dataset(out, train=16, val=3, test=0, config=config, progress=False)
+    return out
 
 
 def find_free_port() -> int:

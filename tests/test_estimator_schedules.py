@@ -17,22 +17,12 @@ import vqa.training
 from hybrid_attention import HybridAttention, TokenSelector, reinforce_loss, selection_entropy
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import load_local_dataset
-from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from vqa.estimators import annealed_k, annealed_tau, check_k_schedule, scheduled_entropy_weight
 from vqa.modeling import HybridVQAModel
 from vqa.processing import QUESTION_GROUPS, HybridVQAProcessor, VQACollator, question_group
 from vqa.training import TrainingArguments, train
 
 FAMILIES = ("colour", "shape", "exist", "count", "relate", "compare")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """16 training images (48 questions), 3 validation images, 32 pixels."""
-    out = tmp_path_factory.mktemp("data") / "scenes"
-    config = SyntheticConfig(image_size=32)
-    write_synthetic_dataset(out, train=16, val=3, test=0, config=config, progress=False)
-    return out
 
 
 # The schedules.

@@ -25,7 +25,6 @@ from vqa.checkpoints import checkpoints, latest_checkpoint
 from vqa.cli import main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.formats import load_local_dataset
-from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from vqa.inference import load_model
 from vqa.modeling import HybridVQAModel
 from vqa.presets import get_preset
@@ -36,15 +35,6 @@ from vqa.training import TrainingArguments, train
 # One thread per process: the subprocesses share two cores, and the same arithmetic
 # everywhere keeps the comparisons exact.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """16 training images (48 questions), 3 validation images (9 questions), 32 pixels."""
-    out = tmp_path_factory.mktemp("data") / "scenes"
-    config = SyntheticConfig(image_size=32)
-    write_synthetic_dataset(out, train=16, val=3, test=0, config=config, progress=False)
-    return out
 
 
 TINY = ("--preset", "tiny", "--no-progress")

@@ -20,7 +20,6 @@ from vqa.checkpoints import latest_checkpoint
 from vqa.cli import main
 from vqa.configuration import HybridVQAConfig
 from vqa.data.answers import AnswerVocab
-from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from vqa.init_from import model_from_run
 from vqa.modeling import answer_loss
 from vqa.processing import HybridVQAProcessor
@@ -28,15 +27,6 @@ from vqa.training import TrainingArguments, train
 from vqa.weight_average import AVERAGE_FILE, WARMUP_POWER, make_weight_average
 
 DECAY = 0.9
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """16 training images (48 questions), 3 validation images, 32 pixels."""
-    out = tmp_path_factory.mktemp("data") / "scenes"
-    config = SyntheticConfig(image_size=32)
-    write_synthetic_dataset(out, train=16, val=3, test=0, config=config, progress=False)
-    return out
 
 
 def arguments(run: Path, dataset: Path, **fields) -> TrainingArguments:
