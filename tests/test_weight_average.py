@@ -88,6 +88,8 @@ def test_the_average_follows_each_step_with_the_warmed_up_decay_and_is_the_saved
     assert set(record["val_raw_accuracy_by_type"]) == set(record["val_accuracy_by_type"])
     curve = vqa.training.learning_curve(summary["history"])
     assert curve[0]["val_raw_accuracy"] == record["val_raw_accuracy"]
+    card = (run / "README.md").read_text()
+    assert f"a moving average of the trained weights (`--ema-decay {DECAY}`)" in card
 
 
 def test_the_trained_weights_follow_a_run_without_an_average_and_each_score_is_its_own(

@@ -294,6 +294,13 @@ def results_section(metrics: dict) -> list[str]:
             "",
             *type_table(best.get("val_accuracy_by_type", {}), "question type"),
         ]
+        if "val_raw_accuracy" in best:
+            decay = metrics.get("ema_decay")
+            lines += [
+                "",
+                f"They are a moving average of the trained weights (`--ema-decay {decay}`); the "
+                f"trained weights themselves scored {fmt(best['val_raw_accuracy'])} there.",
+            ]
     else:
         lines += [
             f"The data has no validation split: the saved weights are those of epoch "
