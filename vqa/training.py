@@ -44,7 +44,7 @@ from vqa.finetune import freeze_batchnorm_statistics
 from vqa.model_card import write_model_card
 from vqa.presets import get_preset
 from vqa.run_setup import RunSetup, setup_run
-from vqa.weight_average import load_weight_average, make_weight_average, update_weight_average
+from vqa.weight_average import load_weight_average, make_weight_average
 
 METRICS_FILE = "metrics.json"
 # With --ema-decay the val_* scores are the weight average's, these the trained weights'.
@@ -303,8 +303,8 @@ def train_epoch(
         if not accelerator.sync_gradients:
             continue
         state["global_step"] += 1
-        if applied:
-            update_weight_average(average, accelerator, model, state["global_step"])
+        if applied and average is not None:
+            average.update(unwrapped, step=state["global_step"])
         if applied or (accelerator.scaler is not None and finite_loss):
             state["bad_steps"] = 0  # an fp16 overflow that the scaler skipped is routine
         else:

@@ -47,15 +47,6 @@ def make_weight_average(
     )
 
 
-def update_weight_average(
-    average: ModelEmaV3 | None, accelerator: Accelerator, model: torch.nn.Module, step: int
-) -> None:
-    """Move ``average`` towards the prepared ``model``'s weights after optimizer ``step``
-    (1-based); nothing when there is no average."""
-    if average is not None:
-        average.update(accelerator.unwrap_model(model), step=step)
-
-
 def save_weight_average(average: ModelEmaV3 | None, directory: Path) -> None:
     """Write ``average``'s weights into the checkpoint ``directory``; nothing without one."""
     if average is not None:
