@@ -280,13 +280,19 @@ def select_adaptive(
     )
 
 
-def masked_softmax(scores: Tensor, slots: Tensor) -> Tensor:
+def masked_softmax(scores: Tensor, slots: Tensor, sink: Tensor | None = None) -> Tensor:
     """Softmax of (..., k) ``scores`` over the slots that (..., k) ``slots`` keep.
 
     The kept slots' weights are the softmax over them alone; the others are exactly 0. The
-    slots multiply the exponentials, so a learned budget's gradient reaches them.
+    slots multiply the exponentials, so a learned budget's gradient reaches them. A ``sink``
+    logit (broadcast to (..., 1)) joins the softmax as one more kept entry, left out of the
+    result, so that the weights then sum to less than 1.
     """
     shift = scores.detach().amax(-1, keepdim=True)
+    if sink is not None:
+        shift = torch.maximum(shift, sink.detach())
     weighted = (scores - shift).exp() * slots.to(scores.dtype)
-    total = weighted.sum(-1, keepdim=True).clamp_min(torch.finfo(weighted.dtype).tiny)
-    return weighted / total
+    total = weighted.sum(-1, keepdim=True)
+    if sink is not None:
+        total = total + (sink - shift).exp()
+    return weighted / total.clamp_min(torch.finfo(weighted.dtype).tiny)

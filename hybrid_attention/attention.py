@@ -13,6 +13,12 @@ were kept, which needs every region's value, so that path computes the dense (N-
 Its forward value is the same. Under ``ste-soft`` that gradient is soft attention's: the
 weights are the mode's plus ``p - p.detach()``, with ``p`` the softmax over every valid region.
 
+With ``sink=True`` each head has a learned sink logit that joins the softmax (over every region
+in soft mode, over the selected k in hybrid mode) as one more entry whose value is zero, as
+gpt-oss's attention sinks do: a query can then put weight on no region, so that the weights
+over the regions sum to less than 1, rather than park it on a region. Hard mode has no softmax
+and ignores it.
+
 ``k`` is an int, or an adaptive rule (``hybrid_attention.adaptive``): :class:`TopP` or
 :class:`LearnedBudget`. Then each row keeps its own number of regions: every row of a batch
 gathers as many regions as the batch's largest k, and the slots past its own k are masked
@@ -62,7 +68,8 @@ class AttentionOutput:
 
     Attributes:
         output: (B, Lq, out_dim) the attended values, projected.
-        weights: (B, H, Lq, N) attention weights, exactly 0 outside the selection.
+        weights: (B, H, Lq, N) attention weights, exactly 0 outside the selection. They sum
+            to 1 over the regions, or to less with a sink (the rest is on no region).
         scores: (B, H, Lq, N) scaled dot-product scores (before masking), at least float32.
         indices: (B, H, Lq, k) selected regions, best first; None in soft mode. With an
             adaptive k it is as wide as the batch's largest k (:func:`slot_width`), and the
@@ -126,6 +133,8 @@ class HybridAttention(nn.Module):
             projection has none: a key bias adds the same q·b to every score of a query,
             which the softmax and the top-k ignore, so its gradient is rounding noise that
             Adam would turn into full-size steps.
+        sink: give each head a learned sink logit (``sink_logit``, (H,), starting at 0) in
+            the softmax of soft and hybrid modes, whose value is zero.
 
     ``mode``, ``k``, ``estimator`` and ``tau`` can be changed on a trained module.
     """
@@ -143,6 +152,7 @@ class HybridAttention(nn.Module):
         estimator: str = "ste",
         tau: float = 1.0,
         bias: bool = True,
+        sink: bool = False,
     ) -> None:
         super().__init__()
         key_dim = key_dim or query_dim
@@ -160,6 +170,7 @@ class HybridAttention(nn.Module):
         self.k_proj = nn.Linear(key_dim, dim, bias=False)
         self.v_proj = nn.Linear(key_dim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, out_dim or query_dim, bias=bias)
+        self.sink_logit = nn.Parameter(torch.zeros(num_heads)) if sink else None
 
     @property
     def mode(self) -> str:
@@ -200,7 +211,7 @@ class HybridAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"mode={self.mode!r}, k={self.k}, estimator={self.estimator!r}, "
-            f"num_heads={self.num_heads}, tau={self.tau}"
+            f"num_heads={self.num_heads}, tau={self.tau}, sink={self.sink_logit is not None}"
         )
 
     def forward(
@@ -220,7 +231,7 @@ class HybridAttention(nn.Module):
             valid = valid[:, None, None, :].expand_as(scores)
 
         if self.mode == "soft":
-            weights = masked_scores(scores, valid).softmax(-1)
+            weights = self._softmax(masked_scores(scores, valid))
             values = self._split_heads(self.v_proj(regions))  # (B, H, N, d)
             out = weights.to(values.dtype) @ values
             return AttentionOutput(self._merge_heads(out), weights, scores)
@@ -280,9 +291,9 @@ class HybridAttention(nn.Module):
             slots = slots.to(scores.dtype)
             selected_weights = slots / slots.sum(-1, keepdim=True)
         elif slots is None:
-            selected_weights = scores.gather(-1, indices).softmax(-1)  # (B, H, Lq, k)
+            selected_weights = self._softmax(scores.gather(-1, indices))  # (B, H, Lq, k)
         else:
-            selected_weights = masked_softmax(scores.gather(-1, indices), slots)
+            selected_weights = masked_softmax(scores.gather(-1, indices), slots, self._sink())
         values = self._project_selected_values(regions, indices)  # (B, H, Lq, k, d)
         out = torch.einsum("bhlk,bhlkd->bhld", selected_weights.to(values.dtype), values)
         weights = torch.zeros_like(scores).scatter(-1, indices, selected_weights)
@@ -304,11 +315,30 @@ class HybridAttention(nn.Module):
             weights = keep / (self.k if slots is None else slots.sum(-1, keepdim=True))
         else:
             kept = keep * probs
-            weights = kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+            total = kept.sum(-1, keepdim=True)
+            if self.sink_logit is not None:  # the sink's exp(s) / Z, as each region's is
+                logits = masked_scores(scores, valid)
+                total = total + (self._sink() - logits.logsumexp(-1, keepdim=True)).exp()
+            weights = kept / total.clamp_min(torch.finfo(kept.dtype).tiny)
         if self.estimator == "ste-soft":  # exactly 0 forward; soft attention's gradient
             weights = weights + (probs - probs.detach())
         values = self._split_heads(self.v_proj(regions))  # (B, H, N, d)
         return weights, weights.to(values.dtype) @ values
+
+    def _sink(self) -> Tensor | None:
+        """The sink logits shaped to join (B, H, Lq, .) scores, (1, H, 1, 1); None without."""
+        if self.sink_logit is None:
+            return None
+        return self.sink_logit.float().view(1, -1, 1, 1)
+
+    def _softmax(self, logits: Tensor) -> Tensor:
+        """Softmax over the last dim of (B, H, Lq, M) ``logits``, the sink (if any) taking its
+        share: (B, H, Lq, M) weights that sum to 1, or to less with a sink."""
+        sink = self._sink()
+        if sink is None:
+            return logits.softmax(-1)
+        joined = torch.cat([logits, sink.expand(*logits.shape[:-1], 1)], dim=-1)
+        return joined.softmax(-1)[..., :-1]
 
     def _project_selected_values(self, regions: Tensor, indices: Tensor) -> Tensor:
         """Value projection of the selected regions only: (B, H, Lq, k, d)."""

@@ -151,6 +151,11 @@ class TrainingArguments:
         "its own k regions, MAC-style (default: the preset's; the default preset's: 2, or 1 "
         "without boxes)",
     )
+    attention_sink: bool = option(
+        False,
+        "a learned sink logit per fusion head joins the softmax over the regions (hybrid: over "
+        "the selected k), so that weight can go to no region rather than to a background one",
+    )
     epochs: int | None = option(
         None,
         "training epochs (default: the preset's; the default preset's: 5, or 10 without boxes)",

@@ -98,6 +98,10 @@ class HybridVQAConfig(PreTrainedConfig):
             ``fusion_k_max`` regions (``hybrid_attention.adaptive``). The rule switches at
             inference on the same weights, except that only a model built with the budget
             rule has its head.
+        fusion_sink: a learned sink logit per fusion head joins the soft weighting (over every
+            region in soft mode, over the selected k in hybrid mode), so that a question can
+            put weight on no region instead of on a background one (``HybridAttention``'s
+            ``sink``).
         fusion_hops: how many times the fusion runs, each hop with its own query (read from
             the question's tokens, steered by the previous hop) and its own selection
             (``vqa.hops``); 1: the question's CLS vector only.
@@ -178,6 +182,7 @@ class HybridVQAConfig(PreTrainedConfig):
     fusion_tau: float = 1.0
     fusion_heads: int = 1
     fusion_hops: int = 1
+    fusion_sink: bool = False
     fusion_k_rule: str = "fixed"
     fusion_k_min: int = 1
     fusion_k_max: int = 16
@@ -374,7 +379,7 @@ class HybridVQAConfig(PreTrainedConfig):
                 f"config field 'encoder_k' ({keep}) leaves fewer tokens than the fusion keeps "
                 f"(up to {fusion_keeps})"
             )
-        for name in ("encoder_fold", "vision_class_token"):
+        for name in ("encoder_fold", "vision_class_token", "fusion_sink"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"config field {name!r} must be a bool, got {getattr(self, name)!r}"

@@ -44,6 +44,7 @@ ARCHITECTURE_OPTIONS = (
     "vision_stem",
     "vision_conditioning",
     "vision_class_token",
+    "attention_sink",
     "select_after",
     "encoder_fold",
     "image_size",

@@ -191,6 +191,7 @@ class HybridVQAModel(AuxiliaryLossesMixin, HybridVQAPreTrainedModel):
             k=config.fusion_rule,
             estimator=config.fusion_estimator,
             tau=config.fusion_tau,
+            sink=config.fusion_sink,
         )
         self.hop_queries = nn.ModuleList(HopQuery(dim) for _ in range(config.fusion_hops - 1))
         self.token_type = nn.Embedding(3, dim)

@@ -253,6 +253,8 @@ def fresh_model(
     for name in ("encoder_fold", "vision_class_token"):
         if getattr(args, name):
             fields[name] = True
+    if args.attention_sink:
+        fields["fusion_sink"] = True
     for name in LOSS_WEIGHTS:
         fields[name] = loss_weight(name, preset, args)
     if args.reconstruction_mask_ratio is not None:

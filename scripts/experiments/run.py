@@ -49,6 +49,7 @@ RECORDED_MODEL_FIELDS = (
     "fusion_k",
     "fusion_heads",
     "fusion_hops",
+    "fusion_sink",
 )
 
 
