@@ -1,0 +1,122 @@
+"""Where does a trained model's fusion look? One JSON line per model, on the embedded scenes.
+
+    python scripts/experiments/selection_diagnosis.py RUN [RUN ...] --data DIR [--checkpoints]
+
+For each model directory (``vqa train``'s output; with ``--checkpoints`` also each checkpoint in
+its ``checkpoint/``), on the first ``--questions`` validation questions of ``DIR`` (the embedded
+scenes, whose rows list every object's box), with the head-averaged fusion weights:
+
+- ``pointing``: the top-weighted region overlaps an asked-about object (as ``vqa eval``);
+- ``top_region_on_background``: the top region overlaps no object at all, against
+  ``background_share_of_regions``, the share of regions that overlap none;
+- ``top_weight``, ``background_weight``, ``target_weight``, ``no_region_weight``: mean weight
+  of the top region, of the regions with no object, of the asked-about objects' regions and of
+  no region (an attention sink's share);
+- ``target_recall``: the share of the asked-about objects' regions inside the selection;
+- ``distinct_top_regions``, ``most_common_top_regions`` ([region, share of questions]): whether
+  the top region follows the question or sits on a few fixed regions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from vqa.data.sources import load_vqa_dataset
+from vqa.inference import load_model
+from vqa.metrics import boxes_overlap, patch_boxes, top_region
+from vqa.modeling import HybridVQAModel
+from vqa.processing import HybridVQAProcessor, VQACollator
+
+
+def object_boxes(data: Path, split: str) -> dict[int, torch.Tensor]:
+    """question_id -> (O, 4) boxes of every object in its image (the embedded scenes' rows)."""
+    boxes = {}
+    with (data / f"{split}.jsonl").open() as lines:
+        for number, line in enumerate(lines, 1):
+            row = json.loads(line)
+            if "objects" not in row:
+                raise SystemExit(f"{data / split}.jsonl line {number}: no 'objects' field")
+            found = [thing["box"] for thing in row["objects"]]
+            boxes[row["question_id"]] = torch.tensor(found, dtype=torch.float).reshape(-1, 4)
+    return boxes
+
+
+def diagnose(
+    model: HybridVQAModel, processor: HybridVQAProcessor, rows, objects: dict, name: str
+) -> dict:
+    """The measures of the module docstring for ``model`` on ``rows``."""
+    regions = patch_boxes(processor.image_size, model.config.patch_size)  # (N, 4)
+    sums: Counter = Counter()
+    counted: Counter = Counter()
+    tops = []
+    model.eval()
+    with torch.no_grad():
+        for inputs, meta in DataLoader(rows, batch_size=64, collate_fn=VQACollator(processor)):
+            inputs.pop("labels")
+            output = model(**inputs)
+            weights = output.attention_weights.float().mean(1)  # (B, N)
+            top = top_region(weights, output.attention_scores.float().mean(1))
+            for b, row in enumerate(meta):
+                on_object = boxes_overlap(regions[:, None], objects[row["question_id"]][None])
+                background = ~on_object.any(-1)  # (N,)
+                tops.append(int(top[b]))
+                add = {
+                    "top_region_on_background": float(background[top[b]]),
+                    "background_share_of_regions": float(background.float().mean()),
+                    "top_weight": float(weights[b, top[b]]),
+                    "background_weight": float(weights[b][background].sum()),
+                    "no_region_weight": 1.0 - float(weights[b].sum()),
+                }
+                targets = torch.as_tensor(row["target_boxes"]).reshape(-1, 4)
+                if len(targets):
+                    on_target = boxes_overlap(regions[:, None], targets[None]).any(-1)
+                    selected = weights[b] > 0
+                    add["pointing"] = float(on_target[top[b]])
+                    add["target_weight"] = float(weights[b][on_target].sum())
+                    add["target_recall"] = float((on_target & selected).sum() / on_target.sum())
+                for key, value in add.items():
+                    sums[key] += value
+                    counted[key] += 1
+    common = Counter(tops).most_common(4)
+    return {
+        "model": name,
+        "questions": len(tops),
+        **{key: round(sums[key] / counted[key], 4) for key in sums},
+        "distinct_top_regions": len(set(tops)),
+        "most_common_top_regions": [[region, round(n / len(tops), 4)] for region, n in common],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="model directories (vqa train output)")
+    parser.add_argument("--data", type=Path, required=True, help="the embedded scenes' directory")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--questions", type=int, default=800)
+    parser.add_argument("--checkpoints", action="store_true", help="also each checkpoint")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = load_vqa_dataset(args.data, [args.split])[args.split]
+    rows = rows.select(range(min(args.questions, len(rows))))
+    objects = object_boxes(args.data, args.split)
+    for run in args.runs:
+        model, processor = load_model(run, "cpu")
+        states = sorted((run / "checkpoint").glob("step-*[0-9]")) if args.checkpoints else []
+        for checkpoint in states:  # each checkpoint's weights in the run's architecture
+            model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+            print(json.dumps(diagnose(model, processor, rows, objects, str(checkpoint))))
+        model, processor = load_model(run, "cpu")
+        print(json.dumps(diagnose(model, processor, rows, objects, str(run))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
