@@ -40,7 +40,8 @@ same weights:
 * **hard**: keep the k highest-scoring regions, each weighted 1/k;
 * **hybrid**: keep the k highest-scoring regions, softmax-weighted among themselves.
 
-Brighter regions got more weight; dimmed ones got little or none.
+Brighter regions got more weight; dimmed ones got little or none. A model trained with
+`--attention-sink` can also put weight on no region: its region weights then sum to less than 1.
 """
 ENCODER_EXPLANATION = """
 This model also selects inside its vision encoder (hard and hybrid modes): after a few ViT
