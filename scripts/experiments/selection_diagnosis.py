@@ -1,10 +1,15 @@
 """Where does a trained model's fusion look? One JSON line per model, on the embedded scenes.
 
-    python scripts/experiments/selection_diagnosis.py RUN [RUN ...] --data DIR [--checkpoints]
+    python scripts/experiments/selection_diagnosis.py RUN [RUN ...] --data DIR [--checkpoints] \
+        [--out FILE]
+    python scripts/experiments/selection_diagnosis.py --table FILE   # a markdown table of FILE
 
 For each model directory (``vqa train``'s output; with ``--checkpoints`` also each checkpoint in
 its ``checkpoint/``), on the first ``--questions`` validation questions of ``DIR`` (the embedded
-scenes, whose rows list every object's box), with the head-averaged fusion weights:
+scenes, whose rows list every object's box), with the head-averaged fusion weights. Each line
+names the ``run`` (the directory's name: the config's, for ``run.py --runs``), its ``seed`` and
+the ``weights`` (``step S in epoch E`` for a checkpoint taken within an epoch, ``end of epoch E
+(step S)`` otherwise), then:
 
 - ``pointing``: the top-weighted region overlaps an asked-about object (as ``vqa eval``);
 - ``top_region_on_background``: the top region overlaps no object at all, against
@@ -15,6 +20,8 @@ scenes, whose rows list every object's box), with the head-averaged fusion weigh
 - ``target_recall``: the share of the asked-about objects' regions inside the selection;
 - ``distinct_top_regions``, ``most_common_top_regions`` ([region, share of questions]): whether
   the top region follows the question or sits on a few fixed regions.
+
+``--out FILE`` also writes the lines as one JSON list.
 """
 
 from __future__ import annotations
@@ -28,11 +35,25 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from vqa.checkpoints import STATE_FILE
 from vqa.data.sources import load_vqa_dataset
+from vqa.files import write_json
 from vqa.inference import load_model
 from vqa.metrics import boxes_overlap, patch_boxes, top_region
 from vqa.modeling import HybridVQAModel
 from vqa.processing import HybridVQAProcessor, VQACollator
+from vqa.training import METRICS_FILE
+
+TABLE_COLUMNS = (
+    "pointing",
+    "top_region_on_background",
+    "background_weight",
+    "target_weight",
+    "top_weight",
+    "target_recall",
+    "no_region_weight",
+    "distinct_top_regions",
+)
 
 
 def object_boxes(data: Path, split: str) -> dict[int, torch.Tensor]:
@@ -48,9 +69,20 @@ def object_boxes(data: Path, split: str) -> dict[int, torch.Tensor]:
     return boxes
 
 
-def diagnose(
-    model: HybridVQAModel, processor: HybridVQAProcessor, rows, objects: dict, name: str
-) -> dict:
+def weights_label(run: Path, checkpoint: Path | None) -> dict:
+    """``run``, ``seed`` and ``weights`` of the module docstring, from the run's metrics and the
+    checkpoint's trainer state (the run's own, when ``checkpoint`` is None)."""
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    state = json.loads((checkpoint / STATE_FILE).read_text()) if checkpoint else metrics
+    step, epoch = state["global_step"], state["epoch"]
+    if state["progress"]["batches"]:  # taken within epoch + 1
+        weights = f"step {step} in epoch {epoch + 1}"
+    else:
+        weights = f"end of epoch {epoch} (step {step})"
+    return {"run": run.name, "seed": metrics["arguments"]["seed"], "weights": weights}
+
+
+def diagnose(model: HybridVQAModel, processor: HybridVQAProcessor, rows, objects: dict) -> dict:
     """The measures of the module docstring for ``model`` on ``rows``."""
     regions = patch_boxes(processor.image_size, model.config.patch_size)  # (N, 4)
     sums: Counter = Counter()
@@ -72,7 +104,7 @@ def diagnose(
                     "background_share_of_regions": float(background.float().mean()),
                     "top_weight": float(weights[b, top[b]]),
                     "background_weight": float(weights[b][background].sum()),
-                    "no_region_weight": 1.0 - float(weights[b].sum()),
+                    "no_region_weight": max(0.0, 1.0 - float(weights[b].sum())),
                 }
                 targets = torch.as_tensor(row["target_boxes"]).reshape(-1, 4)
                 if len(targets):
@@ -86,7 +118,6 @@ def diagnose(
                     counted[key] += 1
     common = Counter(tops).most_common(4)
     return {
-        "model": name,
         "questions": len(tops),
         **{key: round(sums[key] / counted[key], 4) for key in sums},
         "distinct_top_regions": len(set(tops)),
@@ -94,28 +125,57 @@ def diagnose(
     }
 
 
+def table(records: list[dict]) -> str:
+    """A markdown table of ``records`` (the lines of ``--out``), one row each."""
+    header = ["run", "seed", "weights", *TABLE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|---|" + "---:|" * len(TABLE_COLUMNS)]
+    for record in records:
+        values = [record["run"], str(record["seed"]), record["weights"]]
+        for column in TABLE_COLUMNS:
+            value = record[column]
+            values.append(str(value) if isinstance(value, int) else f"{value:.2f}")
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="model directories (vqa train output)")
-    parser.add_argument("--data", type=Path, required=True, help="the embedded scenes' directory")
+    parser.add_argument("runs", nargs="*", type=Path, help="model directories (vqa train output)")
+    parser.add_argument("--data", type=Path, help="the embedded scenes' directory")
     parser.add_argument("--split", default="val")
     parser.add_argument("--questions", type=int, default=800)
     parser.add_argument("--checkpoints", action="store_true", help="also each checkpoint")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--out", type=Path, help="also write the lines as one JSON list here")
+    parser.add_argument("--table", type=Path, help="print a markdown table of this --out file")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
+    if not args.runs or not args.data:
+        parser.error("give model directories and --data (or --table FILE)")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = load_vqa_dataset(args.data, [args.split])[args.split]
     rows = rows.select(range(min(args.questions, len(rows))))
     objects = object_boxes(args.data, args.split)
+    records = []
     for run in args.runs:
         model, processor = load_model(run, "cpu")
         states = sorted((run / "checkpoint").glob("step-*[0-9]")) if args.checkpoints else []
-        for checkpoint in states:  # each checkpoint's weights in the run's architecture
-            model.load_state_dict(load_file(checkpoint / "model.safetensors"))
-            print(json.dumps(diagnose(model, processor, rows, objects, str(checkpoint))))
-        model, processor = load_model(run, "cpu")
-        print(json.dumps(diagnose(model, processor, rows, objects, str(run))), flush=True)
+        for checkpoint in [*states, None]:  # None: the run's own (last epoch's) weights
+            if checkpoint is None:
+                model, processor = load_model(run, "cpu")
+            else:  # the checkpoint's weights in the run's architecture
+                model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+            record = {
+                **weights_label(run, checkpoint),
+                **diagnose(model, processor, rows, objects),
+            }
+            print(json.dumps(record), flush=True)
+            records.append(record)
+    if args.out:
+        write_json(args.out, records)
 
 
 if __name__ == "__main__":

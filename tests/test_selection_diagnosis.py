@@ -1,0 +1,114 @@
+"""``scripts/experiments/selection_diagnosis.py``: where a model's fusion looks, measured against
+the embedded scenes' boxes, for a run and each of its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import load_script
+
+from vqa.data.sources import load_vqa_dataset
+from vqa.inference import load_model
+from vqa.metrics import boxes_overlap, patch_boxes
+
+
+def load_diagnosis():
+    return load_script("experiments/selection_diagnosis")
+
+
+class LooksAt:
+    """Stands in for the model: all fusion weight on one given region per question, in order."""
+
+    def __init__(self, config, regions: list[int]) -> None:
+        self.config, self.regions = config, list(regions)
+
+    def eval(self) -> None:
+        pass
+
+    def __call__(self, **inputs) -> SimpleNamespace:
+        batch = len(inputs["input_ids"])
+        chosen = torch.tensor([self.regions.pop(0) for _ in range(batch)])
+        weights = torch.nn.functional.one_hot(chosen, self.config.num_regions).float()
+        weights = weights[:, None].expand(-1, 2, -1)  # (B, heads, N)
+        return SimpleNamespace(attention_weights=weights, attention_scores=weights)
+
+
+@pytest.fixture(scope="module")
+def scene(tiny_run):
+    """(model config, processor, validation rows with a target, their objects' boxes, regions)."""
+    run, data = tiny_run
+    model, processor = load_model(run, "cpu")
+    rows = load_vqa_dataset(data, ["val"])["val"]
+    rows = rows.filter(lambda row: len(row["target_boxes"]) > 0)
+    objects = load_diagnosis().object_boxes(data, "val")
+    regions = patch_boxes(processor.image_size, model.config.patch_size)
+    return model.config, processor, rows, objects, regions
+
+
+def region_on(regions: torch.Tensor, boxes: torch.Tensor) -> int:
+    """The first region that overlaps one of ``boxes`` (O, 4)."""
+    return int(boxes_overlap(regions[:, None], boxes[None]).any(-1).nonzero()[0])
+
+
+def background_region(regions: torch.Tensor, boxes: torch.Tensor) -> int:
+    """The first region that overlaps none of ``boxes`` (O, 4)."""
+    return int((~boxes_overlap(regions[:, None], boxes[None]).any(-1)).nonzero()[0])
+
+
+def test_a_model_that_looks_at_the_asked_about_object_points_every_time(scene):
+    config, processor, rows, objects, regions = scene
+    chosen = [region_on(regions, torch.tensor(row["target_boxes"]).reshape(-1, 4)) for row in rows]
+    found = load_diagnosis().diagnose(LooksAt(config, chosen), processor, rows, objects)
+    assert found["questions"] == len(rows)
+    assert found["pointing"] == found["target_weight"] == found["top_weight"] == 1.0
+    assert found["top_region_on_background"] == found["background_weight"] == 0.0
+    assert found["no_region_weight"] == 0.0
+    assert found["distinct_top_regions"] == len(set(chosen))
+    assert 0 < found["background_share_of_regions"] < 1
+
+
+def test_a_model_that_looks_at_background_never_points(scene):
+    config, processor, rows, objects, regions = scene
+    chosen = [background_region(regions, objects[row["question_id"]]) for row in rows]
+    found = load_diagnosis().diagnose(LooksAt(config, chosen), processor, rows, objects)
+    assert found["pointing"] == found["target_weight"] == 0.0
+    assert found["top_region_on_background"] == found["background_weight"] == 1.0
+    assert found["target_recall"] == 0.0  # the selection (one region) holds no target region
+    region, share = found["most_common_top_regions"][0]
+    assert share == pytest.approx(chosen.count(region) / len(chosen), abs=1e-4)
+
+
+def test_the_script_labels_each_checkpoint_and_writes_its_lines_as_json(
+    tmp_path, train_tiny, tiny_run, monkeypatch, capsys
+):
+    _, data = tiny_run
+    run = tmp_path / "answers-only-tiny"
+    options = ("--seed", "3", "--save-every-steps", "3", "--keep-checkpoints", "10")
+    assert train_tiny(data, run, *options) == 0
+    capsys.readouterr()  # training's own output
+    out = tmp_path / "diagnosis.json"
+    script = load_diagnosis()
+    command = [str(run), "--data", str(data), "--checkpoints", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["selection_diagnosis.py", *command])
+    script.main()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert json.loads(out.read_text()) == lines
+    assert {line["run"] for line in lines} == {run.name}
+    assert {line["seed"] for line in lines} == {3}
+    # 120 questions in batches of 16: checkpoints after steps 3 and 6, and at the end (8)
+    assert [line["weights"] for line in lines] == [
+        "step 3 in epoch 1",
+        "step 6 in epoch 1",
+        "end of epoch 1 (step 8)",
+        "end of epoch 1 (step 8)",
+    ]
+    assert lines[-2]["pointing"] == lines[-1]["pointing"]  # the last checkpoint is the run's
+    monkeypatch.setattr(sys, "argv", ["selection_diagnosis.py", "--table", str(out)])
+    script.main()
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 2 + len(lines)
+    assert table[2].startswith(f"| {run.name} | 3 | step 3 in epoch 1 | ")
