@@ -11,7 +11,8 @@ Fixtures:
   whose vision encoder keeps 8 of the 16 patches before its first block.
 
 Helpers: ``stop_after_checkpoint`` makes the next training run stop, as if killed, right after
-the checkpoint of a given step (``Interrupted``).
+the checkpoint of a given step (``Interrupted``); ``dense_and_gathered`` runs an attention layer
+on its straight-through (dense, with grad) and gathered (no grad) paths with the same noise.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -118,6 +120,17 @@ def stop_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
             raise Interrupted
 
     monkeypatch.setattr(vqa.training, "save_checkpoint", save_then_stop)
+
+
+def dense_and_gathered(attention, *inputs) -> tuple:
+    """``attention(*inputs)`` with grad (the dense straight-through path) and without (the
+    gathered path), each after the same seed, so that Gumbel noise is the same in both."""
+    torch.manual_seed(1)
+    dense = attention(*inputs)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        gathered = attention(*inputs)
+    return dense, gathered
 
 
 def load_script(name: str) -> ModuleType:

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import dense_and_gathered
 
 from hybrid_attention import ESTIMATORS, MODES, HybridAttention, gather_regions
 
@@ -177,12 +178,8 @@ def test_straight_through_path_matches_gathered_path(mode, training, estimator):
     attn = make_attention(mode=mode, k=3, estimator=estimator).train(training)
     query, regions = make_inputs(queries=4, regions=12)
     padding = make_padding(2, 12, [12, 7])
-    torch.manual_seed(1)  # the same Gumbel noise for both calls
-    dense = attn(query, regions, padding)
+    dense, gathered = dense_and_gathered(attn, query, regions, padding)
     assert dense.output.requires_grad
-    torch.manual_seed(1)
-    with torch.no_grad():
-        gathered = attn(query, regions, padding)
     assert torch.equal(dense.indices, gathered.indices)
     torch.testing.assert_close(dense.output, gathered.output)
     torch.testing.assert_close(dense.weights, gathered.weights)

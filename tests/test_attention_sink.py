@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import dense_and_gathered
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -82,11 +83,7 @@ def test_the_sink_takes_its_share_of_the_softmax(mode, grad):
 def test_dense_and_gathered_paths_agree_with_a_sink(estimator):
     attention = make_attention(mode="hybrid", estimator=estimator).train()
     query, regions, padding = make_inputs()
-    torch.manual_seed(1)  # the same Gumbel noise for both calls
-    dense = attention(query, regions, padding)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        gathered = attention(query, regions, padding)
+    dense, gathered = dense_and_gathered(attention, query, regions, padding)
     assert torch.equal(dense.indices, gathered.indices)
     torch.testing.assert_close(dense.weights, gathered.weights)
     torch.testing.assert_close(dense.output, gathered.output)
