@@ -104,9 +104,9 @@ def test_the_script_labels_each_checkpoint_and_writes_its_lines_as_json(
         "step 3 in epoch 1",
         "step 6 in epoch 1",
         "end of epoch 1 (step 8)",
-        "end of epoch 1 (step 8)",
+        "the run's best: epoch 1",
     ]
-    assert lines[-2]["pointing"] == lines[-1]["pointing"]  # the last checkpoint is the run's
+    assert lines[-2]["pointing"] == lines[-1]["pointing"]  # one epoch: its end is the best
     monkeypatch.setattr(sys, "argv", ["selection_diagnosis.py", "--table", str(out)])
     script.main()
     table = capsys.readouterr().out.splitlines()

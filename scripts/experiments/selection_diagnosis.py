@@ -8,8 +8,9 @@ For each model directory (``vqa train``'s output; with ``--checkpoints`` also ea
 its ``checkpoint/``), on the first ``--questions`` validation questions of ``DIR`` (the embedded
 scenes, whose rows list every object's box), with the head-averaged fusion weights. Each line
 names the ``run`` (the directory's name: the config's, for ``run.py --runs``), its ``seed`` and
-the ``weights`` (``step S in epoch E`` for a checkpoint taken within an epoch, ``end of epoch E
-(step S)`` otherwise), then:
+the ``weights``: ``step S in epoch E`` for a checkpoint taken within an epoch, ``end of epoch E
+(step S)`` for one taken at its end, and ``the run's best: epoch E`` for the model that ``vqa
+train`` keeps (the epoch with the best validation accuracy). Then:
 
 - ``pointing``: the top-weighted region overlaps an asked-about object (as ``vqa eval``);
 - ``top_region_on_background``: the top region overlaps no object at all, against
@@ -71,15 +72,16 @@ def object_boxes(data: Path, split: str) -> dict[int, torch.Tensor]:
 
 def weights_label(run: Path, checkpoint: Path | None) -> dict:
     """``run``, ``seed`` and ``weights`` of the module docstring, from the run's metrics and the
-    checkpoint's trainer state (the run's own, when ``checkpoint`` is None)."""
+    checkpoint's trainer state (None: the run's own model, its best epoch's)."""
     metrics = json.loads((run / METRICS_FILE).read_text())
-    state = json.loads((checkpoint / STATE_FILE).read_text()) if checkpoint else metrics
+    label = {"run": run.name, "seed": metrics["arguments"]["seed"]}
+    if checkpoint is None:
+        return {**label, "weights": f"the run's best: epoch {metrics['best_epoch']}"}
+    state = json.loads((checkpoint / STATE_FILE).read_text())
     step, epoch = state["global_step"], state["epoch"]
     if state["progress"]["batches"]:  # taken within epoch + 1
-        weights = f"step {step} in epoch {epoch + 1}"
-    else:
-        weights = f"end of epoch {epoch} (step {step})"
-    return {"run": run.name, "seed": metrics["arguments"]["seed"], "weights": weights}
+        return {**label, "weights": f"step {step} in epoch {epoch + 1}"}
+    return {**label, "weights": f"end of epoch {epoch} (step {step})"}
 
 
 def diagnose(model: HybridVQAModel, processor: HybridVQAProcessor, rows, objects: dict) -> dict:
@@ -163,7 +165,7 @@ def main() -> None:
     for run in args.runs:
         model, processor = load_model(run, "cpu")
         states = sorted((run / "checkpoint").glob("step-*[0-9]")) if args.checkpoints else []
-        for checkpoint in [*states, None]:  # None: the run's own (last epoch's) weights
+        for checkpoint in [*states, None]:  # None: the run's own model, its best epoch's
             if checkpoint is None:
                 model, processor = load_model(run, "cpu")
             else:  # the checkpoint's weights in the run's architecture
