@@ -45,6 +45,8 @@ from vqa.modeling import HybridVQAModel
 from vqa.processing import HybridVQAProcessor, VQACollator
 from vqa.training import METRICS_FILE
 
+WEIGHTS = "model.safetensors"  # a checkpoint's model weights, as Accelerate's save_state names them
+
 TABLE_COLUMNS = (
     "pointing",
     "top_region_on_background",
@@ -164,12 +166,11 @@ def main() -> None:
     records = []
     for run in args.runs:
         model, processor = load_model(run, "cpu")
+        own = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         states = sorted((run / "checkpoint").glob("step-*[0-9]")) if args.checkpoints else []
         for checkpoint in [*states, None]:  # None: the run's own model, its best epoch's
-            if checkpoint is None:
-                model, processor = load_model(run, "cpu")
-            else:  # the checkpoint's weights in the run's architecture
-                model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+            # each checkpoint's weights in the run's architecture
+            model.load_state_dict(own if checkpoint is None else load_file(checkpoint / WEIGHTS))
             record = {
                 **weights_label(run, checkpoint),
                 **diagnose(model, processor, rows, objects),
