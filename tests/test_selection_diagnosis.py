@@ -4,6 +4,7 @@ the embedded scenes' boxes, for a run and each of its checkpoints."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -90,23 +91,30 @@ def test_the_script_labels_each_checkpoint_and_writes_its_lines_as_json(
     options = ("--seed", "3", "--save-every-steps", "3", "--keep-checkpoints", "10")
     assert train_tiny(data, run, *options) == 0
     capsys.readouterr()  # training's own output
-    out = tmp_path / "diagnosis.json"
     script = load_diagnosis()
-    command = [str(run), "--data", str(data), "--checkpoints", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", ["selection_diagnosis.py", *command])
-    script.main()
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    def diagnose(*options: str) -> list[dict]:
+        command = [str(run), "--data", str(data), *options]
+        monkeypatch.setattr(sys, "argv", ["selection_diagnosis.py", *command])
+        script.main()
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    [own] = diagnose()
+    # without the epoch's last checkpoint, the one before it differs from the run's own weights
+    shutil.rmtree(run / "checkpoint" / "step-00000008")
+    out = tmp_path / "diagnosis.json"
+    lines = diagnose("--checkpoints", "--out", str(out))
     assert json.loads(out.read_text()) == lines
     assert {line["run"] for line in lines} == {run.name}
     assert {line["seed"] for line in lines} == {3}
-    # 120 questions in batches of 16: checkpoints after steps 3 and 6, and at the end (8)
+    # 120 questions in batches of 16: checkpoints after steps 3 and 6 (and 8, removed)
     assert [line["weights"] for line in lines] == [
         "step 3 in epoch 1",
         "step 6 in epoch 1",
-        "end of epoch 1 (step 8)",
         "the run's best: epoch 1",
     ]
-    assert lines[-2]["pointing"] == lines[-1]["pointing"]  # one epoch: its end is the best
+    assert lines[-1] == own  # the run's own weights come back after its checkpoints'
+    assert lines[-2]["top_weight"] != own["top_weight"]
     monkeypatch.setattr(sys, "argv", ["selection_diagnosis.py", "--table", str(out)])
     script.main()
     table = capsys.readouterr().out.splitlines()
