@@ -13,6 +13,7 @@ import torch
 from conftest import load_script
 
 from vqa.data.sources import load_vqa_dataset
+from vqa.data.synthetic import SyntheticConfig, write_synthetic_dataset
 from vqa.inference import load_model
 from vqa.metrics import boxes_overlap, patch_boxes
 
@@ -38,16 +39,28 @@ class LooksAt:
         return SimpleNamespace(attention_weights=weights, attention_scores=weights)
 
 
-@pytest.fixture(scope="module")
-def scene(tiny_run):
-    """(model config, processor, validation rows with a target, their objects' boxes, regions)."""
+@pytest.fixture(scope="module", params=[32, 64])
+def scene(request, tiny_run, tmp_path_factory):
+    """(model config, processor, validation rows with a target, their objects' boxes (fractions
+    of the image), regions, the images' size in pixels): the tiny model (32 px) on its own 32 px
+    scenes, and on 64 px ones that its processor shrinks, so that the objects' boxes must be
+    scaled as the targets are."""
     run, data = tiny_run
+    if request.param != 32:
+        data = tmp_path_factory.mktemp("scenes") / f"{request.param}px"
+        config = SyntheticConfig(image_size=request.param)
+        write_synthetic_dataset(data, train=1, val=10, test=0, config=config, progress=False)
     model, processor = load_model(run, "cpu")
     rows = load_vqa_dataset(data, ["val"])["val"]
     rows = rows.filter(lambda row: len(row["target_boxes"]) > 0)
     objects = load_diagnosis().object_boxes(data, "val")
     regions = patch_boxes(processor.image_size, model.config.patch_size)
-    return model.config, processor, rows, objects, regions
+    return model.config, processor, rows, objects, regions, request.param
+
+
+def in_model_pixels(boxes: list, processor, size: int) -> torch.Tensor:
+    """(O, 4) ``boxes`` of a ``size``-pixel image in the model input's pixels."""
+    return torch.tensor(boxes, dtype=torch.float).reshape(-1, 4) * processor.image_size / size
 
 
 def region_on(regions: torch.Tensor, boxes: torch.Tensor) -> int:
@@ -61,8 +74,9 @@ def background_region(regions: torch.Tensor, boxes: torch.Tensor) -> int:
 
 
 def test_a_model_that_looks_at_the_asked_about_object_points_every_time(scene):
-    config, processor, rows, objects, regions = scene
-    chosen = [region_on(regions, torch.tensor(row["target_boxes"]).reshape(-1, 4)) for row in rows]
+    config, processor, rows, objects, regions, size = scene
+    targets = [in_model_pixels(row["target_boxes"], processor, size) for row in rows]
+    chosen = [region_on(regions, boxes) for boxes in targets]
     found = load_diagnosis().diagnose(LooksAt(config, chosen), processor, rows, objects)
     assert found["questions"] == len(rows)
     assert found["pointing"] == found["target_weight"] == found["top_weight"] == 1.0
@@ -73,8 +87,9 @@ def test_a_model_that_looks_at_the_asked_about_object_points_every_time(scene):
 
 
 def test_a_model_that_looks_at_background_never_points(scene):
-    config, processor, rows, objects, regions = scene
-    chosen = [background_region(regions, objects[row["question_id"]]) for row in rows]
+    config, processor, rows, objects, regions, _ = scene
+    found = [objects[row["question_id"]] * processor.image_size for row in rows]
+    chosen = [background_region(regions, boxes) for boxes in found]
     found = load_diagnosis().diagnose(LooksAt(config, chosen), processor, rows, objects)
     assert found["pointing"] == found["target_weight"] == 0.0
     assert found["top_region_on_background"] == found["background_weight"] == 1.0
@@ -120,3 +135,8 @@ def test_the_script_labels_each_checkpoint_and_writes_its_lines_as_json(
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 2 + len(lines)
     assert table[2].startswith(f"| {run.name} | 3 | step 3 in epoch 1 | ")
+
+
+def test_a_model_directory_without_training_metrics_is_labelled_the_model(tmp_path):
+    label = load_diagnosis().weights_label(tmp_path / "downloaded", None)
+    assert label == {"run": "downloaded", "seed": None, "weights": "the model"}

@@ -10,7 +10,8 @@ scenes, whose rows list every object's box), with the head-averaged fusion weigh
 names the ``run`` (the directory's name: the config's, for ``run.py --runs``), its ``seed`` and
 the ``weights``: ``step S in epoch E`` for a checkpoint taken within an epoch, ``end of epoch E
 (step S)`` for one taken at its end, and ``the run's best: epoch E`` for the model that ``vqa
-train`` keeps (the epoch with the best validation accuracy). Then:
+train`` keeps (the epoch with the best validation accuracy; ``the model``, seed null, for a
+directory without ``metrics.json``). Then:
 
 - ``pointing``: the top-weighted region overlaps an asked-about object (as ``vqa eval``);
 - ``top_region_on_background``: the top region overlaps no object at all, against
@@ -33,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -60,21 +62,26 @@ TABLE_COLUMNS = (
 
 
 def object_boxes(data: Path, split: str) -> dict[int, torch.Tensor]:
-    """question_id -> (O, 4) boxes of every object in its image (the embedded scenes' rows)."""
+    """question_id -> (O, 4) boxes of every object in its image (the embedded scenes' rows), as
+    fractions of the image's width and height, so that any model input size can scale them."""
     boxes = {}
     with (data / f"{split}.jsonl").open() as lines:
         for number, line in enumerate(lines, 1):
             row = json.loads(line)
             if "objects" not in row:
                 raise SystemExit(f"{data / split}.jsonl line {number}: no 'objects' field")
-            found = [thing["box"] for thing in row["objects"]]
-            boxes[row["question_id"]] = torch.tensor(found, dtype=torch.float).reshape(-1, 4)
+            with Image.open(data / row["image"]) as image:  # reads the header only
+                width, height = image.size
+            found = torch.tensor([thing["box"] for thing in row["objects"]], dtype=torch.float)
+            boxes[row["question_id"]] = found.reshape(-1, 4) / torch.tensor([width, height] * 2)
     return boxes
 
 
 def weights_label(run: Path, checkpoint: Path | None) -> dict:
     """``run``, ``seed`` and ``weights`` of the module docstring, from the run's metrics and the
     checkpoint's trainer state (None: the run's own model, its best epoch's)."""
+    if not (run / METRICS_FILE).exists():  # a model directory that training did not write
+        return {"run": run.name, "seed": None, "weights": "the model"}
     metrics = json.loads((run / METRICS_FILE).read_text())
     label = {"run": run.name, "seed": metrics["arguments"]["seed"]}
     if checkpoint is None:
@@ -100,7 +107,8 @@ def diagnose(model: HybridVQAModel, processor: HybridVQAProcessor, rows, objects
             weights = output.attention_weights.float().mean(1)  # (B, N)
             top = top_region(weights, output.attention_scores.float().mean(1))
             for b, row in enumerate(meta):
-                on_object = boxes_overlap(regions[:, None], objects[row["question_id"]][None])
+                found = objects[row["question_id"]] * processor.image_size  # model input px
+                on_object = boxes_overlap(regions[:, None], found[None])
                 background = ~on_object.any(-1)  # (N,)
                 tops.append(int(top[b]))
                 add = {
