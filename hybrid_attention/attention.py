@@ -310,14 +310,14 @@ class HybridAttention(nn.Module):
         """The dense form whose forward equals ``_aggregate_selected`` and whose backward
         carries the estimator's gradient to every region's score."""
         keep = selection.mask  # (B, H, Lq, N), forward exactly 0/1
-        probs = masked_scores(scores, valid).softmax(-1)
+        logits = masked_scores(scores, valid)
+        probs = logits.softmax(-1)
         if self.mode == "hard":
             weights = keep / (self.k if slots is None else slots.sum(-1, keepdim=True))
         else:
             kept = keep * probs
             total = kept.sum(-1, keepdim=True)
             if self.sink_logit is not None:  # the sink's exp(s) / Z, as each region's is
-                logits = masked_scores(scores, valid)
                 total = total + (self._sink() - logits.logsumexp(-1, keepdim=True)).exp()
             weights = kept / total.clamp_min(torch.finfo(kept.dtype).tiny)
         if self.estimator == "ste-soft":  # exactly 0 forward; soft attention's gradient
