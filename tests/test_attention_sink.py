@@ -151,3 +151,12 @@ def test_vqa_train_attention_sink_trains_saves_and_reloads_the_sink(dataset, tmp
     with torch.no_grad():
         weights = model(**inputs).attention_weights
     assert 0 < float(weights.sum()) < 1
+
+
+def test_init_from_refuses_to_add_a_sink_to_a_trained_model(tmp_path):
+    from vqa.arguments import TrainingArguments
+    from vqa.init_from import check_init_from
+
+    args = TrainingArguments(output="out", init_from=str(tmp_path), attention_sink=True)
+    with pytest.raises(ValueError, match="--attention-sink would change: drop it"):
+        check_init_from(args)
